@@ -1,0 +1,139 @@
+"""Parity of an ONNX graph against the eager transformers model: the figures, and the pass/fail verdict.
+
+Inputs: the sample photos preprocessed by transformers' own `BeitImageProcessorPil` with the export's settings
+(as one batch, and the first photo alone), plus seeded random pixels, so batch 1 and batch > 1 both run.
+Figures per output: max |diff|, max |diff| / max |ref| ("rel"), mean |diff|, the lowest per-sample cosine
+similarity; for classification the top-1 agreement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .registry import Preprocessing
+
+THRESHOLDS = {"fp32": {"rel": 1e-4}, "fp16": {"cosine": 0.999, "top1": 1.0}}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class OutputParity:
+    name: str
+    max_abs: float
+    rel: float
+    mean_abs: float
+    cosine: float
+    top1: float | None = None  # fraction of samples whose top-1 matches (classification)
+    top1_flips: int = 0  # samples whose top-1 differs
+    top1_ties: int = 0  # of those, flips where the reference's own top-2 gap is below fp16 resolution
+
+
+@dataclass(frozen=True)
+class Parity:
+    precision: str
+    samples: int
+    outputs: tuple[OutputParity, ...]
+    failures: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {"precision": self.precision, "samples": self.samples, "passed": self.passed,
+                "thresholds": THRESHOLDS[self.precision], "failures": list(self.failures),
+                "outputs": [asdict(o) for o in self.outputs]}
+
+    def summary(self) -> str:
+        parts = [f"{o.name}: rel {o.rel:.2e}, cosine {o.cosine:.6f}" + (f", top-1 {o.top1:.0%}" if o.top1 is not None else "")
+                 for o in self.outputs]
+        return f"{self.precision} vs eager on {self.samples} samples: " + "; ".join(parts) + \
+            ("" if self.passed else f" -- FAILED: {'; '.join(self.failures)}")
+
+
+def sample_images(folder: Path | None = None) -> list[Path]:
+    """The photos in `folder` (default: the repository's samples/images), sorted; [] if there is none."""
+    folder = folder or Path(__file__).resolve().parent.parent / "samples" / "images"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def reference_pixels(images: list[Path], preprocessing: Preprocessing) -> np.ndarray:
+    """(N, 3, H, W) float32 from transformers' BeitImageProcessorPil with these settings (the ground truth)."""
+    from PIL import Image
+    from transformers import BeitImageProcessorPil
+
+    p = preprocessing
+    proc = BeitImageProcessorPil(
+        size={"height": p.size[0], "width": p.size[1]}, resample=p.resample, rescale_factor=p.rescale_factor,
+        image_mean=list(p.image_mean), image_std=list(p.image_std), do_center_crop=p.crop_size is not None,
+        crop_size={"height": p.crop_size[0], "width": p.crop_size[1]} if p.crop_size else None)
+    rgb = [Image.open(path).convert("RGB") for path in images]
+    return np.asarray(proc(images=rgb, return_tensors="np")["pixel_values"], dtype=np.float32)
+
+
+def parity_batches(input_specs, pixels: np.ndarray, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Feeds for parity: photos as one batch and the first alone, plus 2 random images; masks if needed."""
+    rng = np.random.default_rng(seed)
+    shape = [d for d in input_specs[0].shape[1:]]
+    stacks = [pixels, pixels[:1]] if len(pixels) else []
+    stacks.append(rng.uniform(-1, 1, size=(2, *shape)).astype(np.float32))
+    batches = []
+    for stack in stacks:
+        feeds = {"pixel_values": stack}
+        for spec in input_specs[1:]:  # bool_masked_pos (B, N): about 40 % masked
+            feeds[spec.name] = rng.random((len(stack), spec.shape[1])) < 0.4
+        batches.append(feeds)
+    return batches
+
+
+def eager_outputs(model, names, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    return {name: out[name].float().numpy() for name in names}
+
+
+def measure(precision: str, task: str, refs: list[dict], gots: list[dict]) -> Parity:
+    """Compare outputs batch by batch; verdict against THRESHOLDS[precision]."""
+    stats, failures = [], []
+    for name in refs[0]:
+        ref = np.concatenate([r[name].reshape(len(r[name]), -1) for r in refs]).astype(np.float64)
+        got = np.concatenate([g[name].reshape(len(g[name]), -1) for g in gots]).astype(np.float64)
+        stat = _stats(name, task, ref, got)
+        stats.append(stat)
+        failures += _verdict(precision, stat)
+    return Parity(precision, sum(len(r[next(iter(r))]) for r in refs), tuple(stats), tuple(failures))
+
+
+def _stats(name: str, task: str, ref: np.ndarray, got: np.ndarray) -> OutputParity:
+    diff = np.abs(ref - got)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
+    cosine = float(np.min(np.sum(ref * got, axis=1) / np.maximum(norms, 1e-30)))
+    top1, flips, ties = None, 0, 0
+    if task == "classification":
+        flipped = ref.argmax(1) != got.argmax(1)
+        top2 = np.sort(ref, axis=1)[:, -2:]
+        # fp16 cannot resolve a top-2 gap below about 2 ulps at the logits' scale (2^-10 relative).
+        unresolvable = (top2[:, 1] - top2[:, 0]) <= 2.0**-10 * np.abs(ref).max(axis=1)
+        top1, flips, ties = float(1 - flipped.mean()), int(flipped.sum()), int(np.sum(flipped & unresolvable))
+    return OutputParity(name, float(diff.max()), float(diff.max() / max(np.abs(ref).max(), 1e-30)),
+                        float(diff.mean()), cosine, top1, flips, ties)
+
+
+def _verdict(precision: str, s: OutputParity) -> list[str]:
+    limits = THRESHOLDS[precision]
+    fails = []
+    if "rel" in limits and not s.rel <= limits["rel"]:
+        fails.append(f"{s.name} max|diff|/max|ref| {s.rel:.2e} > {limits['rel']:.0e}")
+    if "cosine" in limits and not s.cosine >= limits["cosine"]:
+        fails.append(f"{s.name} cosine {s.cosine:.6f} < {limits['cosine']}")
+    # A flip where the reference's own top-2 gap is below fp16's resolution is a tie, not a failure.
+    if s.top1 is not None and "top1" in limits and s.top1_flips > s.top1_ties:
+        fails.append(f"{s.name} top-1 differs on {s.top1_flips - s.top1_ties} of the samples")
+    return fails
