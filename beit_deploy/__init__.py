@@ -1,0 +1,9 @@
+"""beit-deploy: BEiT from eager PyTorch to production inference, with parity proven at every step.
+
+Importing the package is light (numpy, Pillow): torch, transformers and TensorRT load only where used.
+"""
+
+from .errors import BeitDeployError
+
+__version__ = "0.1.0"
+__all__ = ["BeitDeployError", "__version__"]

@@ -10,13 +10,14 @@ The conversion is ONNX Runtime's `convert_float_to_float16` with op and node blo
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .onnx_graph import EXTERNAL_DATA_BYTES
 from .progress import step
 
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean"]
-LAYER_SCOPE = "/m/beit/layers."
+LAYER_SCOPE = re.compile(r"/layers\.\d+/")
 
 
 def fp32_nodes(model, task: str) -> list[str]:
@@ -33,7 +34,7 @@ def fp32_nodes(model, task: str) -> list[str]:
     if task == "segmentation":
         outputs = {out.name for out in model.graph.output}
         return names + [n.name for n in nodes if outputs.intersection(n.output)]
-    last = max(i for i, n in enumerate(nodes) if n.name.startswith(LAYER_SCOPE))
+    last = max(i for i, n in enumerate(nodes) if LAYER_SCOPE.search(n.name))
     return names + [n.name for n in nodes[last + 1:]]
 
 
