@@ -49,10 +49,47 @@ def fp16_from_onnx(fp32_path: Path, task: str, path: Path) -> Path:
                                          node_block_list=fp32_nodes(model, task),
                                          disable_shape_infer=_too_big_to_infer(model))
         del model.graph.value_info[:]  # the converter leaves stale fp16 types on fp32 island tensors
-        big = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
-        onnx.save_model(model, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
+        _drop_round_trips(model)
+        _save_sorted(model, path)
     return path
+
+
+def _drop_round_trips(model) -> None:
+    """Remove fp32 -> fp16 -> fp32 Cast pairs the converter puts between two fp32 islands.
+
+    Between the bias Add and the Softmax it would otherwise round the attention scores to fp16, which is
+    exactly what keeping both in fp32 is for. Consumers of the second Cast read the original fp32 tensor.
+    """
+    import onnx
+
+    def to(node):
+        return next(a.i for a in node.attribute if a.name == "to")
+
+    producers = {out: n for n in model.graph.node for out in n.output}
+    rename = {}
+    for node in model.graph.node:
+        first = producers.get(node.input[0]) if node.op_type == "Cast" else None
+        if first is not None and first.op_type == "Cast" and to(node) == onnx.TensorProto.FLOAT \
+                and to(first) == onnx.TensorProto.FLOAT16:
+            rename[node.output[0]] = first.input[0]
+    outputs = {o.name for o in model.graph.output}
+    rename = {k: v for k, v in rename.items() if k not in outputs}
+    for node in model.graph.node:
+        node.input[:] = [rename.get(i, i) for i in node.input]
+    used = {i for n in model.graph.node for i in n.input} | outputs
+    keep = [n for n in model.graph.node if n.op_type != "Cast" or any(o in used for o in n.output)]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+
+
+def _save_sorted(model, path: Path) -> None:
+    """Save in topological order (the converter appends its input Casts last; TensorRT's parser needs order)."""
+    import onnx_ir as ir
+
+    graph = ir.from_proto(model)
+    graph.graph.sort()
+    big = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
+    ir.save(graph, path, external_data=path.name + ".data" if big else None)
 
 
 def _too_big_to_infer(model) -> bool:

@@ -7,7 +7,9 @@ every code path of the model is exercised; the result says `weights="random"` an
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +144,8 @@ def _resolve(spec: ModelSpec):
         raise UsageError(f"unknown model '{spec.model}': {hint}see `beit-deploy models`, or pass a hub id "
                          "(org/name) or a local folder")
     try:
-        config = transformers.AutoConfig.from_pretrained(spec.model)
+        with _quiet_hub():
+            config = transformers.AutoConfig.from_pretrained(spec.model)
     except Exception as exc:  # noqa: BLE001 - transformers raises several types for the same cause
         raise ModelLoadError(_hub_message(spec.model, exc)) from exc
     _check_beit(config, spec.model)
@@ -198,11 +201,24 @@ def _preprocessing_from(data: dict | None, config) -> Preprocessing:
                          crop_size=crop)
 
 
+@contextlib.contextmanager
+def _quiet_hub():
+    """huggingface_hub logs a warning per failed retry; our error message says it once, with the way out."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _from_pretrained(cls, model: str, source: str):
     if source == "registry":
         model = registry.lookup(model).hub_id
     try:
-        return cls.from_pretrained(model)
+        with _quiet_hub():
+            return cls.from_pretrained(model)
     except Exception as exc:  # noqa: BLE001
         if source == "local":
             raise ModelLoadError(f"weights in '{model}' could not be loaded ({_short(exc)}): re-save the model "

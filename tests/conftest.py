@@ -13,7 +13,8 @@ import pytest
 
 TINY = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64,
             patch_size=16, layer_scale_init_value=0.1, use_mean_pooling=True, hidden_act="gelu",
-            use_absolute_position_embeddings=False, out_indices=[1, 2, 3, 4], pool_scales=[1, 2, 3, 6])
+            use_absolute_position_embeddings=False, out_indices=[1, 2, 3, 4], pool_scales=[1, 2, 3, 6],
+            initializer_range=0.1)  # larger than HF's 0.02 so attention (and its bias) matters
 TASK_CONFIG = {
     "classification": dict(architectures=["BeitForImageClassification"], use_relative_position_bias=True,
                            id2label={0: "cat", 1: "dog", 2: "rocket", 3: "coffee", 4: "camera"}),
