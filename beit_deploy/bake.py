@@ -183,11 +183,11 @@ class BakedAttention(nn.Module):
             self.bias_table = self.bias_index = None
 
     def extra_bias(self) -> torch.Tensor | None:
-        """The bias (1, heads, T, T), gathered from the table when stored that way."""
+        """The bias, (1, heads, T, T) or gathered from the table as (heads, T, T); both broadcast over batch."""
         if self.bias_table is None:
             return self.bias
         gathered = self.bias_table[self.bias_index].reshape(self.tokens, self.tokens, self.heads)
-        return gathered.permute(2, 0, 1).unsqueeze(0)
+        return gathered.permute(2, 0, 1)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask=None, **kwargs):
         if attention_mask is not None:
