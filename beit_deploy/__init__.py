@@ -4,6 +4,7 @@ Importing the package is light (numpy, Pillow): torch, transformers and TensorRT
 """
 
 from .errors import BeitDeployError
+from .runner import BeitTRTRunner
 
 __version__ = "0.1.0"
-__all__ = ["BeitDeployError", "__version__"]
+__all__ = ["BeitDeployError", "BeitTRTRunner", "__version__"]

@@ -19,3 +19,5 @@ def beit_deploy(*args: str) -> None:
 
 if __name__ == "__main__":
     beit_deploy("export", "--model", MODEL, "--random-weights", "--fp16")
+    # Predict the sample photos with the fp32 graph just exported (fp16 is picked by default on a GPU).
+    beit_deploy("predict", f"export/{MODEL}/224x224", "samples/images", "--top-k", "3")
