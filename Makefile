@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all clean wheels gpu-check
 
 install: $(STAMP)
 
@@ -28,3 +28,22 @@ test-all: install
 
 clean:
 	rm -rf $(VENV) export/*/ engines/*/ .pytest_cache
+
+# GPU box (no network, torch preinstalled, system python): `make wheels` here, bring wheels/ along, then there
+# `make gpu-check PYTHON=python3 [WHEELS=dir]`. It installs what is missing from the wheels, never a venv.
+WHEELS ?= wheels
+GPU_PIP = PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install --quiet --no-index --find-links $(WHEELS) --no-deps
+GPU_CHECK_OUT ?= gpu-check-out
+
+wheels:
+	mkdir -p $(WHEELS)
+	$(BIN)/pip download --quiet --no-deps -d $(WHEELS) \
+		$$($(BIN)/pip freeze | grep -iE '^(polygraphy|onnxscript|onnx-ir)==')
+	$(BIN)/pip wheel --quiet --no-deps -w $(WHEELS) .
+
+gpu-check:
+	$(PYTHON) -c "import polygraphy" 2>/dev/null || $(GPU_PIP) polygraphy
+	$(PYTHON) -c "import onnxscript, onnx_ir" 2>/dev/null || $(GPU_PIP) onnxscript onnx-ir
+	$(PYTHON) -m pip show beit-deploy >/dev/null 2>&1 || $(GPU_PIP) --no-build-isolation -e . \
+		|| $(GPU_PIP) beit-deploy
+	GPU_CHECK_OUT=$(GPU_CHECK_OUT) $(PYTHON) -m beit_deploy.gpu_check
