@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import bake, fp16, onnx_graph, parity
+from .data_loader_template import write_data_loader
 from .errors import ParityError, UsageError
 from .loading import LoadedModel, ModelSpec, load_model, resolve
 from .manifest import Manifest, versions
@@ -99,8 +100,10 @@ def _build(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOpti
     inputs = onnx_graph.input_specs(loaded.task, loaded.config, resolution)
     preprocessing = loaded.preprocessing.at_resolution(resolution)
     results = _validate(loaded, inputs, preprocessing, tmp, artifacts, options.images)
-    return _manifest(loaded, resolution, mode, inputs, onnx_graph.output_specs(graph), preprocessing,
-                     artifacts, results, tmp).write_to(tmp)
+    manifest = _manifest(loaded, resolution, mode, inputs, onnx_graph.output_specs(graph), preprocessing,
+                         artifacts, results, tmp).write_to(tmp)
+    write_data_loader(tmp, manifest)  # for `polygraphy run model.onnx --data-loader-script data_loader.py`
+    return manifest
 
 
 def _validate(loaded, inputs, preprocessing, tmp: Path, artifacts: dict, images: Path | None) -> dict:

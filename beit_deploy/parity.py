@@ -137,3 +137,38 @@ def _verdict(precision: str, s: OutputParity) -> list[str]:
     if s.top1 is not None and "top1" in limits and s.top1_flips > s.top1_ties:
         fails.append(f"{s.name} top-1 differs on {s.top1_flips - s.top1_ties} of the samples")
     return fails
+
+
+def parity_feeds(input_specs, pixels: np.ndarray, random: int = 2, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Like `parity_batches`, with `random` random images (0: none) instead of 2: the photos (N, 3, H, W) as one
+    batch and the first alone, then one batch of `random` uniform [-1, 1) images; (B, patches) masks if needed."""
+    rng = np.random.default_rng(seed)
+    shape = [d for d in input_specs[0].shape[1:]]
+    stacks = [pixels, pixels[:1]] if len(pixels) else []
+    if random > 0:
+        stacks.append(rng.uniform(-1, 1, size=(random, *shape)).astype(np.float32))
+    batches = []
+    for stack in stacks:
+        feeds = {"pixel_values": stack}
+        for spec in input_specs[1:]:  # bool_masked_pos (B, N): about 40 % masked
+            feeds[spec.name] = rng.random((len(stack), spec.shape[1])) < 0.4
+        batches.append(feeds)
+    return batches
+
+
+def agreement(task: str, ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    """Decision-level agreement of two outputs with the same shape (batch first).
+
+    classification, logits (B, C): "top1" (same argmax) and "top5" (same top-5 set, order ignored) as fractions
+    of samples; segmentation, logits (B, C, h, w): "pixels", the fraction of label-map pixels (argmax over C) that
+    agree. Other tasks: {} (their outputs are features or token logits, judged by the numeric figures).
+    """
+    if task == "classification":
+        k = min(5, ref.shape[1])
+        top_ref = np.sort(np.argsort(-ref, axis=1)[:, :k], axis=1)
+        top_got = np.sort(np.argsort(-got, axis=1)[:, :k], axis=1)
+        return {"top1": float(np.mean(ref.argmax(1) == got.argmax(1))),
+                "top5": float(np.mean(np.all(top_ref == top_got, axis=1)))}
+    if task == "segmentation":
+        return {"pixels": float(np.mean(ref.argmax(1) == got.argmax(1)))}
+    return {}
