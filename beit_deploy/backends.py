@@ -17,15 +17,17 @@ class Backend(abc.ABC):
     #: short name shown to users, e.g. "onnxruntime-cpu", "tensorrt"
     name: str = "backend"
 
-    @property
-    @abc.abstractmethod
-    def input_names(self) -> list[str]:
-        """Names of the graph inputs, in order."""
+    #: graph input and output names, in order; set by each subclass when it opens its artifact
+    _inputs: list[str] = []
+    _outputs: list[str] = []
 
     @property
-    @abc.abstractmethod
+    def input_names(self) -> list[str]:
+        return list(self._inputs)
+
+    @property
     def output_names(self) -> list[str]:
-        """Names of the graph outputs, in order."""
+        return list(self._outputs)
 
     @property
     def max_batch(self) -> int | None:
@@ -94,14 +96,6 @@ class OnnxRuntimeBackend(Backend):
         self._types = {i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in self._session.get_inputs()}
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._outputs = [o.name for o in self._session.get_outputs()]
-
-    @property
-    def input_names(self) -> list[str]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._session is None:

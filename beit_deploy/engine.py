@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ArtifactError, BeitDeployError, UsageError, require
-from .manifest import FILENAME as MANIFEST_FILE, Manifest, TensorSpec, read_manifest
+from .manifest import FILENAME as MANIFEST_FILE
+from .manifest import Manifest, TensorSpec, read_manifest, read_versioned, replace_folder
 from .progress import say, step
 
 ENGINE_FILE, ENGINE_MANIFEST = "model.engine", "engine.json"
@@ -149,18 +150,9 @@ def write_engine_manifest(folder: Path, manifest: EngineManifest) -> Path:
 
 def read_engine_manifest(folder: Path) -> EngineManifest:
     """engine.json of an engine folder, with a clear error when it is missing or unreadable."""
-    path = Path(folder) / ENGINE_MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"'{folder}' has no {ENGINE_MANIFEST}: pass an engine folder written by "
-                            "`beit-deploy build` (e.g. engines/<model>/224x224)")
-    try:
-        data = json.loads(path.read_text())
-        if data.get("format_version") != ENGINE_FORMAT_VERSION:
-            raise ArtifactError(f"{path} has format version {data.get('format_version')}, this beit-deploy "
-                                f"reads {ENGINE_FORMAT_VERSION}: build the engine again")
-        return EngineManifest.from_dict(data)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{path} is not a valid engine manifest ({exc}): build the engine again") from exc
+    return read_versioned(Path(folder) / ENGINE_MANIFEST, ENGINE_FORMAT_VERSION, EngineManifest.from_dict,
+                          made_by="`beit-deploy build` (e.g. engines/<model>/224x224)",
+                          redo="build the engine again", what="engine manifest")
 
 
 def onnx_sha256(onnx_path: Path) -> str:
@@ -244,7 +236,7 @@ def engine_from_onnx(onnx_path: Path, manifest: Manifest, options: BuildOptions)
             created=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
         manifest.write_to(tmp)
         tmp.chmod(0o755)
-        _replace(tmp, folder)
+        replace_folder(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"  {folder / ENGINE_FILE}: {len(data) / 2**20:.1f} MiB")
@@ -310,14 +302,3 @@ def _save_timing_cache(config, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
     os.replace(tmp, path)
-
-
-def _replace(tmp: Path, folder: Path) -> None:
-    """Move the finished `tmp` to `folder`, replacing an earlier engine only once the new one is complete."""
-    old = None
-    if folder.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-        os.replace(folder, old / folder.name)
-    os.replace(tmp, folder)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

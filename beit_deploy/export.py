@@ -7,7 +7,6 @@ export of the same model and resolution.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -18,7 +17,7 @@ from . import bake, fp16, onnx_graph, parity
 from .data_loader_template import write_data_loader
 from .errors import ParityError, UsageError
 from .loading import LoadedModel, ModelSpec, load_model, resolve
-from .manifest import Manifest, versions
+from .manifest import Manifest, replace_folder, versions
 from .progress import say, step
 
 FP32_FILE, FP16_FILE = "model.onnx", "model.fp16.onnx"
@@ -77,7 +76,7 @@ def export_resolution(loaded: LoadedModel, resolution: tuple[int, int], options:
     tmp.chmod(0o755)  # mkdtemp makes it private; the export is an ordinary folder
     try:
         manifest = _build(loaded, resolution, options, tmp)
-        _replace(tmp, folder)
+        replace_folder(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if not any(folder.parent.iterdir()):
@@ -150,14 +149,3 @@ def _manifest(loaded, resolution, mode, inputs, outputs, preprocessing, artifact
         inputs=tuple(inputs), outputs=tuple(outputs), preprocessing=preprocessing, labels=loaded.labels,
         artifacts=artifacts, parity={p: r.to_dict() for p, r in results.items()}, graph=graphs,
         versions=versions())
-
-
-def _replace(tmp: Path, folder: Path) -> None:
-    """Move the finished `tmp` to `folder`, replacing an earlier export only once the new one is complete."""
-    old = None
-    if folder.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-        os.replace(folder, old / folder.name)
-    os.replace(tmp, folder)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

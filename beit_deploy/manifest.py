@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,18 +79,34 @@ class Manifest:
 
 def read_manifest(folder: Path) -> Manifest:
     """The manifest of an export folder, with a clear error when it is missing or unreadable."""
-    path = Path(folder) / FILENAME
+    return read_versioned(Path(folder) / FILENAME, FORMAT_VERSION, Manifest.from_dict,
+                          made_by="`beit-deploy export` (e.g. export/<model>/224x224)", redo="export the model again")
+
+
+def read_versioned(path: Path, version: int, parse, made_by: str, redo: str, what: str = "beit-deploy manifest"):
+    """`parse(json of path)` for a beit-deploy manifest file of format `version`; ArtifactError saying how to
+    get a good one (`made_by`, `redo`) when it is missing, unreadable or of another version."""
     if not path.is_file():
-        raise ArtifactError(f"'{folder}' has no {FILENAME}: pass a resolution folder written by "
-                            "`beit-deploy export` (e.g. export/<model>/224x224)")
+        raise ArtifactError(f"'{path.parent}' has no {path.name}: pass a folder written by {made_by}")
     try:
         data = json.loads(path.read_text())
-        if data.get("format_version") != FORMAT_VERSION:
+        if data.get("format_version") != version:
             raise ArtifactError(f"{path} has format version {data.get('format_version')}, this beit-deploy reads "
-                                f"{FORMAT_VERSION}: export the model again")
-        return Manifest.from_dict(data)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ArtifactError(f"{path} is not a valid beit-deploy manifest ({exc}): export the model again") from exc
+                                f"{version}: {redo}")
+        return parse(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ArtifactError(f"{path} is not a valid {what} ({exc}): {redo}") from exc
+
+
+def replace_folder(tmp: Path, folder: Path) -> None:
+    """Move the finished `tmp` to `folder`, replacing an earlier one only once the new one is complete."""
+    old = None
+    if folder.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        os.replace(folder, old / folder.name)
+    os.replace(tmp, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def versions() -> dict[str, str]:

@@ -77,18 +77,8 @@ def reference_pixels(images: list[Path], preprocessing: Preprocessing) -> np.nda
 
 
 def parity_batches(input_specs, pixels: np.ndarray, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Feeds for parity: photos as one batch and the first alone, plus 2 random images; masks if needed."""
-    rng = np.random.default_rng(seed)
-    shape = [d for d in input_specs[0].shape[1:]]
-    stacks = [pixels, pixels[:1]] if len(pixels) else []
-    stacks.append(rng.uniform(-1, 1, size=(2, *shape)).astype(np.float32))
-    batches = []
-    for stack in stacks:
-        feeds = {"pixel_values": stack}
-        for spec in input_specs[1:]:  # bool_masked_pos (B, N): about 40 % masked
-            feeds[spec.name] = rng.random((len(stack), spec.shape[1])) < 0.4
-        batches.append(feeds)
-    return batches
+    """Feeds for the export check: photos as one batch and the first alone, plus 2 random images."""
+    return parity_feeds(input_specs, pixels, 2, seed)
 
 
 def eager_outputs(model, names, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -60,14 +60,6 @@ class TensorRTBackend(Backend):
         self._use_graph, self._graph = cuda_graph, None
 
     @property
-    def input_names(self) -> list[str]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
-
-    @property
     def max_batch(self) -> int:
         return int(self._batch_range[2])
 
