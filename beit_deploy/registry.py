@@ -89,7 +89,10 @@ class Checkpoint:
         else:
             kwargs["num_labels"] = self.num_labels
         if self.task == "segmentation":
-            kwargs.update(out_indices=_OUT_INDICES[self.size], use_auxiliary_head=True)
+            from .palette import ADE20K_CLASSES  # the label set of the ADE checkpoints, known without weights
+
+            kwargs.update(out_indices=_OUT_INDICES[self.size], use_auxiliary_head=True,
+                          id2label=dict(enumerate(ADE20K_CLASSES)))
         return kwargs
 
     def preprocessing(self) -> Preprocessing:

@@ -35,3 +35,11 @@ def test_models_command_lists_them():
     for name in registry.CHECKPOINTS:
         assert name in result.output
     assert "segmentation" in result.output and "21841" in result.output
+
+
+def test_ade_checkpoints_know_their_labels():
+    from beit_deploy.palette import is_ade
+
+    config = transformers.BeitConfig(**registry.lookup("beit-base-finetuned-ade-640-640").config_kwargs())
+    assert config.num_labels == 150 and is_ade(config.id2label)
+    assert config.id2label[12] == "person"
