@@ -102,6 +102,7 @@ def bake(model, resolution: tuple[int, int], mode: str | None = None) -> nn.Modu
         grid = window_of(model.config, resolution)
         for block in baked.decode_head.psp_modules.blocks:
             block.pooling = FixedAdaptiveAvgPool((grid[0] // 2, grid[1] // 2), block.pooling.output_size)
+        baked.decode_head = FixedSizeResizes(baked.decode_head)
     return baked
 
 
@@ -132,6 +133,32 @@ class BakedEmbeddings(nn.Module):
             w = bool_masked_pos.unsqueeze(-1).to(x.dtype)
             x = x * (1 - w) + self.mask_token * w
         return torch.cat((x[:, :1] * 0, x), dim=1) + self.prefix
+
+
+class FixedSizeResizes(nn.Module):
+    """UperNet with its resize targets as plain ints, so a trace records constant sizes, not shape arithmetic.
+
+    transformers' head calls `nn.functional.interpolate(x, size=other.shape[2:])`; traced, each size is a
+    Shape -> Slice -> Concat chain. At one fixed resolution the sizes are known, so while the head runs,
+    `interpolate` gets them as ints. The arithmetic is unchanged: same op, same sizes.
+    """
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, features):
+        functional = nn.functional
+        interpolate = functional.interpolate
+
+        def fixed(x, size=None, *args, **kwargs):
+            return interpolate(x, None if size is None else tuple(int(s) for s in size), *args, **kwargs)
+
+        functional.interpolate = fixed
+        try:
+            return self.head(features)
+        finally:
+            functional.interpolate = interpolate
 
 
 class FixedAdaptiveAvgPool(nn.Module):
