@@ -74,11 +74,22 @@ def capture_biases(model, resolution: tuple[int, int]) -> list[torch.Tensor | No
         pixel_values = torch.zeros(1, model.config.num_channels, *resolution)
         kwargs = {"bool_masked_pos": torch.zeros(1, _num_patches(model.config, resolution), dtype=torch.bool)} \
             if _takes_mask(model) else {}
-        model.eval()(pixel_values, **kwargs)
+        model.eval()(pixel_values, **kwargs, **eager_kwargs(model, resolution))
     finally:
         for handle in handles:
             handle.remove()
     return captured
+
+
+def eager_kwargs(model, resolution: tuple[int, int]) -> dict:
+    """Extra keyword arguments for calling the eager model at `resolution`, as a user would.
+
+    Absolute position embeddings (microsoft/dit-*) only work at another size with interpolate_pos_encoding=True.
+    """
+    size = model.config.image_size
+    native = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+    absolute = beit_of(model).embeddings.position_embeddings is not None
+    return {"interpolate_pos_encoding": True} if absolute and tuple(resolution) != native else {}
 
 
 def bake(model, resolution: tuple[int, int], mode: str | None = None) -> nn.Module:

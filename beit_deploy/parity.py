@@ -84,8 +84,11 @@ def parity_batches(input_specs, pixels: np.ndarray, seed: int = 0) -> list[dict[
 def eager_outputs(model, names, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import torch
 
+    from .bake import eager_kwargs
+
+    extra = eager_kwargs(model, feeds["pixel_values"].shape[2:])
     with torch.no_grad():
-        out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+        out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}, **extra)
     return {name: out[name].float().numpy() for name in names}
 
 

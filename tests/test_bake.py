@@ -80,3 +80,43 @@ def test_bias_mode_by_size():
     assert bake.choose_bias_mode(config("beit-base-patch16-224"), (224, 224)) == bake.MATERIALISED
     assert bake.choose_bias_mode(config("beit-large-patch16-512"), (512, 512)) == bake.GATHERED
     assert bake.bias_bytes(config("beit-base-patch16-224"), (224, 224)) == 12 * 12 * 197 ** 2 * 4
+
+
+@pytest.mark.parametrize("resolution", [(64, 64), (96, 80)])
+def test_absolute_position_embeddings_like_dit(resolution, tmp_path):
+    """microsoft/dit-* style: absolute position embeddings, no relative bias, cls pooling with a final norm."""
+    import onnxruntime as ort
+    import transformers
+
+    from beit_deploy import onnx_graph
+    from beit_deploy.loading import random_model
+    from conftest import TINY
+
+    config = transformers.BeitConfig(**{**TINY, "use_absolute_position_embeddings": True, "use_mean_pooling": False,
+                                        "architectures": ["BeitModel"]})
+    model = random_model(transformers.BeitModel, config, 0).eval()
+    with torch.no_grad():
+        model.embeddings.position_embeddings.normal_()
+    baked = bake.bake(model, resolution)
+    x, _ = _inputs(model, resolution)
+    with torch.no_grad():
+        ref, got = model(x, **bake.eager_kwargs(model, resolution)), baked(x)
+    assert (ref.last_hidden_state - got.last_hidden_state).abs().max() < 1e-5
+    path = onnx_graph.onnx_from_model(baked, "features", resolution, tmp_path / "m.onnx")
+    out = ort.InferenceSession(str(path)).run(["pooler_output"], {"pixel_values": x.numpy()})[0]
+    assert abs(out - ref.pooler_output.numpy()).max() < 1e-4
+    assert bake.eager_kwargs(model, resolution) == ({} if resolution == (64, 64) else {"interpolate_pos_encoding": True})
+
+
+def test_export_of_a_dit_like_folder_at_another_size(tmp_path):
+    import transformers
+
+    from beit_deploy.export import ExportOptions, export
+    from beit_deploy.loading import ModelSpec, random_model
+    from conftest import TINY
+
+    config = transformers.BeitConfig(**{**TINY, "use_absolute_position_embeddings": True,
+                                        "architectures": ["BeitForImageClassification"], "num_labels": 4})
+    random_model(transformers.BeitForImageClassification, config, 0).save_pretrained(tmp_path / "dit-like")
+    result = export(ModelSpec(str(tmp_path / "dit-like")), ExportOptions(resolutions=((96, 80),), out_dir=tmp_path))
+    assert result[0].manifest.parity["fp32"]["passed"]
