@@ -111,7 +111,7 @@ def _validate(loaded, inputs, preprocessing, tmp: Path, artifacts: dict, images:
 
     photos = parity.sample_images(images)
     pixels = parity.reference_pixels(photos, preprocessing) if photos else _no_photos()
-    batches = parity.parity_batches(inputs, pixels, seed=loaded.spec.seed)
+    batches = parity.parity_feeds(inputs, pixels, random=2, seed=loaded.spec.seed)
     names = onnx_graph.OUTPUT_NAMES[loaded.task]
     with step(f"validating against eager transformers ({len(photos)} photos + 2 random inputs)"):
         refs = [parity.eager_outputs(loaded.model, names, feeds) for feeds in batches]

@@ -76,11 +76,6 @@ def reference_pixels(images: list[Path], preprocessing: Preprocessing) -> np.nda
     return np.asarray(proc(images=rgb, return_tensors="np")["pixel_values"], dtype=np.float32)
 
 
-def parity_batches(input_specs, pixels: np.ndarray, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Feeds for the export check: photos as one batch and the first alone, plus 2 random images."""
-    return parity_feeds(input_specs, pixels, 2, seed)
-
-
 def eager_outputs(model, names, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import torch
 
@@ -133,8 +128,8 @@ def _verdict(precision: str, s: OutputParity) -> list[str]:
 
 
 def parity_feeds(input_specs, pixels: np.ndarray, random: int = 2, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Like `parity_batches`, with `random` random images (0: none) instead of 2: the photos (N, 3, H, W) as one
-    batch and the first alone, then one batch of `random` uniform [-1, 1) images; (B, patches) masks if needed."""
+    """Feeds for a parity check: the photos (N, 3, H, W) as one batch and the first alone (batch > 1 and batch 1),
+    then one batch of `random` seeded uniform [-1, 1) images (0: none); (B, patches) masks where the graph takes them."""
     rng = np.random.default_rng(seed)
     shape = [d for d in input_specs[0].shape[1:]]
     stacks = [pixels, pixels[:1]] if len(pixels) else []
