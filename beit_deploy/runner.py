@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -22,12 +21,12 @@ import numpy as np
 from . import postprocess as post
 from .backends import Backend, OnnxRuntimeBackend, available_providers, has_gpu_provider
 from .errors import ArtifactError, BeitDeployError, MissingDependencyError, UsageError
+from .engine import ENGINE_MANIFEST, TRT_PURPOSE, read_engine_manifest
 from .manifest import FILENAME, Manifest, read_manifest
 from .preprocess import ImageLike, LoadedImage, is_batch, load_image, preprocess, preprocess_one
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 PRECISIONS = ("fp32", "fp16")
-TRT_PURPOSE = "running TensorRT engines (on a machine with an NVIDIA GPU)"
 DEFAULT_BATCH = 8
 _PROVIDER_ALIASES = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
                      "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -222,11 +221,7 @@ def _resolve(path: Path, precision: str | None) -> tuple[Manifest, Path, str]:
 
 def _engine_precision(path: Path, precision: str | None) -> str:
     """An engine's precision from engine.json beside it (written by `beit-deploy build`), else the one asked."""
-    info = path.parent / "engine.json"
-    try:
-        built = json.loads(info.read_text()).get("precision") if info.is_file() else None
-    except (ValueError, AttributeError) as exc:
-        raise ArtifactError(f"{info} is not readable JSON ({exc}): build the engine again") from exc
+    built = read_engine_manifest(path.parent).precision if (path.parent / ENGINE_MANIFEST).is_file() else None
     if precision and built and precision != built:
         raise UsageError(f"'{path}' is a {built} engine, not {precision}: build a {precision} engine")
     return built or precision or "fp16"
