@@ -33,7 +33,6 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 RANDOM = int(os.environ.get("BEIT_DEPLOY_RANDOM", "2"))
 SEED = 0
-SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def _photos(manifest):
@@ -47,7 +46,7 @@ def _photos(manifest):
               file=sys.stderr)
         return None
     folder = os.environ.get("BEIT_DEPLOY_IMAGES")
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in SUFFIXES) if folder else sample_images()
+    paths = sample_images(Path(folder) if folder else None)
     if not paths:
         print("data_loader.py: no photos found: feeding random inputs only", file=sys.stderr)
         return None

@@ -16,7 +16,6 @@ import numpy as np
 from .registry import Preprocessing
 
 THRESHOLDS = {"fp32": {"rel": 1e-4}, "fp16": {"cosine": 0.999, "top1": 1.0}}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,8 @@ def sample_images(folder: Path | None = None) -> list[Path]:
     folder = folder or Path(__file__).resolve().parent.parent / "samples" / "images"
     if not folder.is_dir():
         return []
+    from .preprocess import IMAGE_SUFFIXES
+
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
