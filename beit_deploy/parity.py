@@ -96,7 +96,7 @@ def measure(precision: str, task: str, refs: list[dict], gots: list[dict]) -> Pa
         got = np.concatenate([g[name].reshape(len(g[name]), -1) for g in gots]).astype(np.float64)
         stat = _stats(name, task, ref, got)
         stats.append(stat)
-        failures += _verdict(precision, stat)
+        failures += [f"{name} {metric}: {detail}" for metric, detail in threshold_failures(precision, stat)]
     return Parity(precision, sum(len(r[next(iter(r))]) for r in refs), tuple(stats), tuple(failures))
 
 
@@ -115,16 +115,19 @@ def _stats(name: str, task: str, ref: np.ndarray, got: np.ndarray) -> OutputPari
                         float(diff.mean()), cosine, top1, flips, ties)
 
 
-def _verdict(precision: str, s: OutputParity) -> list[str]:
-    limits = THRESHOLDS[precision]
+def threshold_failures(precision: str, s) -> list[tuple[str, str]]:
+    """(metric, detail) for every THRESHOLDS[precision] limit that figures `s` (an OutputParity or anything with
+    its rel, cosine, top1, top1_flips and top1_ties) break."""
+    limits = THRESHOLDS.get(precision, {})
     fails = []
     if "rel" in limits and not s.rel <= limits["rel"]:
-        fails.append(f"{s.name} max|diff|/max|ref| {s.rel:.2e} > {limits['rel']:.0e}")
+        fails.append(("rel", f"{s.rel:.2e} > {limits['rel']:.0e}"))
     if "cosine" in limits and not s.cosine >= limits["cosine"]:
-        fails.append(f"{s.name} cosine {s.cosine:.6f} < {limits['cosine']}")
+        fails.append(("cosine", f"{s.cosine:.6f} < {limits['cosine']}"))
     # A flip where the reference's own top-2 gap is below fp16's resolution is a tie, not a failure.
     if s.top1 is not None and "top1" in limits and s.top1_flips > s.top1_ties:
-        fails.append(f"{s.name} top-1 differs on {s.top1_flips - s.top1_ties} of the samples")
+        fails.append(("top1", f"differs on {s.top1_flips - s.top1_ties} sample(s) ({s.top1_ties} tie(s) below "
+                              "fp16 resolution allowed)"))
     return fails
 
 

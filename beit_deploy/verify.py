@@ -258,16 +258,6 @@ def _figures(task: str, precision: str, refs: list[dict], gots: list[dict], n_ph
 
 
 def _verdict(artifact: str, precision: str, outputs: tuple[OutputReport, ...]) -> list[Failure]:
-    """THRESHOLDS[precision] per output; a top-1 flip on a tie below fp16's resolution is not a failure."""
-    limits, fails = parity.THRESHOLDS.get(precision, {}), []
-    for o in outputs:
-        if "rel" in limits and not o.rel <= limits["rel"]:
-            fails.append(Failure(artifact, o.output, "rel", f"{o.rel:.2e} > {limits['rel']:.0e}"))
-        if "cosine" in limits and not o.cosine >= limits["cosine"]:
-            fails.append(Failure(artifact, o.output, "cosine", f"{o.cosine:.6f} < {limits['cosine']}"))
-        if "top1" in limits and o.top1 is not None:
-            if o.top1_flips > o.top1_ties:
-                fails.append(Failure(artifact, o.output, "top1", f"{o.top1:.1%} of samples agree (limit 100%; "
-                                     f"{o.top1_ties} ties below fp16 resolution allowed)"))
-    return fails
-
+    """parity.THRESHOLDS[precision] per output (a top-1 flip on a tie below fp16's resolution is not a failure)."""
+    return [Failure(artifact, o.output, metric, detail)
+            for o in outputs for metric, detail in parity.threshold_failures(precision, o)]
