@@ -22,14 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from . import parity
-from .data_loader_template import write_data_loader  # noqa: F401 - re-exported for export.py
 from .errors import UsageError, require
 from .manifest import Manifest, read_manifest
 from .onnx_graph import OUTPUT_NAMES
-from .verify import photo_paths, reference_model
+from .verify import feed_dicts, photo_paths, reference_model
 
 RUNNERS = ("onnxrt-fp32", "onnxrt-fp16", "torch", "trt")
-DEFAULT_RUNNERS = ("onnxrt-fp32", "onnxrt-fp16", "torch", "trt")
 # Default tolerances per precision of the runner compared with the reference (elementwise atol OR rtol).
 TOLERANCES = {"fp32": {"atol": 1e-4, "rtol": 1e-3, "cosine": 0.99999},
               "fp16": {"atol": 5e-2, "rtol": 5e-2, "cosine": parity.THRESHOLDS["fp16"]["cosine"]}}
@@ -40,7 +38,7 @@ PURPOSE = "comparing runners with Polygraphy (beit-deploy compare)"
 class CompareOptions:
     """What to compare; None tolerances mean TOLERANCES for each runner's precision."""
 
-    runners: tuple[str, ...] = DEFAULT_RUNNERS
+    runners: tuple[str, ...] = RUNNERS
     images: object = None  # None (sample photos), a folder, or a list of paths
     random: int = 2
     atol: float | None = None
@@ -108,16 +106,6 @@ def compare_funcs(precision: str, options: CompareOptions) -> list:
     pick = lambda given, key: tol[key] if given is None else given  # noqa: E731
     return [SimpleCompareFunc(atol=pick(options.atol, "atol"), rtol=pick(options.rtol, "rtol")),
             CosineSimilarityCompareFunc(cosine_similarity_threshold=pick(options.cosine, "cosine"))]
-
-
-def feed_dicts(manifest: Manifest, photos: list[Path], random: int = 2, seed: int = 0) -> list[dict]:
-    """Polygraphy feeds: photos (N, 3, H, W) preprocessed per the manifest as one batch and the first alone, then
-    one batch of `random` random images; bool_masked_pos (B, patches) where the graph takes it."""
-    from .preprocess import preprocess
-
-    empty = np.zeros((0, 3, *manifest.resolution), np.float32)
-    pixels = preprocess(photos, manifest.preprocessing) if photos else empty
-    return parity.parity_feeds(manifest.inputs, pixels, random, seed)
 
 
 def _runners(folder: Path, manifest: Manifest, options: CompareOptions):
@@ -221,4 +209,4 @@ def _eager_runner_class():
     return EagerRunner
 
 
-__all__ = ["compare", "CompareOptions", "CompareOutcome", "feed_dicts", "write_data_loader"]
+__all__ = ["compare", "CompareOptions", "CompareOutcome"]

@@ -185,16 +185,24 @@ def reference_model(manifest: Manifest, reference=None):
     return loaded
 
 
-def _feeds(manifest: Manifest, loaded, photos: list[Path], random: int, seed: int):
-    """(eager feeds, artifact feeds): the same photos through each side's preprocessing, same random inputs."""
+def feed_dicts(manifest: Manifest, photos: list[Path], random: int = 2, seed: int = 0) -> list[dict]:
+    """Artifact feeds: photos (N, 3, H, W) preprocessed per the manifest as one batch and the first alone, then
+    one batch of `random` random images; bool_masked_pos (B, patches) where the graph takes it."""
     from .preprocess import preprocess
 
+    pixels = preprocess(photos, manifest.preprocessing) if photos else _no_pixels(manifest)
+    return parity.parity_feeds(manifest.inputs, pixels, random, seed)
+
+
+def _feeds(manifest: Manifest, loaded, photos: list[Path], random: int, seed: int):
+    """(eager feeds, artifact feeds): the same photos through each side's preprocessing, same random inputs."""
     source_pp = loaded.preprocessing.at_resolution(manifest.resolution)
-    shape = (0, 3, *manifest.resolution)
-    ref_px = parity.reference_pixels(photos, source_pp) if photos else np.zeros(shape, np.float32)
-    art_px = preprocess(photos, manifest.preprocessing) if photos else np.zeros(shape, np.float32)
-    return (parity.parity_feeds(manifest.inputs, ref_px, random, seed),
-            parity.parity_feeds(manifest.inputs, art_px, random, seed))
+    ref_px = parity.reference_pixels(photos, source_pp) if photos else _no_pixels(manifest)
+    return parity.parity_feeds(manifest.inputs, ref_px, random, seed), feed_dicts(manifest, photos, random, seed)
+
+
+def _no_pixels(manifest: Manifest) -> np.ndarray:
+    return np.zeros((0, 3, *manifest.resolution), np.float32)
 
 
 def _preprocessing_failures(manifest: Manifest, loaded) -> list[Failure]:

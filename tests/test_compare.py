@@ -11,10 +11,11 @@ import pytest
 
 from test_verify import planted_copy
 
-from beit_deploy.compare import CompareOptions, compare, feed_dicts, write_data_loader
+from beit_deploy.compare import CompareOptions, compare
+from beit_deploy.data_loader_template import write_data_loader
 from beit_deploy.errors import UsageError
 from beit_deploy.manifest import read_manifest
-from beit_deploy.verify import photo_paths
+from beit_deploy.verify import feed_dicts, photo_paths
 
 
 @pytest.fixture
