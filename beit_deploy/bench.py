@@ -292,8 +292,6 @@ def _measure(jobs: dict, e2e_jobs: dict, photos: int, settings: BenchSettings):
 
 def _end_to_end_jobs(settings: BenchSettings, folder: Path | None, inputs) -> tuple[dict, list, int]:
     """predict() on the sample photos: our runner on the exported graph vs transformers' processor + model."""
-    import importlib.util
-
     from .parity import sample_images
 
     photos = [str(p) for p in sample_images(settings.images)]
@@ -303,8 +301,6 @@ def _end_to_end_jobs(settings: BenchSettings, folder: Path | None, inputs) -> tu
     jobs, skipped = {E2E_TRANSFORMERS: base | {"kind": "e2e-transformers", "spec": settings.spec.to_dict()}}, []
     if folder is None:
         skipped.append(Skipped(E2E_OURS, "no export to run (the export failed)"))
-    elif importlib.util.find_spec("beit_deploy.runner") is None:
-        skipped.append(Skipped(E2E_OURS, "this beit-deploy has no runner (beit_deploy.runner)"))
     else:
         jobs = {E2E_OURS: base | {"kind": "e2e-runner", "folder": str(folder)}} | jobs
     return jobs, skipped, len(photos)

@@ -138,17 +138,13 @@ def _e2e_runner(job: dict):
 def _e2e_transformers(job: dict):
     """transformers' way: BeitImageProcessorPil + the model (default attention) + task post-processing."""
     import torch
-    from transformers import BeitImageProcessorPil
 
     from .loading import ModelSpec, load_model
+    from .parity import reference_processor
 
     torch.set_grad_enabled(False)
     loaded = load_model(ModelSpec(**job["spec"]))
-    model, p = loaded.model.to(job["device"]), loaded.preprocessing
-    proc = BeitImageProcessorPil(
-        size={"height": p.size[0], "width": p.size[1]}, resample=p.resample, rescale_factor=p.rescale_factor,
-        image_mean=list(p.image_mean), image_std=list(p.image_std), do_center_crop=p.crop_size is not None,
-        crop_size={"height": p.crop_size[0], "width": p.crop_size[1]} if p.crop_size else None)
+    model, proc = loaded.model.to(job["device"]), reference_processor(loaded.preprocessing)
     photos = _photos(job)
 
     def once():

@@ -63,18 +63,24 @@ def sample_images(folder: Path | None = None) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def reference_pixels(images: list[Path], preprocessing: Preprocessing) -> np.ndarray:
-    """(N, 3, H, W) float32 from transformers' BeitImageProcessorPil with these settings (the ground truth)."""
-    from PIL import Image
+def reference_processor(preprocessing: Preprocessing):
+    """transformers' own BeitImageProcessorPil configured with these settings (the ground truth)."""
     from transformers import BeitImageProcessorPil
 
     p = preprocessing
-    proc = BeitImageProcessorPil(
+    return BeitImageProcessorPil(
         size={"height": p.size[0], "width": p.size[1]}, resample=p.resample, rescale_factor=p.rescale_factor,
         image_mean=list(p.image_mean), image_std=list(p.image_std), do_center_crop=p.crop_size is not None,
         crop_size={"height": p.crop_size[0], "width": p.crop_size[1]} if p.crop_size else None)
+
+
+def reference_pixels(images: list[Path], preprocessing: Preprocessing) -> np.ndarray:
+    """(N, 3, H, W) float32 from transformers' BeitImageProcessorPil with these settings (the ground truth)."""
+    from PIL import Image
+
     rgb = [Image.open(path).convert("RGB") for path in images]
-    return np.asarray(proc(images=rgb, return_tensors="np")["pixel_values"], dtype=np.float32)
+    return np.asarray(reference_processor(preprocessing)(images=rgb, return_tensors="np")["pixel_values"],
+                      dtype=np.float32)
 
 
 def eager_outputs(model, names, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
