@@ -46,4 +46,4 @@ gpu-check:
 	$(PYTHON) -c "import onnxscript, onnx_ir" 2>/dev/null || $(GPU_PIP) onnxscript onnx-ir
 	$(PYTHON) -m pip show beit-deploy >/dev/null 2>&1 || $(GPU_PIP) --no-build-isolation -e . \
 		|| $(GPU_PIP) beit-deploy
-	GPU_CHECK_OUT=$(GPU_CHECK_OUT) $(PYTHON) -m beit_deploy.gpu_check
+	GPU_CHECK_OUT=$(GPU_CHECK_OUT) $(PYTHON) -m beit_deploy.trt.gpu_check

@@ -3,8 +3,8 @@
 Importing the package is light (numpy, Pillow): torch, transformers and TensorRT load only where used.
 """
 
-from .errors import BeitDeployError
-from .runner import BeitTRTRunner
+from .core.errors import BeitDeployError
+from .runtime.runner import BeitTRTRunner
 
 __version__ = "0.1.0"
 __all__ = ["BeitDeployError", "BeitTRTRunner", "__version__"]

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import click
 
-from .errors import BeitDeployError
+from .core.errors import BeitDeployError, MissingDependencyError, UsageError, describe
+
+# Optional packages -> the extra that installs them, for the one-line hint when a command needs one.
+EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "onnxscript": "export",
+          "onnx_ir": "export", "polygraphy": "export", "tensorrt": "gpu"}
 
 
 def _friendly(command):
@@ -19,19 +23,26 @@ def _friendly(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except BeitDeployError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, traceback on request
+            exc = _missing_extra(exc, command.__name__) or exc
+            if isinstance(exc, BeitDeployError):
+                click.echo(f"error: {exc}", err=True)
+                sys.exit(exc.exit_code)
             if os.environ.get("BEIT_DEPLOY_DEBUG"):
                 raise
-            click.echo(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            click.echo(f"internal error: {type(exc).__name__}: {describe(exc)} "
                        "(set BEIT_DEPLOY_DEBUG=1 for the traceback, and please report it)", err=True)
             sys.exit(70)
     return wrapper
+
+
+def _missing_extra(exc: Exception, command: str) -> MissingDependencyError | None:
+    """An optional package a command needs and cannot import, as the error naming the extra that installs it."""
+    root = (exc.name or "").split(".")[0] if isinstance(exc, ModuleNotFoundError) else ""
+    return MissingDependencyError(root, EXTRAS[root], f"`beit-deploy {command}`") if root in EXTRAS else None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +56,7 @@ def main():
 @_friendly
 def models(as_json):
     """List the registered microsoft/beit-* checkpoints."""
-    from .registry import CHECKPOINTS
+    from .core.registry import CHECKPOINTS
 
     rows = [{"name": c.name, "task": c.task, "resolution": c.resolution, "size": c.size, "labels": c.num_labels,
              "hub_id": c.hub_id} for c in CHECKPOINTS.values()]
@@ -74,8 +85,8 @@ def models(as_json):
 @_friendly
 def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, images):
     """Export a BEiT model to ONNX, one validated graph per resolution."""
-    from .export import ExportOptions, export as run_export, parse_resolution
-    from .loading import ModelSpec
+    from .exporter.loading import ModelSpec
+    from .exporter.pipeline import ExportOptions, export as run_export, parse_resolution
 
     options = ExportOptions(resolutions=tuple(parse_resolution(r) for r in resolutions), fp16=fp16,
                             out_dir=Path(out_dir), bias_mode=bias_mode, images=Path(images) if images else None)
@@ -118,11 +129,10 @@ def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, i
 def bench(model, random_weights, seed, resolution, backends, batch_sizes, device, dtype, iters, warmup,
           no_end_to_end, images, cache_dir, json_file, markdown_file):
     """Benchmark eager and SDPA transformers against the exported graphs; print markdown tables."""
-    from .bench import BenchSettings, default_cache, run_bench
-    from .bench_report import to_markdown
-    from .errors import UsageError
-    from .export import parse_resolution
-    from .loading import ModelSpec
+    from .bench.report import BenchSettings, default_cache, to_markdown
+    from .bench.run import run_bench
+    from .exporter.loading import ModelSpec
+    from .exporter.pipeline import parse_resolution
 
     try:
         sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
@@ -147,7 +157,8 @@ def bench(model, random_weights, seed, resolution, backends, batch_sizes, device
 
 def _engines_after_export(folder: Path, fp16: bool) -> None:
     """Build engines for a fresh export where TensorRT and a GPU are present; else say how to build them later."""
-    from .engine import BuildOptions, build as build_engines, unavailable_reason
+    from .core.engine_manifest import unavailable_reason
+    from .trt.build import BuildOptions, build as build_engines
 
     reason = unavailable_reason()
     if reason:
@@ -172,7 +183,7 @@ def _engines_after_export(folder: Path, fp16: bool) -> None:
 @_friendly
 def build(export_path, precision, batch, workspace_gb, timing_cache, opt_level, out_dir):
     """Build TensorRT engines from an export (a resolution folder, or a model folder: every resolution)."""
-    from .engine import BuildOptions, build as build_engines, parse_batch
+    from .trt.build import BuildOptions, build as build_engines, parse_batch
 
     options = BuildOptions(precision=precision, batch=parse_batch(batch), workspace_gb=workspace_gb,
                            timing_cache=Path(timing_cache) if timing_cache else None, opt_level=opt_level,
@@ -187,7 +198,7 @@ def build(export_path, precision, batch, workspace_gb, timing_cache, opt_level, 
 @_friendly
 def inspect(path, as_json):
     """Inputs, outputs and make-up of an ONNX graph (anywhere) or a TensorRT engine (on its GPU)."""
-    from .inspect_graph import format_report, inspect_path
+    from .trt.inspect import format_report, inspect_path
 
     report = inspect_path(Path(path))
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
@@ -208,18 +219,18 @@ def inspect(path, as_json):
 @_friendly
 def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, batch_size):
     """Run an export (resolution folder, ONNX file or TensorRT engine) on IMAGES (files or folders)."""
-    from .errors import UsageError
-    from .palette import output_name, save_mask, save_overlay
-    from .preprocess import collect_images
-    from .progress import say
-    from .runner import BeitTRTRunner, pick_resolution
+    from .core import tasks
+    from .core.progress import say
+    from .runtime.palette import output_name, save_mask, save_overlay
+    from .runtime.preprocess import collect_images
+    from .runtime.runner import BeitTRTRunner, pick_resolution
 
     files = collect_images(images)
     folder = Path(path)
     source = pick_resolution(folder, None) if folder.is_dir() else folder
     failed, taken = 0, set()
     with BeitTRTRunner(source, precision=precision, batch_size=batch_size) as runner:
-        if (masks_dir or overlay_dir) and runner.task != "segmentation":
+        if (masks_dir or overlay_dir) and tasks.task(runner.task).answer != tasks.LABEL_MAP:
             raise UsageError(f"--masks/--overlay need a segmentation model; this one does {runner.task}")
         for n, p in enumerate(runner.predict_each(files, top_k, keep_rgb=bool(overlay_dir)), 1):
             if len(files) >= 10:
@@ -261,8 +272,8 @@ def _verify_images(images):
 @_friendly
 def verify(path, images, random_inputs, reference, json_file):
     """Prove every artifact of an export answers like the eager model (exit 1 naming each failed check)."""
-    from .errors import ParityError
-    from .verify import parity_report
+    from .core.errors import ParityError
+    from .proof.verify import parity_report
 
     report = parity_report(Path(path), images=_verify_images(images), random=random_inputs, reference=reference)
     if json_file:
@@ -289,8 +300,8 @@ def verify(path, images, random_inputs, reference, json_file):
 @_friendly
 def compare(path, runners, images, random_inputs, atol, rtol, cosine, reference, save_inputs, save_outputs):
     """Compare runners on an export with Polygraphy's Comparator; its PASSED/FAILED report, its exit status."""
-    from .compare import CompareOptions, compare as run_compare
-    from .errors import ParityError
+    from .core.errors import ParityError
+    from .proof.compare import CompareOptions, compare as run_compare
 
     options = CompareOptions(
         runners=tuple(r.strip() for r in runners.split(",") if r.strip()), images=_verify_images(images),

@@ -18,8 +18,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from beit_deploy import bake, onnx_graph
-from beit_deploy.loading import ModelSpec, load_model
+from beit_deploy.exporter import bake, onnx_graph
+from beit_deploy.exporter.loading import ModelSpec, load_model
 
 
 def plain_export(model, resolution, path: Path) -> None:

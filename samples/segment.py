@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from beit_deploy import BeitTRTRunner
-from beit_deploy.palette import save_mask, save_overlay
-from beit_deploy.preprocess import load_image
+from beit_deploy.runtime.palette import save_mask, save_overlay
+from beit_deploy.runtime.preprocess import load_image
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "beit-base-finetuned-ade-640-640"

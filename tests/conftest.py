@@ -33,10 +33,10 @@ def tiny_model(task: str, seed: int = 0):
     """An eager tiny model for `task` with non-zero bias tables and layer scales."""
     import transformers
 
-    from beit_deploy.loading import _model_class, random_model
+    from beit_deploy.exporter.loading import model_class, random_model
 
     config = transformers.BeitConfig(**TINY, **TASK_CONFIG[task])
-    return random_model(_model_class(task), config, seed).eval()
+    return random_model(model_class(task), config, seed).eval()
 
 
 def save_tiny(folder: Path, task: str, resample: int = 2, seed: int = 0) -> Path:
@@ -61,8 +61,8 @@ def tiny_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_export(tiny_dir, tmp_path_factory):
     """tiny_export(task, resolution=(64, 64), fp16=False) -> resolution folder of an export (cached)."""
-    from beit_deploy.export import ExportOptions, export
-    from beit_deploy.loading import ModelSpec
+    from beit_deploy.exporter.pipeline import ExportOptions, export
+    from beit_deploy.exporter.loading import ModelSpec
 
     @functools.cache
     def make(task: str, resolution: tuple[int, int] = (64, 64), fp16: bool = False, resample: int = 2) -> Path:

@@ -13,8 +13,9 @@ from PIL import Image
 
 from beit_deploy import BeitTRTRunner
 from beit_deploy.cli import main
-from beit_deploy.parity import sample_images
-from beit_deploy.palette import ADE20K_CLASSES, deterministic_palette, is_ade, palette_for
+from beit_deploy.exporter.parity import sample_images
+from beit_deploy.core.registry import ADE20K_CLASSES
+from beit_deploy.runtime.palette import deterministic_palette, is_ade, palette_for
 
 PHOTOS = sample_images()
 

@@ -1,0 +1,221 @@
+"""Benchmark settings and results, and their presentation: statistics, comparison with eager, machine, JSON
+and markdown.
+
+The markdown table follows the transformers BEiT docs' SDPA table: batch size | eager s/iter | backend s/iter |
+speedup | memory eager | memory backend | saved, one table per backend.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ..exporter.loading import ModelSpec
+
+BACKENDS = ("eager", "sdpa", "onnxruntime", "onnxruntime-fp16", "onnxruntime-plain", "tensorrt")
+DEFAULT_BACKENDS = ("eager", "sdpa", "onnxruntime", "onnxruntime-fp16", "tensorrt")
+BASELINE = "eager"
+E2E_OURS, E2E_TRANSFORMERS = "beit-deploy runner", "transformers"
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "beit-deploy" / "bench"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What to measure. `resolution` None: the model's native one."""
+
+    spec: ModelSpec
+    resolution: tuple[int, int] | None = None
+    backends: tuple[str, ...] = DEFAULT_BACKENDS
+    batch_sizes: tuple[int, ...] = (1, 4, 16, 32)
+    device: str = "cpu"
+    dtype: str = "fp32"  # of the torch backends; the ONNX graphs carry their own precision
+    iters: int = 10
+    warmup: int = 2
+    end_to_end: bool = True
+    cache_dir: Path = field(default_factory=default_cache)
+    images: Path | None = None  # photos for the end-to-end row and the export's parity check
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One backend at one batch size. Speedup and memory saved are against eager at the same batch size."""
+
+    backend: str
+    batch_size: int
+    seconds_per_iter: float  # median
+    min_seconds_per_iter: float  # the best iteration: the least disturbed by other load on the machine
+    ci_percent: float | None  # half-width of the 95 % confidence interval of the mean, % of the median
+    images_per_second: float
+    peak_memory_mb: float | None
+    iterations: int
+    speedup: float | None = None
+    memory_saved_percent: float | None = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    backend: str
+    reason: str
+    batch_size: int | None = None  # None: the whole backend
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    machine: dict
+    settings: dict
+    results: tuple[Measurement, ...]
+    end_to_end: tuple[Measurement, ...]
+    skipped: tuple[Skipped, ...]
+
+    def to_dict(self) -> dict:
+        return {"machine": self.machine, "settings": self.settings,
+                "results": [asdict(r) for r in self.results], "end_to_end": [asdict(r) for r in self.end_to_end],
+                "skipped": [asdict(s) for s in self.skipped]}
+
+
+
+# two-sided 95 % Student t quantiles by degrees of freedom (1..30); 1.96 beyond
+_T95 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16, 2.14, 2.13, 2.12, 2.11,
+        2.10, 2.09, 2.09, 2.08, 2.07, 2.07, 2.06, 2.06, 2.06, 2.05, 2.05, 2.05, 2.04)
+
+
+def summarise(backend: str, batch: int, times: list[float], peak_mb: float | None) -> Measurement:
+    """Median seconds per iteration, with the 95 % CI half-width of the mean as a % of the median (None for 1)."""
+    median = statistics.median(times)
+    ci = None
+    if len(times) > 1:
+        t = _T95[len(times) - 2] if len(times) - 1 <= len(_T95) else 1.96
+        ci = 100 * t * statistics.stdev(times) / len(times) ** 0.5 / median
+    return Measurement(backend, batch, median, min(times), ci, batch / median, peak_mb, len(times))
+
+
+def compare(results: list[Measurement]) -> list[Measurement]:
+    """Each measurement with its speedup and memory saved against eager at the same batch size."""
+    base = {r.batch_size: r for r in results if r.backend == BASELINE}
+    out = []
+    for r in results:
+        ref = base.get(r.batch_size)
+        if ref is None:
+            out.append(r)
+            continue
+        saved = None
+        if ref.peak_memory_mb and r.peak_memory_mb is not None:
+            saved = 100 * (ref.peak_memory_mb - r.peak_memory_mb) / ref.peak_memory_mb
+        out.append(replace(r, speedup=ref.seconds_per_iter / r.seconds_per_iter, memory_saved_percent=saved))
+    return out
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (Linux: distinct core ids of the allowed CPUs)."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    try:
+        cores, cpu, phys = set(), None, "0"
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            cpu = int(value) if key == "processor" else cpu
+            phys = value if key == "physical id" else phys
+            if key == "core id" and cpu in allowed:
+                cores.add((phys, value))
+        return max(1, len(cores)) if cores else max(1, len(allowed))
+    except OSError:
+        return max(1, len(allowed))
+
+
+def machine(device: str) -> dict:
+    """CPU model and cores, GPU (when benchmarking on CUDA), OS, Python and package versions."""
+    from ..core.manifest import versions
+
+    info = {"cpu": _cpu_model(), "physical_cores": physical_cores(), "logical_cpus": os.cpu_count(),
+            "os": platform.platform(), "python": platform.python_version(), "gpu": None,
+            "versions": versions(), "torch_threads": None}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if device == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def settings_dict(settings: BenchSettings, info: dict) -> dict:
+    s = settings
+    return {"model": s.spec.model, "weights": "random" if s.spec.random_weights else "pretrained",
+            "seed": s.spec.seed if s.spec.random_weights else None, "device": s.device, "dtype": s.dtype,
+            "batch_sizes": sorted(set(s.batch_sizes)), "iters": s.iters, "warmup": s.warmup,
+            "timing": "median of per-iteration wall time; backends interleaved round-robin, each in its own process",
+            "memory": ("CUDA: torch max allocated (None where torch does not allocate)" if s.device == "cuda"
+                       else "CPU: peak RSS (VmHWM) of the backend's process"),
+            "ort_session": "bench.worker.ort_session_options(): ORT_ENABLE_ALL, sequential, threads = physical cores"
+            } | info
+
+
+def machine_line(m: dict) -> str:
+    v = m["versions"]
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
+    return (f"{m['cpu']} ({m['physical_cores']} cores, {m['logical_cpus']} logical){gpu}; torch {v.get('torch')}, "
+            f"transformers {v.get('transformers')}, onnxruntime {v.get('onnxruntime')}, Python {m['python']}")
+
+
+def to_markdown(report: BenchReport) -> str:
+    """Machine and settings, one doc-style table per backend against eager, end to end, skipped backends."""
+    s = report.settings
+    lines = [f"**{s['model']}** ({s['weights']} weights) at {s['resolution'][0]}x{s['resolution'][1]}, "
+             f"{s['device']}, torch dtype {s['dtype']}, {s['iters']} iterations after {s['warmup']} warm-up",
+             "", f"Machine: {machine_line(report.machine)}", ""]
+    base = {r.batch_size: r for r in report.results if r.backend == BASELINE}
+    for backend in dict.fromkeys(r.backend for r in report.results if r.backend != BASELINE):
+        lines += [f"#### {backend}", "",
+                  f"| batch size | eager s/iter | {backend} s/iter | speedup | memory eager (MB) | "
+                  f"memory {backend} (MB) | memory saved |", "|---|---|---|---|---|---|---|"]
+        for r in (r for r in report.results if r.backend == backend):
+            ref = base.get(r.batch_size)
+            lines.append(f"| {r.batch_size} | {_secs(ref)} | {_secs(r)} | {_x(r.speedup)} | {_mb(ref)} | {_mb(r)} | "
+                         f"{_pct(r.memory_saved_percent)} |")
+        lines.append("")
+    if report.end_to_end:
+        lines += ["#### end to end (preprocess + inference + postprocess of the sample photos)", "",
+                  "| pipeline | photos | s/call | images/s |", "|---|---|---|---|"]
+        lines += [f"| {r.backend} | {r.batch_size} | {_secs(r)} | {r.images_per_second:.2f} |"
+                  for r in report.end_to_end]
+        lines.append("")
+    if report.skipped:
+        lines += ["Skipped:", ""] + [f"- {k.backend}{f' (batch {k.batch_size})' if k.batch_size else ''}: {k.reason}"
+                                     for k in report.skipped] + [""]
+    return "\n".join(lines)
+
+
+def _secs(r: Measurement | None) -> str:
+    if r is None:
+        return "-"
+    ci = f" ±{r.ci_percent:.0f}%" if r.ci_percent is not None else ""
+    return f"{r.seconds_per_iter:.4f}{ci}"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _mb(r: Measurement | None) -> str:
+    return "-" if r is None or r.peak_memory_mb is None else f"{r.peak_memory_mb:.0f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"

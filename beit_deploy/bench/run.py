@@ -1,0 +1,222 @@
+"""`beit-deploy bench`: eager and SDPA transformers against our exported graphs, interleaved, per batch size.
+
+Every backend runs in its own worker process (`bench_worker`), so its peak memory is its own; the parent drives
+all workers round-robin, one timed iteration at a time, so that load from anything else on the machine falls
+on every backend alike. Artifacts are exported once into a cache folder and reused. Backends that cannot run
+here are reported as skipped, with the reason. Settings, results and their presentation are in `report`, the
+worker processes in `worker`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from ..core import tasks
+from ..core.errors import BeitDeployError, UsageError, describe
+from ..core.progress import say, step
+from . import report as bench_report
+from .report import BACKENDS, BASELINE, E2E_OURS, E2E_TRANSFORMERS, BenchReport, BenchSettings, Skipped
+
+
+def run_bench(settings: BenchSettings) -> BenchReport:
+    """Measure every backend at every batch size (ascending), plus the end-to-end row."""
+    from ..exporter.loading import native_resolution, resolve, task_of
+    from ..exporter.pipeline import check_resolution
+
+    _check(settings)
+    resolved = resolve(settings.spec)
+    resolution = settings.resolution or native_resolution(resolved.config)
+    check_resolution(resolution, resolved.config.patch_size)
+    task = task_of(resolved.config)
+    inputs = [(s.name, list(s.shape), s.dtype) for s in tasks.input_specs(task, resolved.config, resolution)]
+    backends = (BASELINE,) + tuple(b for b in settings.backends if b != BASELINE)
+    jobs, skipped, folder = _jobs(settings, backends, resolution, task, inputs, resolved)
+    e2e_jobs, e2e_skipped, photos = _end_to_end_jobs(settings, folder, inputs) if settings.end_to_end else ({}, [], 0)
+    results, e2e, more = _measure(jobs, e2e_jobs, photos, settings)
+    info = {"resolution": list(resolution), "task": task, "backends": list(backends),
+            "export": str(folder) if folder else None}
+    return BenchReport(bench_report.machine(settings.device), bench_report.settings_dict(settings, info),
+                       tuple(bench_report.compare(results)), tuple(e2e), tuple(skipped + more + e2e_skipped))
+
+
+def _check(settings: BenchSettings) -> None:
+    unknown = [b for b in settings.backends if b not in BACKENDS]
+    if unknown:
+        raise UsageError(f"unknown backend(s) {', '.join(unknown)}: choose from {', '.join(BACKENDS)}")
+    if not settings.batch_sizes or min(settings.batch_sizes) < 1:
+        raise UsageError("batch sizes must be positive integers, e.g. --batch-sizes 1,4,16")
+    if settings.iters < 1 or settings.warmup < 0:
+        raise UsageError("--iters must be at least 1 and --warmup at least 0")
+    if settings.device not in ("cpu", "cuda") or settings.dtype not in ("fp32", "fp16"):
+        raise UsageError("--device is cpu or cuda, --dtype fp32 or fp16")
+    if settings.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda needs a CUDA GPU, and torch sees none: use --device cpu")
+
+
+def _jobs(settings, backends, resolution, task, inputs, resolved):
+    """Worker jobs for the backends that can run here; (backend, reason) for the others; the export folder."""
+    base = {"device": settings.device, "dtype": settings.dtype, "inputs": inputs}
+    jobs, skipped, folder = {}, [], None
+    wants_export = {"onnxruntime", "onnxruntime-fp16", "tensorrt"} & set(backends)
+    if wants_export or settings.end_to_end:
+        try:
+            folder = cached_export(settings, resolution, resolved, fp16="onnxruntime-fp16" in backends or
+                                   ("tensorrt" in backends and settings.dtype == "fp16"))
+        except BeitDeployError as exc:
+            skipped += [Skipped(b, f"export failed: {exc}") for b in sorted(wants_export)]
+    for name in backends:
+        if name in ("eager", "sdpa"):
+            jobs[name] = base | {"kind": "torch", "attention": name, "spec": settings.spec.to_dict()}
+        elif name in ("onnxruntime", "onnxruntime-fp16") and folder is not None:
+            file = "model.fp16.onnx" if name.endswith("fp16") else "model.onnx"
+            jobs[name] = base | {"kind": "onnxruntime", "path": str(folder / file)}
+        elif name == "onnxruntime-plain":
+            try:
+                jobs[name] = base | {"kind": "onnxruntime", "path": str(plain_export(settings, resolution, task))}
+            except Exception as exc:  # noqa: BLE001 - the plain exporter fails in many ways on some heads
+                skipped.append(Skipped(name, f"plain torch.onnx.export failed: {describe(exc)}"))
+        elif name == "tensorrt" and folder is not None:
+            try:
+                engine = cached_engine(settings, folder)
+                jobs[name] = base | {"kind": "tensorrt", "path": str(engine), "folder": str(folder)}
+            except BeitDeployError as exc:
+                skipped.append(Skipped(name, str(exc)))
+    return jobs, skipped, folder
+
+
+def cached_engine(settings: BenchSettings, folder: Path) -> Path:
+    """A TensorRT engine of the export (precision --dtype, batch profile up to the largest batch), built once
+    and reused while its engine.json still names this ONNX graph."""
+    from ..core.engine_manifest import read_engine_manifest, unavailable_reason
+    from ..core.files import artifact_sha256
+    from ..core.manifest import read_manifest
+    from ..trt.build import BuildOptions, engine_from_onnx
+
+    reason = "TensorRT needs a GPU: run with --device cuda" if settings.device != "cuda" else unavailable_reason()
+    if reason:
+        raise UsageError(reason)
+    manifest = read_manifest(folder)
+    onnx = folder / manifest.artifacts[settings.dtype]
+    top = max(settings.batch_sizes)
+    out = _cache_folder(settings) / f"engines-{settings.dtype}-b{top}"
+    engine = out / manifest.model / folder.name / "model.engine"
+    if engine.is_file() and read_engine_manifest(engine.parent).source.get("sha256") == artifact_sha256(onnx):
+        return engine
+    options = BuildOptions(precision=settings.dtype, batch=(1, min(8, top), top), out_dir=out)
+    return engine_from_onnx(onnx, manifest, options)
+
+
+def _cache_folder(settings: BenchSettings) -> Path:
+    """One cache folder per model source and weights, so a re-run reuses its exports."""
+    from ..core.manifest import versions
+
+    key = {"spec": settings.spec.to_dict(), "versions": versions()}
+    path = Path(settings.spec.model).expanduser()
+    if path.is_dir():
+        key["files"] = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(settings.cache_dir) / f"{Path(settings.spec.model).name}-{digest}"
+
+
+def cached_export(settings: BenchSettings, resolution: tuple[int, int], resolved, fp16: bool) -> Path:
+    """The export folder of the model at `resolution` (with the fp16 graph if asked), exported if not cached.
+    `resolved`: the model's exporter.loading.Resolved, worked out once by run_bench."""
+    from ..exporter.pipeline import ExportOptions, export
+
+    out = _cache_folder(settings)
+    name = f"{resolution[0]}x{resolution[1]}"
+    for manifest in sorted(out.glob(f"*/{name}/manifest.json")):
+        artifacts = json.loads(manifest.read_text()).get("artifacts", {})
+        if "fp32" in artifacts and (not fp16 or "fp16" in artifacts):
+            say(f"using the cached export {manifest.parent}")
+            return manifest.parent
+    options = ExportOptions(resolutions=(resolution,), fp16=fp16, out_dir=out, images=settings.images)
+    return export(settings.spec, options, resolved)[0].folder
+
+
+def plain_export(settings: BenchSettings, resolution: tuple[int, int], task: str) -> Path:
+    """The unmodified transformers model through torch.onnx.export (TorchScript), dynamic batch: the
+    generic export our baked graph is compared with. Cached beside our export."""
+    import tempfile
+    import warnings
+
+    import torch
+
+    from ..exporter.loading import load_model
+    from ..exporter.onnx_graph import OPSET
+
+    path = _cache_folder(settings) / f"plain-{resolution[0]}x{resolution[1]}.onnx"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model, names = load_model(settings.spec).model, tasks.task(task).outputs
+    wrapped = _Outputs(model, names).eval()
+    example = torch.randn(2, model.config.num_channels, *resolution)
+    axes = {"pixel_values": {0: "batch"}} | {n: {0: "batch"} for n in names}
+    with step("plain torch.onnx.export of the unmodified model"), warnings.catch_warnings(), \
+            tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        warnings.simplefilter("ignore")
+        partial = Path(tmp) / path.name
+        torch.onnx.export(wrapped, (example,), str(partial), dynamo=False, input_names=["pixel_values"],
+                          output_names=list(names), dynamic_axes=axes, opset_version=OPSET)
+        os.replace(partial, path)
+    return path
+
+
+def _Outputs(model, names):
+    """Wrap a transformers model so it returns a tuple of the named outputs (what the exporter needs)."""
+    import torch
+
+    class Outputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, pixel_values):
+            out = self.m(pixel_values)
+            return tuple(out[n] for n in names)
+    return Outputs()
+
+
+def _measure(jobs: dict, e2e_jobs: dict, photos: int, settings: BenchSettings):
+    """Interleaved timings of every job at every batch size (ascending), then the end-to-end jobs on the
+    photos -> (measurements, end-to-end measurements, skipped). All workers start (load) at once."""
+    from .report import summarise
+    from .worker import Workers
+
+    rounds = [(batch, [n for n in jobs]) for batch in sorted(set(settings.batch_sizes))]
+    rounds += [(photos, list(e2e_jobs))] if e2e_jobs else []
+    results, e2e = [], []
+    say(f"starting {len(jobs) + len(e2e_jobs)} worker processes ({', '.join(jobs | e2e_jobs)})")
+    with Workers(jobs | e2e_jobs) as workers:
+        for batch, names in rounds:
+            what = f"{batch} photos end to end" if names[0] in e2e_jobs else f"batch {batch}"
+            with step(f"{what}: {settings.warmup} warm-up + {settings.iters} timed iteration(s) each, interleaved"):
+                for name, (times, peak) in workers.measure(batch, settings.iters, settings.warmup, names).items():
+                    row = summarise(name, batch, times, peak)
+                    (e2e if name in e2e_jobs else results).append(row)
+                    say(f"  {name:18} {row.seconds_per_iter:9.4f} s/iter {row.images_per_second:9.1f} img/s")
+        skipped = [Skipped(name, reason, batch) for name, batch, reason in workers.failed]
+    return results, e2e, skipped
+
+
+def _end_to_end_jobs(settings: BenchSettings, folder: Path | None, inputs) -> tuple[dict, list, int]:
+    """predict() on the sample photos: our runner on the exported graph vs transformers' processor + model."""
+    from ..exporter.parity import NO_PHOTOS, sample_images
+
+    photos = [str(p) for p in sample_images(settings.images)]
+    if not photos:
+        return {}, [Skipped("end-to-end", NO_PHOTOS)], 0
+    base = {"device": settings.device, "dtype": "fp32", "inputs": inputs, "images": photos}
+    jobs, skipped = {E2E_TRANSFORMERS: base | {"kind": "e2e-transformers", "spec": settings.spec.to_dict()}}, []
+    if folder is None:
+        skipped.append(Skipped(E2E_OURS, "no export to run (the export failed)"))
+    else:
+        jobs = {E2E_OURS: base | {"kind": "e2e-runner", "folder": str(folder)}} | jobs
+    return jobs, skipped, len(photos)

@@ -1,0 +1,109 @@
+"""engine.json: what built a TensorRT engine, for which GPU, from which ONNX graph, with which profile.
+
+The contract between `beit-deploy build` (trt/build.py) and everything that opens an engine (the runtime's
+TensorRT backend, verify, compare, inspect). Plain Python: torch is imported lazily to name the GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ArtifactError, BeitDeployError, require
+from .manifest import read_versioned
+
+ENGINE_SUFFIXES = (".engine", ".plan")
+ENGINE_FILE, ENGINE_MANIFEST = "model.engine", "engine.json"
+ENGINE_FORMAT_VERSION = 1
+TRT_PURPOSE = "building or running TensorRT engines (on a machine with an NVIDIA GPU)"
+
+
+class TensorRTError(BeitDeployError):
+    """TensorRT could not parse, build or run something, or there is no GPU to do it on."""
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """The GPU an engine is built for: its name and compute capability ("9.0")."""
+
+    name: str
+    compute_capability: str
+
+
+@dataclass(frozen=True)
+class EngineManifest:
+    """engine.json: what built an engine, for which GPU, from which ONNX, with which profile."""
+
+    tensorrt: str
+    gpu: GpuInfo
+    precision: str
+    source: dict  # {"folder": export folder, "onnx": file name, "sha256": of the ONNX (+ its external data)}
+    profile: dict  # input name -> {"min": shape, "opt": shape, "max": shape}
+    build_seconds: float
+    engine_bytes: int
+    options: dict  # workspace_gb, opt_level, timing_cache
+    created: str
+    format_version: int = ENGINE_FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EngineManifest":
+        return cls(**{**d, "gpu": GpuInfo(**d["gpu"])})
+
+
+def check_engine_compatible(engine_manifest: EngineManifest, trt_version: str, gpu: GpuInfo) -> None:
+    """Raise ArtifactError if the engine was built by another TensorRT version or for another GPU.
+
+    A serialized engine only loads in the TensorRT version that built it, and its tactics were chosen for
+    one GPU model; both need a rebuild on this machine, which the message says how to do.
+    """
+    m = engine_manifest
+    rebuild = f"rebuild it here: beit-deploy build {m.source.get('folder', '<export folder>')}"
+    if m.tensorrt != trt_version:
+        raise ArtifactError(f"this engine was built with TensorRT {m.tensorrt} and this machine has TensorRT "
+                            f"{trt_version}; engines only load in the version that built them: {rebuild}")
+    if (m.gpu.name, m.gpu.compute_capability) != (gpu.name, gpu.compute_capability):
+        raise ArtifactError(f"this engine was built for {m.gpu.name} (compute capability "
+                            f"{m.gpu.compute_capability}) and this machine has {gpu.name} (compute capability "
+                            f"{gpu.compute_capability}); engines are specific to the GPU: {rebuild}")
+
+
+def write_engine_manifest(folder: Path, manifest: EngineManifest) -> Path:
+    path = Path(folder) / ENGINE_MANIFEST
+    path.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    return path
+
+
+def read_engine_manifest(folder: Path) -> EngineManifest:
+    """engine.json of an engine folder, with a clear error when it is missing or unreadable."""
+    return read_versioned(Path(folder) / ENGINE_MANIFEST, ENGINE_FORMAT_VERSION, EngineManifest.from_dict,
+                          made_by="`beit-deploy build` (e.g. engines/<model>/224x224)",
+                          redo="build the engine again", what="engine manifest")
+
+
+def unavailable_reason() -> str | None:
+    """Why engines cannot be built here (None: TensorRT and a CUDA GPU are both present). Imports nothing big."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed"
+    if importlib.util.find_spec("torch") is None:
+        return "torch is not installed"
+    import torch
+
+    return None if torch.cuda.is_available() else "no CUDA GPU (torch.cuda.is_available() is False)"
+
+
+def current_gpu(device: int = 0) -> GpuInfo:
+    """Name and compute capability of CUDA device `device`, via torch; TensorRTError without a GPU."""
+    torch = require("torch", "export", "finding the GPU for TensorRT")
+    if not torch.cuda.is_available():
+        raise TensorRTError("TensorRT needs an NVIDIA GPU and torch sees none (torch.cuda.is_available() is "
+                            "False): run this on a machine with a CUDA GPU and a CUDA build of torch")
+    major, minor = torch.cuda.get_device_capability(device)
+    return GpuInfo(torch.cuda.get_device_name(device), f"{major}.{minor}")
+
+

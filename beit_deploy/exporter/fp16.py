@@ -1,0 +1,94 @@
+"""The mixed-precision graph: fp16 compute with fp32 precision islands, strongly typed for TensorRT.
+
+TensorRT 11 takes precision only from the graph (every network is strongly typed), so the graph itself says
+what runs in fp16. MatMul, Conv and GELU run in fp16. In fp32 stay: LayerNormalization (mean of squares
+overflows fp16, and eps 1e-12 is 0 there), the attention Softmax and the bias Add feeding it, and the head
+(final norm, pooler, classifier). Inputs and outputs stay fp32. Casts at island borders are explicit.
+
+The conversion is ONNX Runtime's `convert_float_to_float16` with op and node block lists.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..core import tasks
+from ..core.progress import step
+from .graph_files import needs_external_data, save_ir, weight_bytes
+
+FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean"]
+LAYER_SCOPE = re.compile(r"/layers\.\d+/")
+
+
+def fp32_nodes(model, task: str) -> list[str]:
+    """Names of the nodes to keep in fp32 beyond FP32_OPS: bias Adds feeding a Softmax, and the head.
+
+    The head follows the task's `fp16_head` rule: every node after the last encoder layer (final norm, pooler,
+    classifier, MIM's lm_head), or for segmentation only the nodes giving the outputs (the final classifier
+    conv), since UperNet is most of the model's work.
+    """
+    nodes = list(model.graph.node)
+    producers = {out: node for node in nodes for out in node.output}
+    names = [producers[n.input[0]].name for n in nodes
+             if n.op_type == "Softmax" and producers.get(n.input[0]) is not None
+             and producers[n.input[0]].op_type == "Add"]
+    if tasks.task(task).fp16_head == tasks.HEAD_OUTPUT_NODES:
+        outputs = {out.name for out in model.graph.output}
+        return names + [n.name for n in nodes if outputs.intersection(n.output)]
+    last = max(i for i, n in enumerate(nodes) if LAYER_SCOPE.search(n.name))
+    return names + [n.name for n in nodes[last + 1:]]
+
+
+def fp16_from_onnx(fp32_path: Path, task: str, path: Path) -> Path:
+    """Write the mixed-precision version of the fp32 graph at `fp32_path` to `path`."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with step("converting to mixed precision (fp16 with fp32 islands)"):
+        model = onnx.load(str(fp32_path))
+        model = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS,
+                                         node_block_list=fp32_nodes(model, task),
+                                         # onnx's Python shape inference serialises the model: fails past 2 GB
+                                         disable_shape_infer=needs_external_data(weight_bytes(model)))
+        del model.graph.value_info[:]  # the converter leaves stale fp16 types on fp32 island tensors
+        _drop_round_trips(model)
+        _save_sorted(model, path)
+    return path
+
+
+def _drop_round_trips(model) -> None:
+    """Remove fp32 -> fp16 -> fp32 Cast pairs the converter puts between two fp32 islands.
+
+    Between the bias Add and the Softmax it would otherwise round the attention scores to fp16, which is
+    exactly what keeping both in fp32 is for. Consumers of the second Cast read the original fp32 tensor.
+    """
+    import onnx
+
+    def to(node):
+        return next(a.i for a in node.attribute if a.name == "to")
+
+    producers = {out: n for n in model.graph.node for out in n.output}
+    rename = {}
+    for node in model.graph.node:
+        first = producers.get(node.input[0]) if node.op_type == "Cast" else None
+        if first is not None and first.op_type == "Cast" and to(node) == onnx.TensorProto.FLOAT \
+                and to(first) == onnx.TensorProto.FLOAT16:
+            rename[node.output[0]] = first.input[0]
+    outputs = {o.name for o in model.graph.output}
+    rename = {k: v for k, v in rename.items() if k not in outputs}
+    for node in model.graph.node:
+        node.input[:] = [rename.get(i, i) for i in node.input]
+    used = {i for n in model.graph.node for i in n.input} | outputs
+    keep = [n for n in model.graph.node if n.op_type != "Cast" or any(o in used for o in n.output)]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+
+
+def _save_sorted(model, path: Path) -> None:
+    """Save in topological order (the converter appends its input Casts last; TensorRT's parser needs order)."""
+    import onnx_ir as ir
+
+    graph = ir.from_proto(model)
+    graph.graph.sort()
+    save_ir(graph, path, weight_bytes(model))

@@ -1,0 +1,76 @@
+"""ONNX files without torch: load, save (external data past the protobuf limit), and describe a graph.
+
+Shared by the export stage (after tracing), the fp16 conversion, and `beit-deploy inspect`, which must work on
+a machine with onnx but no torch.
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+from ..core.manifest import TensorSpec
+
+EXTERNAL_DATA_BYTES = 1_800_000_000  # below ONNX's 2 GiB protobuf limit, with room for the graph itself
+
+
+def weight_bytes(model) -> int:
+    """Bytes of a ModelProto's initializers (as serialised)."""
+    return sum(t.ByteSize() for t in model.graph.initializer)
+
+
+def needs_external_data(nbytes: int) -> bool:
+    """True when weights of `nbytes` must go to an external data file (ONNX protobufs stop at 2 GiB)."""
+    return nbytes > EXTERNAL_DATA_BYTES
+
+
+def save_ir(model, path: Path, nbytes: int) -> Path:
+    """Save an onnx_ir model to `path`, its weights in `<path>.data` when `nbytes` is past the protobuf limit."""
+    import onnx_ir as ir
+
+    ir.save(model, path, external_data=Path(path).name + ".data" if needs_external_data(nbytes) else None)
+    return Path(path)
+
+
+def load_graph(path: Path, with_weights: bool = False):
+    """The ONNX ModelProto at `path`; weights in external data are left on disk unless asked for."""
+    import onnx
+
+    return onnx.load(str(path), load_external_data=with_weights)
+
+
+def op_counts(model) -> dict[str, int]:
+    """{op type: nodes}, most frequent first."""
+    return dict(collections.Counter(node.op_type for node in model.graph.node).most_common())
+
+
+def tensor_specs(values) -> list[TensorSpec]:
+    """Graph inputs or outputs (ValueInfoProtos) as TensorSpecs: symbolic axes by name, numpy dtype names."""
+    import onnx
+
+    specs = []
+    for value in values:
+        tensor = value.type.tensor_type
+        shape = tuple(d.dim_param if d.dim_param else d.dim_value for d in tensor.shape.dim)
+        specs.append(TensorSpec(value.name, shape, onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name))
+    return specs
+
+
+def node_precisions(model) -> dict[str, str]:
+    """Compute dtype of every node ("float16", "float32", "mixed" or "other"), from the types of its float inputs.
+
+    Needs type information for intermediate tensors: run on a shape-inferred model.
+    """
+    import onnx
+
+    types = {}
+    for value in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        types[value.name] = value.type.tensor_type.elem_type
+    for init in model.graph.initializer:
+        types[init.name] = init.data_type
+    names = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
+    result = {}
+    for node in model.graph.node:
+        kinds = {names[types[i]] for i in node.input if types.get(i) in names}
+        result[node.name] = kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "other")
+    return result

@@ -1,0 +1,233 @@
+"""Load a BEiT-architecture model: registered short name, hub id, or local `save_pretrained` folder.
+
+Real weights always go through `from_pretrained`. Random weights are only ever built on request
+(`random_weights=True`), from a seed, with non-zero relative position bias tables and layer scales so that
+every code path of the model is exercised; the result says `weights="random"` and carries the seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core import registry, tasks
+from ..core.errors import ModelLoadError, UsageError, describe
+from ..core.manifest import Preprocessing
+from ..core.progress import step
+
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load. `model` is a short name, a hub id or a folder; everything else is how."""
+
+    model: str
+    random_weights: bool = False
+    seed: int = DEFAULT_SEED
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "random_weights": self.random_weights, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An eager transformers model in eval mode, with what later stages need to know about it."""
+
+    model: object = field(repr=False)  # transformers.BeitPreTrainedModel
+    spec: ModelSpec
+    name: str  # folder-safe name of the model, e.g. beit-base-patch16-224
+    source: str  # "registry", "hub" or "local"
+    task: str
+    preprocessing: Preprocessing
+    labels: dict[int, str]
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def weights(self) -> str:
+        return "random" if self.spec.random_weights else "pretrained"
+
+    @property
+    def native_resolution(self) -> tuple[int, int]:
+        return native_resolution(self.config)
+
+
+def native_resolution(config) -> tuple[int, int]:
+    """(H, W) a BEiT config was trained at: its image_size, an int or a pair."""
+    size = config.image_size
+    return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where a model comes from and its config, before any weights are read."""
+
+    source: str
+    config: object
+    preprocessing: Preprocessing
+
+
+def resolve(spec: ModelSpec) -> Resolved:
+    """Find the model's config and preprocessing (cheap; raises on unknown names and bad folders)."""
+    return Resolved(*_resolve(spec))
+
+
+def load_model(spec: ModelSpec, resolved: Resolved | None = None) -> LoadedModel:
+    """Resolve `spec.model` and load it (shapes: pixel_values (B, 3, H, W) in, per-task outputs out)."""
+    resolved = resolved or resolve(spec)
+    source, config, preprocessing = resolved.source, resolved.config, resolved.preprocessing
+    with step(f"loading {spec.model} ({'random weights, seed %d' % spec.seed if spec.random_weights else 'pretrained'})"):
+        task = task_of(config)
+        cls = model_class(task)
+        if spec.random_weights:
+            model = random_model(cls, config, spec.seed)
+        else:
+            model = _from_pretrained(cls, spec.model, source)
+        model.eval()
+    names = config.id2label or {}
+    labels = {int(k): str(v) for k, v in names.items()} if tasks.task(task).has_labels else {}
+    name = Path(spec.model).name if source == "local" else spec.model.split("/")[-1]
+    return LoadedModel(model, spec, name, source, task, preprocessing, labels)
+
+
+def task_of(config) -> str:
+    """The task of a BEiT config, from its `architectures` entry (plain BeitModel: features)."""
+    return tasks.task_of_architecture((config.architectures or [None])[0]).name
+
+
+def model_class(task: str):
+    """The transformers class of a task's model (BeitForImageClassification, ...)."""
+    import transformers
+
+    return getattr(transformers, tasks.task(task).model_class)
+
+
+def random_model(cls, config, seed: int):
+    """`cls(config)` with seeded random weights, bias tables and layer scales made non-zero."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = cls(config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                param.copy_(torch.randn(param.shape, generator=gen))
+            elif name.endswith(("lambda_1", "lambda_2")):
+                param.copy_(torch.rand(param.shape, generator=gen) * 0.5 + 0.05)
+            elif name.endswith(("cls_token", "mask_token")):
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
+    return model
+
+
+def _resolve(spec: ModelSpec):
+    """-> (source, BeitConfig, Preprocessing) without loading weights."""
+    import transformers
+
+    path = Path(spec.model).expanduser()
+    if path.is_dir():
+        return "local", _local_config(path), _local_preprocessing(path)
+    if path.suffix or spec.model.startswith((".", "/", "~")):
+        raise UsageError(f"model folder '{spec.model}' does not exist: pass an existing folder, a registered name "
+                         "(beit-deploy models) or a hub id")
+    checkpoint = registry.lookup(spec.model)
+    if checkpoint is not None:
+        config = transformers.BeitConfig(**checkpoint.config_kwargs())
+        return "registry", config, checkpoint.preprocessing()
+    if "/" not in spec.model:
+        near = registry.nearest_names(spec.model)
+        hint = f"did you mean {', '.join(near)}? " if near else ""
+        raise UsageError(f"unknown model '{spec.model}': {hint}see `beit-deploy models`, or pass a hub id "
+                         "(org/name) or a local folder")
+    try:
+        with _quiet_hub():
+            config = transformers.AutoConfig.from_pretrained(spec.model)
+    except Exception as exc:  # noqa: BLE001 - transformers raises several types for the same cause
+        raise ModelLoadError(_hub_message(spec.model, exc)) from exc
+    _check_beit(config, spec.model)
+    return "hub", config, _preprocessing_from(None, config)
+
+
+def _local_config(path: Path):
+    import transformers
+
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"folder '{path}' has no config.json: pass a folder written by save_pretrained "
+                             "(config.json, weights, preprocessor_config.json)")
+    try:
+        config = transformers.AutoConfig.from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"config.json in '{path}' is unreadable ({describe(exc, 160)}): re-save the model "
+                             "with save_pretrained") from exc
+    _check_beit(config, str(path))
+    return config
+
+
+def _check_beit(config, where: str) -> None:
+    if getattr(config, "model_type", None) != "beit":
+        raise UsageError(f"'{where}' is a {getattr(config, 'model_type', 'unknown')!r} model, not BEiT: "
+                         "beit-deploy exports models with model_type 'beit' only")
+
+
+def _local_preprocessing(path: Path) -> Preprocessing:
+    file = path / "preprocessor_config.json"
+    data = json.loads(file.read_text()) if file.is_file() else None
+    return _preprocessing_from(data, _local_config(path))
+
+
+def _preprocessing_from(data: dict | None, config) -> Preprocessing:
+    """Preprocessing from a preprocessor_config.json dict; BEiT's hub defaults where it is absent."""
+    default = Preprocessing(size=native_resolution(config))
+    if not data:
+        return default
+
+    def hw(value, fallback):
+        if value is None:
+            return fallback
+        if isinstance(value, int):
+            return (value, value)
+        return (value["height"], value["width"]) if "height" in value else (value["shortest_edge"],) * 2
+
+    crop = hw(data.get("crop_size"), None) if data.get("do_center_crop") else None
+    return Preprocessing(size=hw(data.get("size"), default.size), resample=int(data.get("resample", 2)),
+                         rescale_factor=float(data.get("rescale_factor", 1 / 255)) if data.get("do_rescale", True) else 1.0,
+                         image_mean=tuple(data.get("image_mean", default.image_mean)) if data.get("do_normalize", True) else (0.0,) * 3,
+                         image_std=tuple(data.get("image_std", default.image_std)) if data.get("do_normalize", True) else (1.0,) * 3,
+                         crop_size=crop)
+
+
+@contextlib.contextmanager
+def _quiet_hub():
+    """huggingface_hub logs a warning per failed retry; our error message says it once, with the way out."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _from_pretrained(cls, model: str, source: str):
+    if source == "registry":
+        model = registry.lookup(model).hub_id
+    try:
+        with _quiet_hub():
+            return cls.from_pretrained(model)
+    except Exception as exc:  # noqa: BLE001
+        if source == "local":
+            raise ModelLoadError(f"weights in '{model}' could not be loaded ({describe(exc, 160)}): re-save the model "
+                                 "with save_pretrained, or pass --random-weights to export its architecture") from exc
+        raise ModelLoadError(_hub_message(model, exc)) from exc
+
+
+def _hub_message(model: str, exc: Exception) -> str:
+    return (f"could not download '{model}' from the Hugging Face Hub ({describe(exc, 160)}): pass a local folder "
+            f"(save_pretrained layout) with --model, or --random-weights to export the architecture with "
+            "random weights")

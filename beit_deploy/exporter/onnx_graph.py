@@ -1,0 +1,115 @@
+"""Trace a baked BEiT to ONNX: one graph per resolution, dynamic batch only, shape arithmetic folded.
+
+Pipeline: `bake.bake()` (constant bias) -> TorchScript exporter without its own constant folding (it would
+expand the gathered bias back into full tensors) -> onnxscript's optimizer, told to leave the bias Gathers alone
+-> saved with external data when the weights pass ONNX's 2 GB protobuf limit.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..core import tasks
+from ..core.errors import ExportError, describe
+from ..core.manifest import TensorSpec
+from ..core.progress import step
+from .graph_files import save_ir, tensor_specs
+
+OPSET = 17  # LayerNormalization is a single node from opset 17 on.
+# Ops that would mean the bias (or other shape logic) is rebuilt at run time.
+FORBIDDEN_OPS = frozenset({"Range", "ScatterND", "Where", "Equal", "Resize", "ConstantOfShape", "Loop", "If"})
+# UperNet's decoder resizes feature maps by design; that Resize is not bias logic.
+ALLOWED_RESIZE_SCOPE = "/decode_head/"
+
+
+class GraphModule(nn.Module):
+    """The baked model as a function of named tensors, returning transformers' outputs in a fixed order.
+
+    Segmentation follows `BeitForSemanticSegmentation.forward` (features = hidden_states[i - 1] for i in
+    out_indices, cls dropped, reshaped to (B, C, H/16, W/16), FPN, UperNet) with constant reshape targets; the
+    auxiliary head is not part of it. Parity against the unmodified model is checked at every export.
+    """
+
+    def __init__(self, baked: nn.Module, task: str, resolution: tuple[int, int]):
+        super().__init__()
+        self.m, self.task = baked, tasks.task(task)
+        patch = baked.config.patch_size
+        self.grid = (resolution[0] // patch, resolution[1] // patch)
+
+    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None):
+        if self.task.decoder:
+            return (self._segment(pixel_values),)
+        kwargs = {"bool_masked_pos": bool_masked_pos} if bool_masked_pos is not None else {}
+        out = self.m(pixel_values, **kwargs)
+        return tuple(out[name] for name in self.task.outputs)
+
+    def _segment(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.m.beit(pixel_values, output_hidden_states=True).hidden_states
+        channels = self.m.config.hidden_size
+        features = tuple(hidden[i - 1][:, 1:].transpose(1, 2).reshape(-1, channels, *self.grid)
+                         for i in self.m.config.out_indices)
+        return self.m.decode_head(self.m.fpn(features))
+
+
+def onnx_from_model(baked: nn.Module, task: str, resolution: tuple[int, int], path: Path) -> Path:
+    """Write the ONNX graph of `baked` at `resolution` (inputs (B, 3, H, W) [+ (B, N) bool]) to `path`."""
+    import onnx_ir as ir
+    import onnxscript.optimizer
+
+    specs = tasks.input_specs(task, baked.config, resolution)
+    example = tuple(_example(spec, batch=2) for spec in specs)
+    names = tasks.task(task).outputs
+    axes = {spec.name: {0: "batch"} for spec in specs} | {name: {0: "batch"} for name in names}
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = Path(tmp) / "traced.onnx"
+        with step("tracing to ONNX"):
+            try:
+                torch.onnx.export(GraphModule(baked, task, resolution).eval(), example, str(raw), dynamo=False,
+                                  input_names=[s.name for s in specs], output_names=list(names),
+                                  dynamic_axes=axes, opset_version=OPSET, do_constant_folding=False)
+            except Exception as exc:  # noqa: BLE001 - the exporter raises many types
+                raise ExportError(f"tracing {task} at {resolution[0]}x{resolution[1]} failed: "
+                                  f"{describe(exc, 300)}") from exc
+        with step("folding shapes and constants"):
+            model = ir.load(raw)
+            onnxscript.optimizer.optimize_ir(model, should_fold=_keep_bias_gathers)
+            save_ir(model, path, sum(v.const_value.nbytes for v in model.graph.initializers.values()))
+    return path
+
+
+def _keep_bias_gathers(node) -> bool | None:
+    """Don't let constant folding expand the gathered bias (table[index]) back into a full tensor."""
+    if node.op_type == "Gather" and "/attention/" in (node.name or ""):
+        return False
+    return None
+
+
+def _example(spec: TensorSpec, batch: int) -> torch.Tensor:
+    shape = [batch if d == "batch" else d for d in spec.shape]
+    if spec.dtype == "bool":
+        return torch.rand(shape) > 0.5
+    return torch.randn(shape)
+
+
+def forbidden_nodes(model) -> list[str]:
+    """Names of nodes that rebuild shapes or the bias at run time (UperNet's own Resize excepted)."""
+    return [f"{node.op_type} {node.name}" for node in model.graph.node
+            if node.op_type in FORBIDDEN_OPS
+            and not (node.op_type == "Resize" and ALLOWED_RESIZE_SCOPE in node.name)]
+
+
+def check_graph(model) -> None:
+    """Raise ExportError if a graph rebuilds anything at run time or its batch axis is not the only dynamic one."""
+    bad = forbidden_nodes(model)
+    if bad:
+        raise ExportError(f"the ONNX graph still rebuilds shapes at run time ({', '.join(bad[:5])}); "
+                          "this is a beit-deploy bug: please report it with the model and resolution")
+    for spec in tensor_specs(model.graph.output):
+        if any(isinstance(d, str) for d in spec.shape[1:]) or spec.shape[0] != "batch":
+            raise ExportError(f"output {spec.name} has shape {list(spec.shape)}; expected a dynamic batch only")

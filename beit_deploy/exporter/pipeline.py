@@ -1,0 +1,144 @@
+"""The export stage: model -> per resolution, baked fp32 ONNX (+ mixed-precision fp16), validated, manifest.
+
+Each resolution is built in a hidden temporary folder beside its destination and renamed into place only when
+every graph passed its parity check, so a failed export leaves nothing behind and never touches an earlier
+export of the same model and resolution.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core import tasks
+from ..core.errors import ParityError, UsageError
+from ..core.files import artifact_bytes, atomic_folder
+from ..core.manifest import Manifest, versions
+from ..core.progress import say, step
+from . import bake, fp16, graph_files, onnx_graph, parity
+from .data_loader import write_data_loader
+from .loading import LoadedModel, ModelSpec, Resolved, load_model, resolve
+
+FP32_FILE, FP16_FILE = "model.onnx", "model.fp16.onnx"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export. Empty `resolutions` means the model's native one."""
+
+    resolutions: tuple[tuple[int, int], ...] = ()
+    fp16: bool = False
+    out_dir: Path = Path("export")
+    bias_mode: str | None = None  # None: chosen by size (bake.choose_bias_mode)
+    images: Path | None = None  # parity photos; None: parity.sample_images()
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    folder: Path
+    manifest: Manifest
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """'384' -> (384, 384); '320x192' -> (320, 192) as (height, width)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", str(text))
+    if not match:
+        raise UsageError(f"resolution '{text}' is not N or HxW (e.g. 224 or 320x192)")
+    height = int(match.group(1))
+    return height, int(match.group(2) or height)
+
+
+def check_resolution(resolution: tuple[int, int], patch_size: int) -> None:
+    h, w = resolution
+    if h <= 0 or w <= 0 or h % patch_size or w % patch_size:
+        def near(x):
+            return max(patch_size, round(x / patch_size) * patch_size)
+        raise UsageError(f"resolution {h}x{w} is not made of whole {patch_size}-pixel patches: use positive "
+                         f"multiples of {patch_size}, e.g. {near(h)}x{near(w)}")
+
+
+def export(spec: ModelSpec, options: ExportOptions, resolved: Resolved | None = None) -> list[ExportResult]:
+    """Load the model once and export every requested resolution. Returns one result per resolution.
+    `resolved`: `loading.resolve(spec)` when the caller has it already."""
+    resolved = resolved or resolve(spec)
+    for resolution in options.resolutions:  # fail on a bad resolution before loading weights
+        check_resolution(resolution, resolved.config.patch_size)
+    loaded = load_model(spec, resolved)
+    resolutions = options.resolutions or (loaded.native_resolution,)
+    return [export_resolution(loaded, resolution, options) for resolution in resolutions]
+
+
+def export_resolution(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOptions) -> ExportResult:
+    folder = Path(options.out_dir) / loaded.name / f"{resolution[0]}x{resolution[1]}"
+    say(f"exporting {loaded.name} at {resolution[0]}x{resolution[1]} -> {folder}")
+    with atomic_folder(folder) as tmp:
+        manifest = _build(loaded, resolution, options, tmp)
+    return ExportResult(folder, manifest)
+
+
+def _build(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOptions, tmp: Path) -> Manifest:
+    mode = options.bias_mode or bake.choose_bias_mode(loaded.config, resolution)
+    with step(f"baking the relative position bias ({mode})"):
+        baked = bake.bake(loaded.model, resolution, mode)
+    fp32_path = onnx_graph.onnx_from_model(baked, loaded.task, resolution, tmp / FP32_FILE)
+    del baked
+    graph = graph_files.load_graph(fp32_path)
+    onnx_graph.check_graph(graph)
+    artifacts = {"fp32": FP32_FILE}
+    if options.fp16:
+        fp16.fp16_from_onnx(fp32_path, loaded.task, tmp / FP16_FILE)
+        artifacts["fp16"] = FP16_FILE
+    inputs = tasks.input_specs(loaded.task, loaded.config, resolution)
+    preprocessing = loaded.preprocessing.at_resolution(resolution)
+    results = _validate(loaded, inputs, preprocessing, tmp, artifacts, options.images)
+    manifest = _manifest(loaded, resolution, mode, inputs, graph_files.tensor_specs(graph.graph.output), preprocessing,
+                         artifacts, results, tmp).write_to(tmp)
+    write_data_loader(tmp, manifest)  # for `polygraphy run model.onnx --data-loader-script data_loader.py`
+    return manifest
+
+
+def _validate(loaded, inputs, preprocessing, tmp: Path, artifacts: dict, images: Path | None) -> dict:
+    """Run every artifact in ONNX Runtime against the eager model; raise ParityError on any failure."""
+    from ..runtime.backends import CPU, OnnxRuntimeBackend
+
+    photos = parity.sample_images(images)
+    pixels = parity.reference_pixels(photos, preprocessing) if photos else _no_photos()
+    batches = parity.parity_feeds(inputs, pixels, random=2, seed=loaded.spec.seed)
+    names = tasks.task(loaded.task).outputs
+    with step(f"validating against eager transformers ({len(photos)} photos + 2 random inputs)"):
+        refs = [parity.eager_outputs(loaded.model, names, feeds) for feeds in batches]
+        results = {}
+        for precision, file in artifacts.items():
+            with OnnxRuntimeBackend(tmp / file, providers=CPU) as backend:
+                gots = [backend.run(feeds) for feeds in batches]
+            results[precision] = parity.measure(precision, loaded.task, refs, gots)
+            say("  " + results[precision].summary())
+    failed = [r for r in results.values() if not r.passed]
+    if failed:
+        raise ParityError(f"{loaded.name}: the exported graph does not match the eager model "
+                          f"({'; '.join(f.precision + ': ' + ', '.join(f.failures) for f in failed)}); "
+                          "nothing was written. Please report this with the model and resolution")
+    return results
+
+
+def _no_photos():
+    import numpy as np
+
+    say(f"  {parity.NO_PHOTOS}; validating on random inputs only")
+    return np.zeros((0,), dtype=np.float32)
+
+
+def _manifest(loaded, resolution, mode, inputs, outputs, preprocessing, artifacts, results, tmp) -> Manifest:
+    graphs = {}
+    for precision, file in artifacts.items():
+        model = graph_files.load_graph(tmp / file)
+        graphs[precision] = {"nodes": len(model.graph.node), "ops": graph_files.op_counts(model),
+                             "bytes": artifact_bytes(tmp, file)}
+    return Manifest(
+        model=loaded.name, source={"kind": loaded.source, "model": loaded.spec.model},
+        weights={"kind": loaded.weights, "seed": loaded.spec.seed if loaded.spec.random_weights else None},
+        task=loaded.task, resolution=tuple(resolution), patch_size=loaded.config.patch_size, bias_mode=mode,
+        inputs=tuple(inputs), outputs=tuple(outputs), preprocessing=preprocessing, labels=loaded.labels,
+        artifacts=artifacts, parity={p: r.to_dict() for p, r in results.items()}, graph=graphs,
+        versions=versions())

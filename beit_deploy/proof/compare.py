@@ -1,0 +1,213 @@
+"""`beit-deploy compare`: Polygraphy's Comparator over an export's runners, with Polygraphy's own report.
+
+Runners: onnxrt-fp32 / onnxrt-fp16 (Polygraphy's OnnxrtRunner on model.onnx / model.fp16.onnx), torch (the eager
+transformers model rebuilt from the manifest, as a small BaseRunner; Polygraphy's PytRunner assumes CUDA) and
+trt (Polygraphy's TrtRunner on model.engine, or on an engine built from the ONNX, where TensorRT and a GPU exist;
+otherwise skipped with the reason). Every runner is compared with the reference (torch when chosen, else the
+first) by `SimpleCompareFunc` (atol/rtol per precision) and `CosineSimilarityCompareFunc`.
+
+The feeds are the photos preprocessed as the manifest says plus seeded random inputs (`parity.parity_feeds`). The
+torch runner maps each input back to the image it stands for and normalises it the way the *source* model
+does, so a wrong rescale/mean/std written into the manifest makes every runner disagree with torch.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core import tasks
+from ..core.engine_manifest import ENGINE_FILE, read_engine_manifest, unavailable_reason
+from ..core.errors import UsageError, require
+from ..core.manifest import Manifest, read_manifest
+from ..exporter import parity
+from .verify import feed_dicts, photo_paths, reference_model
+
+RUNNERS = ("onnxrt-fp32", "onnxrt-fp16", "torch", "trt")
+# Default tolerances per precision of the runner compared with the reference (elementwise atol OR rtol).
+TOLERANCES = {"fp32": {"atol": 1e-4, "rtol": 1e-3, "cosine": 0.99999},
+              "fp16": {"atol": 5e-2, "rtol": 5e-2, "cosine": parity.THRESHOLDS["fp16"]["cosine"]}}
+PURPOSE = "comparing runners with Polygraphy (beit-deploy compare)"
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """What to compare; None tolerances mean TOLERANCES for each runner's precision."""
+
+    runners: tuple[str, ...] = RUNNERS
+    images: object = None  # None (sample photos), a folder, or a list of paths
+    random: int = 2
+    atol: float | None = None
+    rtol: float | None = None
+    cosine: float | None = None
+    save_inputs: Path | None = None
+    save_outputs: Path | None = None
+    reference: object = None  # see verify.reference_model
+    seed: int = 0
+
+    def __post_init__(self):
+        unknown = [r for r in self.runners if r not in RUNNERS]
+        if unknown or not self.runners:
+            raise UsageError(f"unknown runner(s) {', '.join(unknown) or '(none given)'}: "
+                             f"choose from {', '.join(RUNNERS)}")
+
+
+@dataclass(frozen=True)
+class CompareOutcome:
+    """Polygraphy's verdict per (runner, reference) pair, and the runners that could not run here and why."""
+
+    passed: bool
+    pairs: tuple[tuple[str, str, bool], ...]
+    skipped: dict = field(default_factory=dict)
+
+    def failed(self) -> list[str]:
+        return [f"{a} vs {b}" for a, b, ok in self.pairs if not ok]
+
+
+def compare(path, options: CompareOptions = CompareOptions()) -> CompareOutcome:
+    """Run the chosen runners on the feeds with Comparator.run, then Comparator.compare_accuracy per pair."""
+    require("polygraphy", "export", PURPOSE)
+    from polygraphy.comparator import Comparator
+
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    runners, precisions, skipped = _runners(folder, manifest, options)
+    if not runners:
+        raise UsageError(f"none of the runners {', '.join(options.runners)} can run here: "
+                         + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    feeds = feed_dicts(manifest, photo_paths(options.images), options.random, options.seed)
+    results = Comparator.run(runners, data_loader=feeds, save_inputs_path=_str(options.save_inputs),
+                             save_outputs_path=_str(options.save_outputs))
+    names = [r.name for r in runners]
+    ref = names.index("torch") if "torch" in names else 0
+    pairs = []
+    for i, name in enumerate(names):
+        if i == ref:
+            continue
+        funcs = compare_funcs(precisions[name], options)
+        ok = bool(Comparator.compare_accuracy(results, comparisons=[(i, ref)], compare_func=funcs))
+        pairs.append((name, names[ref], ok))
+    return CompareOutcome(all(ok for *_, ok in pairs), tuple(pairs), skipped)
+
+
+def _str(path) -> str | None:
+    return str(path) if path is not None else None
+
+
+def compare_funcs(precision: str, options: CompareOptions) -> list:
+    """SimpleCompareFunc (elementwise: fails where both atol and rtol are exceeded) and cosine similarity."""
+    from polygraphy.comparator import CosineSimilarityCompareFunc, SimpleCompareFunc
+
+    tol = TOLERANCES.get(precision, TOLERANCES["fp16"])
+    pick = lambda given, key: tol[key] if given is None else given  # noqa: E731
+    return [SimpleCompareFunc(atol=pick(options.atol, "atol"), rtol=pick(options.rtol, "rtol")),
+            CosineSimilarityCompareFunc(cosine_similarity_threshold=pick(options.cosine, "cosine"))]
+
+
+def _runners(folder: Path, manifest: Manifest, options: CompareOptions):
+    """-> (Polygraphy runners named as requested, {name: precision}, {skipped name: reason})."""
+    runners, precisions, skipped = [], {}, {}
+    for name in dict.fromkeys(options.runners):
+        made = _make_runner(name, folder, manifest, options)
+        if isinstance(made, str):
+            skipped[name] = made
+            continue
+        runner, precision = made
+        runners.append(runner)
+        precisions[name] = precision
+    return runners, precisions, skipped
+
+
+def _make_runner(name: str, folder: Path, manifest: Manifest, options: CompareOptions):
+    """(runner, precision), or the reason `name` cannot run for this folder on this machine."""
+    if name.startswith("onnxrt-"):
+        from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+        precision = name.split("-", 1)[1]
+        file = manifest.artifacts.get(precision)
+        if file is None or not (folder / file).is_file():
+            return f"the export has no {precision} graph here (export with --fp16 for one)"
+        return OnnxrtRunner(SessionFromOnnx(str(folder / file), providers=["cpu"]), name=name), precision
+    if name == "torch":
+        return eager_runner(manifest, reference_model(manifest, options.reference)), "fp32"
+    return _trt_runner(folder, manifest)
+
+
+def _trt_runner(folder: Path, manifest: Manifest):
+    """Polygraphy's TrtRunner on model.engine (built by `beit-deploy build`) or on an engine built from the ONNX."""
+    from ..trt.build import profile_shapes
+
+    reason = unavailable_reason()
+    if reason:
+        return reason
+    from polygraphy.backend.trt import (CreateConfig, EngineFromNetwork, EngineFromPath, NetworkFromOnnxPath,
+                                        Profile, TrtRunner)
+
+    if (folder / ENGINE_FILE).is_file():
+        precision = read_engine_manifest(folder).precision
+        return TrtRunner(EngineFromPath(str(folder / ENGINE_FILE)), name="trt"), precision
+    precision = "fp16" if "fp16" in manifest.artifacts else "fp32"
+    profile = Profile()
+    for input_name, shapes in profile_shapes(manifest.inputs, (1, 2, 8)).items():
+        profile.add(input_name, shapes["min"], shapes["opt"], shapes["max"])
+    network = NetworkFromOnnxPath(str(folder / manifest.artifacts[precision]), strongly_typed=True)
+    return TrtRunner(EngineFromNetwork(network, CreateConfig(profiles=[profile])), name="trt"), precision
+
+
+def renormaliser(manifest: Manifest, loaded) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift), each (3,): pixels normalised per the manifest -> the same image per the source model.
+
+    manifest: p = (x * r_m - mean_m) / std_m; source: q = (x * r_s - mean_s) / std_s, so q = p * scale + shift.
+    Identity when the manifest is right.
+    """
+    m, s = manifest.preprocessing, loaded.preprocessing
+    std_m, mean_m = np.asarray(m.image_std, np.float64), np.asarray(m.image_mean, np.float64)
+    std_s, mean_s = np.asarray(s.image_std, np.float64), np.asarray(s.image_mean, np.float64)
+    ratio = s.rescale_factor / m.rescale_factor
+    return std_m * ratio / std_s, (mean_m * ratio - mean_s) / std_s
+
+
+def eager_runner(manifest: Manifest, loaded, name: str = "torch"):
+    """A Polygraphy runner around the eager transformers model (on CPU, outputs as float32 numpy)."""
+    return _eager_runner_class()(loaded.model, manifest, renormaliser(manifest, loaded), name)
+
+
+@functools.cache
+def _eager_runner_class():
+    """EagerRunner, defined on first use so that polygraphy is imported only when a comparison runs."""
+    require("polygraphy", "export", PURPOSE)
+    from polygraphy.backend.base import BaseRunner
+    from polygraphy.common import TensorMetadata
+
+    class EagerRunner(BaseRunner):
+        """transformers' model as a Polygraphy runner: inputs per the manifest, outputs the task's."""
+
+        def __init__(self, model, manifest: Manifest, renorm: tuple[np.ndarray, np.ndarray], name: str):
+            super().__init__(name=name, prefix="eager-runner")
+            self.model, self.manifest = model, manifest
+            self.scale, self.shift = (v.astype(np.float32).reshape(1, 3, 1, 1) for v in renorm)
+
+        def get_input_metadata_impl(self):
+            meta = TensorMetadata()
+            for spec in self.manifest.inputs:
+                meta.add(spec.name, dtype=np.dtype(spec.dtype), shape=[None if d == "batch" else d for d in spec.shape])
+            return meta
+
+        def infer_impl(self, feed_dict):
+            """pixel_values (B, 3, H, W) renormalised for the source model [+ bool_masked_pos] -> float32 outputs."""
+            feeds = dict(feed_dict)
+            feeds["pixel_values"] = feeds["pixel_values"] * self.scale + self.shift
+            start = time.perf_counter()
+            out = parity.eager_outputs(self.model, tasks.task(self.manifest.task).outputs, feeds)
+            self.inference_time = time.perf_counter() - start
+            return collections.OrderedDict(out)
+
+    return EagerRunner
+
+
+__all__ = ["compare", "CompareOptions", "CompareOutcome"]

@@ -1,0 +1,268 @@
+"""Proof that an export answers like the model it came from: `parity_report(folder)` and its table.
+
+The reference is the eager transformers model rebuilt from the manifest (`source.model`, or the recorded seed for
+random weights) fed by transformers' own image processor with the *source* model's preprocessing. Every artifact
+in the folder (model.onnx, model.fp16.onnx, and model.engine where TensorRT and a GPU exist) is fed by
+beit-deploy's numpy preprocessing with the *manifest's* settings, so a wrong normalisation written into a
+manifest shows up as well as a wrong graph. Random inputs go to both sides unchanged.
+
+Figures per artifact and output come from `parity.measure` (max abs, max|diff|/max|ref|, mean abs, lowest
+per-sample cosine) and `parity.agreement` (top-1/top-5 for classification, label-map pixels for segmentation);
+the verdict uses `parity.THRESHOLDS` for the artifact's precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+
+from ..core import tasks
+from ..core.engine_manifest import ENGINE_FILE, read_engine_manifest, unavailable_reason
+from ..core.errors import ModelLoadError, UsageError, describe
+from ..core.manifest import Manifest, read_manifest
+from ..exporter import parity
+
+Images = Union[None, str, Path, Sequence[Union[str, Path]]]
+ONNX_ARTIFACTS = ("fp32", "fp16")
+
+
+@dataclass(frozen=True)
+class OutputReport(parity.OutputParity):
+    """parity.OutputParity's figures of one output against eager, plus decision agreement (fractions of
+    samples or pixels): top-5 sets, top-1 on the photos alone, label-map pixels."""
+
+    top5: float | None = None
+    top1_photos: float | None = None
+    pixels: float | None = None
+
+    @property
+    def output(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class ArtifactReport:
+    """One artifact: `name` is fp32, fp16 or engine; `skipped` says why it was not run (None: it was)."""
+
+    name: str
+    file: str
+    precision: str
+    outputs: tuple[OutputReport, ...] = ()
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failed check, named by (artifact, output, metric); `detail` has the value and the limit."""
+
+    artifact: str
+    output: str
+    metric: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.artifact}/{self.output}/{self.metric}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Side-by-side parity of every artifact of one export folder against the eager model."""
+
+    folder: str
+    model: str
+    task: str
+    weights: str
+    photos: int
+    random: int
+    artifacts: tuple[ArtifactReport, ...]
+    failures: tuple[Failure, ...] = ()
+    thresholds: dict = field(default_factory=lambda: dict(parity.THRESHOLDS))
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        d = {**asdict(self), "passed": self.passed}
+        for art in d["artifacts"]:  # the report's JSON names each output "output"
+            art["outputs"] = [{"output": o.pop("name"), **o} for o in art["outputs"]]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ParityReport":
+        d = {k: v for k, v in d.items() if k != "passed"}
+        arts = tuple(ArtifactReport(**{**a, "outputs": tuple(OutputReport(**{"name": o["output"], **{
+            k: v for k, v in o.items() if k != "output"}}) for o in a["outputs"])}) for a in d.pop("artifacts"))
+        failures = tuple(Failure(**f) for f in d.pop("failures"))
+        return cls(**d, artifacts=arts, failures=failures)
+
+    def table(self) -> str:
+        """Human-readable: one row per artifact and output, then the verdict naming every failed check."""
+        head = (f"parity of {self.folder} ({self.task}, weights {self.weights}) against eager transformers on "
+                f"{self.photos} photos + {self.random} random inputs")
+        rows = [f"{'artifact':9} {'output':18} {'max abs':>9} {'rel':>9} {'mean abs':>9} {'cosine':>10} "
+                f"{'top-1':>6} {'top-5':>6} {'pixels':>7}  verdict"]
+        for art in self.artifacts:
+            if art.skipped:
+                rows.append(f"{art.name:9} skipped: {art.skipped}")
+            for o in art.outputs:
+                bad = any(f.artifact == art.name and f.output == o.name for f in self.failures)
+                rows.append(f"{art.name:9} {o.name:18} {o.max_abs:9.2e} {o.rel:9.2e} {o.mean_abs:9.2e} "
+                            f"{o.cosine:10.6f} {_pct(o.top1):>6} {_pct(o.top5):>6} {_pct(o.pixels):>7}  "
+                            f"{'FAILED' if bad else 'passed'}")
+        verdict = "PASSED" if self.passed else "FAILED: " + "; ".join(str(f) for f in self.failures)
+        return "\n".join([head, *rows, verdict])
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+def parity_report(path, images: Images = None, random: int = 2, reference=None, seed: int = 0) -> ParityReport:
+    """Run eager and every artifact in export folder `path` on photos + `random` random inputs; compare.
+
+    images: None (samples/images), a folder, or a list of image paths. reference: None (rebuild from the
+    manifest), or a model to use instead (short name, hub id or save_pretrained folder, or a LoadedModel).
+    """
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    loaded = reference_model(manifest, reference)
+    photos = photo_paths(images)
+    ref_feeds, art_feeds = _feeds(manifest, loaded, photos, random, seed)
+    names = tasks.task(manifest.task).outputs
+    refs = [parity.eager_outputs(loaded.model, names, f) for f in ref_feeds]
+    n_photo = 2 if photos else 0  # parity_feeds: the photos as one batch, then the first photo alone
+    reports, failures = [], list(_preprocessing_failures(manifest, loaded))
+    for name, file, precision, run_or_reason in _artifacts(folder, manifest):
+        if isinstance(run_or_reason, str):
+            reports.append(ArtifactReport(name, file, precision, skipped=run_or_reason))
+            continue
+        gots = [run_or_reason(f) for f in art_feeds]
+        outputs = _figures(manifest.task, precision, refs, gots, n_photo)
+        reports.append(ArtifactReport(name, file, precision, outputs))
+        failures += _verdict(name, precision, outputs)
+    seed = manifest.weights.get("seed")
+    weights = manifest.weights["kind"] + (f" (seed {seed})" if seed is not None else "")
+    return ParityReport(str(folder), manifest.model, manifest.task, weights, len(photos), max(random, 0),
+                        tuple(reports), tuple(failures))
+
+
+def photo_paths(images: Images) -> list[Path]:
+    """None -> the sample photos; a folder -> its photos; a list -> those paths (checked to exist)."""
+    if images is None or isinstance(images, (str, Path)):
+        folder = Path(images) if images is not None else None
+        if folder is not None and not folder.is_dir():
+            return photo_paths([folder])
+        return parity.sample_images(folder)
+    paths = [Path(p) for p in images]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise UsageError(f"image(s) not found: {', '.join(missing)}")
+    return paths
+
+
+def reference_model(manifest: Manifest, reference=None):
+    """The eager model the export came from (or `reference`), checked to have the export's task."""
+    from ..exporter.loading import LoadedModel, ModelSpec, load_model
+
+    if isinstance(reference, LoadedModel):
+        loaded = reference
+    else:
+        where = str(reference) if reference is not None else manifest.source["model"]
+        random = manifest.weights.get("kind") == "random"
+        spec = ModelSpec(where, random_weights=random, seed=manifest.weights.get("seed") or 0)
+        try:
+            loaded = load_model(spec)
+        except (ModelLoadError, UsageError) as exc:
+            raise ModelLoadError(f"cannot rebuild the eager model of {manifest.model} from '{where}' ({exc}); "
+                                 "pass the original model with --reference (a save_pretrained folder or hub id)"
+                                 ) from exc
+    if loaded.task != manifest.task:
+        raise UsageError(f"reference model is a {loaded.task} model but the export is {manifest.task}: pass the "
+                         "model the export was made from")
+    return loaded
+
+
+def feed_dicts(manifest: Manifest, photos: list[Path], random: int = 2, seed: int = 0) -> list[dict]:
+    """Artifact feeds: photos (N, 3, H, W) preprocessed per the manifest as one batch and the first alone, then
+    one batch of `random` random images; bool_masked_pos (B, patches) where the graph takes it."""
+    from ..runtime.preprocess import preprocess
+
+    pixels = preprocess(photos, manifest.preprocessing) if photos else _no_pixels(manifest)
+    return parity.parity_feeds(manifest.inputs, pixels, random, seed)
+
+
+def _feeds(manifest: Manifest, loaded, photos: list[Path], random: int, seed: int):
+    """(eager feeds, artifact feeds): the same photos through each side's preprocessing, same random inputs."""
+    source_pp = loaded.preprocessing.at_resolution(manifest.resolution)
+    ref_px = parity.reference_pixels(photos, source_pp) if photos else _no_pixels(manifest)
+    return parity.parity_feeds(manifest.inputs, ref_px, random, seed), feed_dicts(manifest, photos, random, seed)
+
+
+def _no_pixels(manifest: Manifest) -> np.ndarray:
+    return np.zeros((0, 3, *manifest.resolution), np.float32)
+
+
+def _preprocessing_failures(manifest: Manifest, loaded) -> list[Failure]:
+    """The manifest's preprocessing must be the source model's at the export resolution, field by field."""
+    source = loaded.preprocessing.at_resolution(manifest.resolution).to_dict()
+    written = manifest.preprocessing.to_dict()
+    same = lambda a, b: np.allclose(np.asarray(a or 0, float), np.asarray(b or 0, float))  # noqa: E731
+    return [Failure("manifest", "preprocessing", key, f"{written[key]} but the source model says {source[key]}")
+            for key in source if not same(written[key], source[key])]
+
+
+def _artifacts(folder: Path, manifest: Manifest):
+    """(name, file, precision, run(feeds) -> outputs | reason it is skipped) for every artifact of the folder."""
+    for name in ONNX_ARTIFACTS:
+        file = manifest.artifacts.get(name)
+        if file is None:
+            continue
+        path = folder / file
+        yield name, file, name, (_onnx_runner(path) if path.is_file() else f"{file} is not in this folder")
+    if (folder / ENGINE_FILE).is_file():
+        precision = read_engine_manifest(folder).precision
+        yield "engine", ENGINE_FILE, precision, _engine_runner(folder / ENGINE_FILE, manifest, unavailable_reason())
+
+
+def _onnx_runner(path: Path):
+    from ..runtime.backends import CPU, OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(path, providers=CPU).run
+
+
+def _engine_runner(path: Path, manifest: Manifest, unavailable: str | None):
+    """A run function for the engine, or the reason it cannot run here (no TensorRT, no GPU, other GPU...)."""
+    if unavailable:
+        return unavailable
+    try:
+        from ..runtime.tensorrt_backend import TensorRTBackend
+
+        backend = TensorRTBackend(path, manifest)
+    except Exception as exc:  # noqa: BLE001 - any reason the engine cannot load here is a skip, said as such
+        return f"the engine cannot run here ({describe(exc)})"
+    return backend.run
+
+
+def _figures(task: str, precision: str, refs: list[dict], gots: list[dict], n_photo: int) -> tuple[OutputReport, ...]:
+    """Per output: parity.measure's figures plus decision agreement, over all samples (photos: first batches)."""
+    stats = parity.measure(precision, task, refs, gots)
+    photo_stats = parity.measure(precision, task, refs[:n_photo], gots[:n_photo]) if n_photo else None
+    reports = []
+    for i, s in enumerate(stats.outputs):
+        ref = np.concatenate([r[s.name] for r in refs]).astype(np.float64)
+        got = np.concatenate([g[s.name] for g in gots]).astype(np.float64)
+        agree = parity.agreement(task, ref, got)
+        reports.append(OutputReport(**{**asdict(s), "top1": agree.get("top1")}, top5=agree.get("top5"),
+                                    top1_photos=photo_stats.outputs[i].top1 if photo_stats else None,
+                                    pixels=agree.get("pixels")))
+    return tuple(reports)
+
+
+def _verdict(artifact: str, precision: str, outputs: tuple[OutputReport, ...]) -> list[Failure]:
+    """parity.THRESHOLDS[precision] per output (a top-1 flip on a tie below fp16's resolution is not a failure)."""
+    return [Failure(artifact, o.name, metric, detail)
+            for o in outputs for metric, detail in parity.threshold_failures(precision, o)]

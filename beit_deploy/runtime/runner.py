@@ -1,0 +1,287 @@
+"""`BeitTRTRunner`: an exported BEiT model as a function from images to answers, on ONNX Runtime or TensorRT.
+
+    with BeitTRTRunner("export/beit-base-patch16-224/224x224") as runner:
+        print(runner.predict("cat.jpg").to_dict())
+
+The runner reads the export's manifest (task, resolution, preprocessing, labels), preprocesses like
+transformers' BeitImageProcessorPil (see preprocess.py), runs the backend in batches, and post-processes per task
+(see postprocess.py). Only numpy, Pillow and ONNX Runtime load here; TensorRT only for engine files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..core import tasks
+from ..core.engine_manifest import ENGINE_MANIFEST, ENGINE_SUFFIXES, TRT_PURPOSE, read_engine_manifest
+from ..core.errors import ArtifactError, BeitDeployError, MissingDependencyError, UsageError
+from ..core.files import artifact_bytes
+from ..core.manifest import FILENAME, Manifest, read_manifest, resolution_folders
+from . import postprocess as post
+from .backends import Backend, OnnxRuntimeBackend, available_providers, has_gpu_provider
+from .preprocess import ImageLike, LoadedImage, is_batch, load_image, preprocess, preprocess_one
+
+PRECISIONS = ("fp32", "fp16")
+DEFAULT_BATCH = 8
+_PROVIDER_ALIASES = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+Result = post.Result
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """One input of `predict_each`: its name and either a result or the error that stopped it. `rgb` is the
+    photo as the model saw it before resizing (H, W, 3), for overlays."""
+
+    image: str
+    result: Result | None = None
+    error: BeitDeployError | None = None
+    rgb: np.ndarray | None = field(default=None, repr=False)
+
+
+class BeitTRTRunner:
+    """An exported BEiT model, ready to predict.
+
+    path: a resolution folder written by `beit-deploy export` (export/<model>/<H>x<W>), an ONNX file in such a
+    folder, or a TensorRT engine file (.engine/.plan) next to its manifest.
+    precision: "fp32" or "fp16" (ONNX only; an engine has its own). Default: fp16 when the export has the fp16
+    graph and ONNX Runtime has a GPU provider (TensorRT or CUDA), else fp32, since fp16 on CPU is slower and
+    less exact.
+    backend: None (ONNX Runtime on the best provider installed: TensorRT, CUDA, then CPU), one of "cpu", "cuda",
+    "tensorrt" to choose the ONNX Runtime provider, or a ready Backend instance.
+    batch_size: largest batch sent to the backend at once (default 8, and never above the backend's max_batch).
+    """
+
+    def __init__(self, path, precision: str | None = None, backend: Backend | str | None = None,
+                 batch_size: int | None = None):
+        self.path = Path(path)
+        self.manifest, artifact, self.precision = _resolve(self.path, precision)
+        if batch_size is not None and batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size or DEFAULT_BATCH
+        self.backend = backend if isinstance(backend, Backend) else _open_backend(artifact, self.manifest, backend)
+        _check_matches(self.backend, self.manifest, artifact)
+
+    @classmethod
+    def from_dir(cls, export_dir, resolution: int | str | tuple[int, int] | None = None, **kwargs) -> "BeitTRTRunner":
+        """The runner for one resolution of an export/<model> folder; `resolution` may be 384, "384x384" or
+        (384, 384), and may be left out when the folder has only one."""
+        return cls(pick_resolution(Path(export_dir), resolution), **kwargs)
+
+    # -- properties -------------------------------------------------------------------------------------------
+    @property
+    def task(self) -> str:
+        return self.manifest.task
+
+    @property
+    def labels(self) -> dict[int, str]:
+        return self.manifest.labels
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return tuple(self.manifest.resolution)
+
+    def __repr__(self) -> str:
+        return (f"BeitTRTRunner({str(self.path)!r}, task={self.task!r}, precision={self.precision!r}, "
+                f"backend={self.backend.name!r})")
+
+    # -- the three steps --------------------------------------------------------------------------------------
+    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
+        """Image(s) -> float32 (N, 3, H, W) pixel values exactly as BeitImageProcessorPil makes them."""
+        return preprocess(images, self.manifest.preprocessing)
+
+    def run(self, pixel_values: np.ndarray, **extra: np.ndarray) -> dict[str, np.ndarray]:
+        """(N, 3, H, W) pixel values [+ extra inputs by name] -> raw outputs by name, each (N, ...).
+
+        Masked image modeling takes `bool_masked_pos` (N, num_patches) bool; default: no patch masked.
+        Batches above the batch size are split into chunks and the outputs joined.
+        """
+        pixels = np.asarray(pixel_values, dtype=np.float32)
+        expected = tuple(self.manifest.inputs[0].shape[1:])
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
+            raise UsageError(f"pixel_values must be (N, {', '.join(map(str, expected))}) for this export, "
+                             f"got {tuple(pixels.shape)}: use runner.preprocess(images)")
+        feeds = {"pixel_values": pixels, **self._default_extras(len(pixels)), **extra}
+        unknown = set(feeds) - {spec.name for spec in self.manifest.inputs}
+        if unknown:
+            raise UsageError(f"unknown input(s) {sorted(unknown)}: this graph takes "
+                             f"{[s.name for s in self.manifest.inputs]}")
+        if len(pixels) == 0:
+            return {s.name: np.zeros((0, *s.shape[1:]), np.float32) for s in self.manifest.outputs}
+        step = min(self.batch_size, self.backend.max_batch or self.batch_size)
+        chunks = [self.backend.run({k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, len(pixels), step)]
+        return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5):
+        """One image -> one result; a list -> a list of results (classification: top-k classes; segmentation:
+        label map at the image's size; masked image modeling: visual token per patch; features: embedding).
+        A bad image raises its error; use `predict_each` to carry on past it."""
+        results = []
+        for p in self.predict_each(images if is_batch(images) else [images], top_k):
+            if p.error is not None:
+                raise p.error
+            results.append(p.result)
+        return results if is_batch(images) else results[0]
+
+    def predict_each(self, images: Sequence[ImageLike], top_k: int = 5, keep_rgb: bool = False
+                     ) -> Iterator[Prediction]:
+        """One Prediction per input, in order, a batch at a time; an image that cannot be read gives a
+        Prediction with `error` set and the others still run. keep_rgb: attach the photo (for overlays)."""
+        items = list(images)
+        for start in range(0, len(items), self.batch_size):
+            loaded: list[LoadedImage | Prediction] = [_try_load(i) for i in items[start:start + self.batch_size]]
+            good = [x for x in loaded if isinstance(x, LoadedImage)]
+            results = iter(self._answer(good, top_k)) if good else iter(())
+            for x in loaded:
+                if isinstance(x, Prediction):
+                    yield x
+                else:
+                    yield Prediction(x.name, next(results), rgb=x.rgb if keep_rgb else None)
+
+    def _answer(self, images: list[LoadedImage], top_k: int) -> list[Result]:
+        pixels = np.stack([preprocess_one(i.rgb, self.manifest.preprocessing) for i in images])
+        task = tasks.task(self.task)
+        raw = self.run(pixels)[task.answer_from]
+        return [post.answer(task, raw[k], post.Context(image.size, self.manifest.grid, self.labels, top_k))
+                for k, image in enumerate(images)]
+
+    def _default_extras(self, n: int) -> dict[str, np.ndarray]:
+        return {s.name: np.zeros((n, *s.shape[1:]), dtype=bool) for s in self.manifest.inputs[1:] if s.dtype == "bool"}
+
+    # -- lifetime ---------------------------------------------------------------------------------------------
+    def parity(self, images=None, reference=None):
+        """Parity of this runner's export folder against the eager model: a `proof.verify.ParityReport`.
+
+        Kept for compatibility; the proof stage is `beit_deploy.proof.verify.parity_report(folder)` or
+        `beit-deploy verify`. Needs the export extra (torch, transformers): it rebuilds the eager model.
+        """
+        from ..proof.verify import parity_report  # the one call from the runtime up to a stage (tests/test_layers.py)
+
+        return parity_report(self.path if self.path.is_dir() else self.path.parent, images=images,
+                             reference=reference)
+
+    def close(self) -> None:
+        """Release the backend (ONNX Runtime session, TensorRT engine and device memory). Safe to call twice."""
+        self.backend.close()
+
+    def __enter__(self) -> "BeitTRTRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _try_load(image: ImageLike) -> LoadedImage | Prediction:
+    try:
+        return load_image(image)
+    except BeitDeployError as exc:
+        return Prediction(str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__}>", error=exc)
+
+
+def _resolve(path: Path, precision: str | None) -> tuple[Manifest, Path, str]:
+    """(manifest, artifact file, precision) for a resolution folder, an ONNX file or an engine file."""
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+    if not path.exists():
+        raise UsageError(f"'{path}' does not exist: pass an export folder (export/<model>/<H>x<W>), its ONNX file, "
+                         "or a TensorRT engine")
+    if path.is_dir():
+        manifest = read_manifest(path)
+        chosen = precision or ("fp16" if "fp16" in manifest.artifacts and has_gpu_provider() else "fp32")
+        if chosen not in manifest.artifacts:
+            raise UsageError(f"{path} has no {chosen} graph (it has: {', '.join(manifest.artifacts)}): "
+                             "export with --fp16, or choose another precision")
+        return manifest, path / manifest.artifacts[chosen], chosen
+    manifest = read_manifest(path.parent)
+    if path.suffix.lower() in ENGINE_SUFFIXES:
+        return manifest, path, _engine_precision(path, precision)
+    if path.suffix.lower() != ".onnx":
+        raise UsageError(f"'{path}' is neither an export folder, an .onnx file nor a TensorRT engine (.engine/.plan)")
+    by_file = {file: p for p, file in manifest.artifacts.items()}
+    if path.name not in by_file:
+        raise UsageError(f"'{path.name}' is not an artifact of {path.parent / FILENAME} (it lists: "
+                         f"{', '.join(by_file)})")
+    if precision is not None and precision != by_file[path.name]:
+        raise UsageError(f"'{path.name}' is the {by_file[path.name]} graph, not {precision}: pass the folder instead")
+    return manifest, path, by_file[path.name]
+
+
+def _engine_precision(path: Path, precision: str | None) -> str:
+    """An engine's precision from engine.json beside it (written by `beit-deploy build`), else the one asked."""
+    built = read_engine_manifest(path.parent).precision if (path.parent / ENGINE_MANIFEST).is_file() else None
+    if precision and built and precision != built:
+        raise UsageError(f"'{path}' is a {built} engine, not {precision}: build a {precision} engine")
+    return built or precision or "fp16"
+
+
+def _open_backend(artifact: Path, manifest: Manifest, choice: str | None) -> Backend:
+    if artifact.suffix.lower() in ENGINE_SUFFIXES:
+        return _tensorrt_backend(artifact, manifest)
+    if choice is not None and choice not in _PROVIDER_ALIASES:
+        raise UsageError(f"backend '{choice}' is not one of {', '.join(_PROVIDER_ALIASES)} (or a Backend instance)")
+    _check_size(artifact, manifest)
+    providers = None
+    if choice is not None:
+        providers = [p for p in _PROVIDER_ALIASES[choice] if p in available_providers()]
+        if providers[0] != _PROVIDER_ALIASES[choice][0]:
+            raise MissingDependencyError("onnxruntime-gpu", "gpu", f"the ONNX Runtime '{choice}' provider")
+    return OnnxRuntimeBackend(artifact, providers=providers)
+
+
+def _tensorrt_backend(engine: Path, manifest: Manifest) -> Backend:
+    """TensorRTBackend from runtime.tensorrt_backend, imported only now (it needs tensorrt and a GPU)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        raise MissingDependencyError("tensorrt", "gpu", TRT_PURPOSE)
+    try:
+        from .tensorrt_backend import TensorRTBackend
+    except ImportError as exc:
+        raise MissingDependencyError("tensorrt", "gpu", TRT_PURPOSE) from exc
+    return TensorRTBackend(engine, manifest)
+
+
+def _check_size(artifact: Path, manifest: Manifest) -> None:
+    """Catch truncated or swapped ONNX files before ONNX Runtime does, with a clearer message."""
+    if not artifact.is_file():
+        raise ArtifactError(f"'{artifact}' is missing (its manifest lists it): export the model again")
+    precision = next((p for p, f in manifest.artifacts.items() if f == artifact.name), None)
+    expected = manifest.graph.get(precision, {}).get("bytes")
+    actual = artifact_bytes(artifact.parent, artifact.name)
+    if expected is not None and actual != expected:
+        raise ArtifactError(f"'{artifact}' holds {actual} bytes but its manifest says {expected}: the file is "
+                            "truncated or from another export; export the model again")
+
+
+def _check_matches(backend: Backend, manifest: Manifest, artifact: Path) -> None:
+    wanted_in, wanted_out = [s.name for s in manifest.inputs], [s.name for s in manifest.outputs]
+    if set(backend.input_names) != set(wanted_in) or not set(wanted_out) <= set(backend.output_names):
+        raise ArtifactError(f"'{artifact}' takes {backend.input_names} and gives {backend.output_names}, but its "
+                            f"manifest says {wanted_in} -> {wanted_out}: it belongs to another export; export again")
+
+
+def pick_resolution(export_dir: Path, resolution: int | str | tuple[int, int] | None) -> Path:
+    """The resolution folder of export/<model> to use, or a clear error listing the ones there are."""
+    if not export_dir.is_dir():
+        raise UsageError(f"'{export_dir}' is not a folder: pass export/<model> as written by `beit-deploy export`")
+    if (export_dir / FILENAME).is_file() and resolution is None:
+        return export_dir
+    try:
+        found = resolution_folders(export_dir)
+    except UsageError:
+        raise ArtifactError(f"'{export_dir}' holds no exported resolution (no {FILENAME} in it or its subfolders): "
+                            "pass a folder written by `beit-deploy export` (export/<model>/<H>x<W>)") from None
+    if resolution is None:
+        if len(found) == 1:
+            return next(iter(found.values()))
+        raise UsageError(f"'{export_dir}' has several resolutions ({', '.join(found)}): choose one")
+    if isinstance(resolution, int) or (isinstance(resolution, str) and resolution.isdigit()):
+        resolution = (int(resolution), int(resolution))
+    name = resolution if isinstance(resolution, str) else f"{resolution[0]}x{resolution[1]}"
+    if name not in found:
+        raise UsageError(f"'{export_dir}' has no {name} export (it has: {', '.join(found)}): choose one of those or "
+                         f"export that resolution")
+    return found[name]

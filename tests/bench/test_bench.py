@@ -1,0 +1,89 @@
+"""`beit-deploy bench` on a tiny model: well-formed JSON and markdown, skipped backends with reasons.
+
+No test asserts a timing: the machines running the tests are shared and their timings mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from beit_deploy.cli import main
+
+RESULT_KEYS = {"backend", "batch_size", "seconds_per_iter", "ci_percent", "images_per_second", "peak_memory_mb",
+               "speedup", "memory_saved_percent", "iterations", "min_seconds_per_iter"}
+
+
+@pytest.fixture(scope="module")
+def bench_run(tiny_dir, tmp_path_factory):
+    """One bench run of the tiny classifier: eager, our graphs and TensorRT (skipped here), 2 iterations."""
+    out = tmp_path_factory.mktemp("bench")
+    args = ["bench", "--model", str(tiny_dir("classification")), "--batch-sizes", "2,1", "--iters", "2",
+            "--warmup", "0", "--backends", "onnxruntime,onnxruntime-fp16,tensorrt", "--cache",
+            str(out / "cache"), "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text(), result.output
+
+
+def test_json_is_well_formed(bench_run):
+    report, _, _ = bench_run
+    assert {"machine", "settings", "results", "end_to_end", "skipped"} <= set(report)
+    assert report["machine"]["cpu"] and report["machine"]["physical_cores"] >= 1
+    assert report["settings"]["batch_sizes"] == [1, 2] and report["settings"]["resolution"] == [64, 64]
+    rows = {(r["backend"], r["batch_size"]): r for r in report["results"]}
+    assert set(rows) == {(b, n) for b in ("eager", "onnxruntime", "onnxruntime-fp16") for n in (1, 2)}
+    for row in rows.values():
+        assert set(row) == RESULT_KEYS
+        assert row["seconds_per_iter"] >= row["min_seconds_per_iter"] > 0
+        assert row["iterations"] == 2 and row["ci_percent"] is not None
+        assert row["images_per_second"] == pytest.approx(row["batch_size"] / row["seconds_per_iter"])
+        assert row["peak_memory_mb"] > 10 and row["speedup"] > 0
+    assert rows[("eager", 1)]["speedup"] == pytest.approx(1.0)
+    assert rows[("eager", 1)]["memory_saved_percent"] == pytest.approx(0.0)
+
+
+def test_skipped_backends_have_reasons(bench_run):
+    report, markdown, _ = bench_run
+    skipped = {s["backend"]: s["reason"] for s in report["skipped"]}
+    assert "GPU" in skipped["tensorrt"]
+    assert all(reason for reason in skipped.values())
+    for backend in skipped:
+        assert f"- {backend}" in markdown
+
+
+def test_end_to_end_row(bench_run):
+    report, markdown, _ = bench_run
+    names = {r["backend"] for r in report["end_to_end"]} | {s["backend"] for s in report["skipped"]}
+    assert {"transformers", "beit-deploy runner"} <= names  # measured, or skipped with its reason
+    transformers = next(r for r in report["end_to_end"] if r["backend"] == "transformers")
+    assert transformers["batch_size"] == 5 and transformers["images_per_second"] > 0
+    assert "end to end" in markdown
+
+
+def test_markdown_tables(bench_run):
+    _, markdown, stdout = bench_run
+    assert "| batch size | eager s/iter | onnxruntime s/iter | speedup | memory eager (MB) |" in markdown
+    assert "#### onnxruntime-fp16" in markdown and "Machine:" in markdown
+    table = [line for line in markdown.splitlines() if line.startswith("| 1 |")]
+    assert len(table) == 2 and all(line.count("|") == 8 for line in table)
+    assert markdown.strip() in stdout
+
+
+def test_bad_arguments_are_usage_errors(tiny_dir):
+    model = str(tiny_dir("classification"))
+    for extra in (["--backends", "eager,nope"], ["--batch-sizes", "0"], ["--batch-sizes", "a"], ["--iters", "0"]):
+        result = CliRunner().invoke(main, ["bench", "--model", model, *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert "error:" in result.output
+
+
+def test_ort_session_options():
+    from beit_deploy.bench.worker import ort_session_options
+    from beit_deploy.bench.report import physical_cores
+
+    options = ort_session_options()
+    assert options.intra_op_num_threads == physical_cores() >= 1
+    assert ort_session_options(threads=3).intra_op_num_threads == 3

@@ -1,0 +1,52 @@
+import onnx
+import pytest
+
+from beit_deploy.exporter import fp16
+from beit_deploy.exporter.graph_files import node_precisions
+from conftest import TASKS
+
+
+def _precisions(folder):
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(folder / "model.fp16.onnx")))
+    return model, node_precisions(model)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_precision_placement(task, tiny_export):
+    model, precision = _precisions(tiny_export(task, (80, 48), fp16=True))
+    producers = {out: n for n in model.graph.node for out in n.output}
+    by_op = {}
+    for node in model.graph.node:
+        by_op.setdefault(node.op_type, set()).add(precision[node.name])
+    assert by_op["LayerNormalization"] == {"float32"}
+    assert by_op["Softmax"] == {"float32"}
+    assert "float16" in by_op["MatMul"] and "float16" in by_op["Erf"]  # GELU in fp16
+    for node in model.graph.node:
+        if node.op_type == "Softmax":
+            assert precision[producers[node.input[0]].name] == "float32"  # the bias add
+    heads = set(fp16.fp32_nodes(onnx.load(str(tiny_export(task, (80, 48)) / "model.onnx")), task))
+    for node in model.graph.node:
+        if node.name in heads and node.op_type not in ("Cast", "Reshape", "Transpose", "Slice"):
+            assert precision[node.name] == "float32", node.name
+
+
+def test_matmuls_in_fp16_except_the_head(tiny_export):
+    model, precision = _precisions(tiny_export("classification", fp16=True))
+    layer_matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and "/layers." in n.name]
+    assert layer_matmuls and all(precision[n.name] == "float16" for n in layer_matmuls)
+    gemm = [n for n in model.graph.node if n.op_type == "Gemm"]
+    assert gemm and all(precision[n.name] == "float32" for n in gemm)  # classifier
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_inputs_and_outputs_stay_fp32(task, tiny_export):
+    model = onnx.load(str(tiny_export(task, fp16=True) / "model.fp16.onnx"))
+    for value in list(model.graph.input) + list(model.graph.output):
+        assert value.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL), value.name
+
+
+def test_fp16_graph_is_strongly_typed(tiny_export):
+    """Every tensor has one type: full type/shape inference in strict mode succeeds."""
+    model = onnx.load(str(tiny_export("segmentation", fp16=True) / "model.fp16.onnx"))
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
