@@ -91,11 +91,14 @@ def eager_kwargs(model, resolution: tuple[int, int]) -> dict:
 def bake(model, resolution: tuple[int, int], mode: str | None = None) -> nn.Module:
     """A copy of `model` whose outputs at `resolution` equal the original's, with constant attention biases.
 
-    The copy only works at `resolution` (the bias is frozen to its window), at any batch size.
+    The copy only works at `resolution` (the bias is frozen to its window), at any batch size. It shares every
+    weight tensor with `model` (the module tree is new, the parameters are the same objects): baking costs the
+    bias, not a second model. Neither model may be changed in place afterwards.
     """
     mode = mode or choose_bias_mode(model.config, resolution)
     biases = capture_biases(model, resolution)
-    baked = copy.deepcopy(model).eval()
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}  # weights are shared, not copied
+    baked = copy.deepcopy(model, memo=shared).eval()
     beit = beit_of(baked)
     tokens = _num_patches(model.config, resolution) + 1
     index = _shared_index(model.config, resolution) if mode == GATHERED else None
@@ -234,7 +237,9 @@ class BakedAttention(nn.Module):
         bias = self.extra_bias()
         if bias is not None:
             scores = scores + bias
-        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        # softmax in fp32 (as transformers does); written so an fp32 trace records no no-op Casts
+        probs = torch.softmax(scores if scores.dtype == torch.float32 else scores.float(), dim=-1)
+        probs = probs if probs.dtype == q.dtype else probs.to(q.dtype)
         out = torch.matmul(probs, v).transpose(1, 2).reshape(-1, t, h * d)
         return self.o_proj(out), None
 

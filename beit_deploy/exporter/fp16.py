@@ -10,12 +10,14 @@ The conversion is ONNX Runtime's `convert_float_to_float16` with op and node blo
 
 from __future__ import annotations
 
+import heapq
 import re
 from pathlib import Path
 
 from ..core import tasks
+from ..core.errors import ExportError
 from ..core.progress import step
-from .graph_files import needs_external_data, save_ir, weight_bytes
+from .graph_files import save_proto
 
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean"]
 LAYER_SCOPE = re.compile(r"/layers\.\d+/")
@@ -46,14 +48,15 @@ def fp16_from_onnx(fp32_path: Path, task: str, path: Path) -> Path:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     with step("converting to mixed precision (fp16 with fp32 islands)"):
-        model = onnx.load(str(fp32_path))
-        model = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP32_OPS,
-                                         node_block_list=fp32_nodes(model, task),
-                                         # onnx's Python shape inference serialises the model: fails past 2 GB
-                                         disable_shape_infer=needs_external_data(weight_bytes(model)))
+        keep_fp32 = fp32_nodes(onnx.load(str(fp32_path), load_external_data=False), task)
+        # From the path, the converter infers types file to file (onnx's C++ infer_shapes_path, fine past 2 GB)
+        # and loads the model once: a copy fewer than handing it a loaded model.
+        model = convert_float_to_float16(str(fp32_path), keep_io_types=True, op_block_list=FP32_OPS,
+                                         node_block_list=keep_fp32)
         del model.graph.value_info[:]  # the converter leaves stale fp16 types on fp32 island tensors
         _drop_round_trips(model)
-        _save_sorted(model, path)
+        _sort(model.graph)
+        save_proto(model, path)
     return path
 
 
@@ -85,10 +88,27 @@ def _drop_round_trips(model) -> None:
     model.graph.node.extend(keep)
 
 
-def _save_sorted(model, path: Path) -> None:
-    """Save in topological order (the converter appends its input Casts last; TensorRT's parser needs order)."""
-    import onnx_ir as ir
-
-    graph = ir.from_proto(model)
-    graph.graph.sort()
-    save_ir(graph, path, weight_bytes(model))
+def _sort(graph) -> None:
+    """Put the nodes in topological order, in place (the converter appends its input Casts last; TensorRT's parser
+    needs order). Kahn's algorithm, stable: a node keeps its place among those that are ready."""
+    nodes = list(graph.node)
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    producer = {out: k for k, node in enumerate(nodes) for out in node.output}
+    waiting = [{producer[i] for i in node.input if i not in known and i in producer} for node in nodes]
+    users: dict[int, list[int]] = {}
+    for k, needs in enumerate(waiting):
+        for need in needs:
+            users.setdefault(need, []).append(k)
+    ready, order = [k for k, needs in enumerate(waiting) if not needs], []
+    heapq.heapify(ready)
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for user in users.get(k, ()):
+            waiting[user].discard(k)
+            if not waiting[user]:
+                heapq.heappush(ready, user)
+    if len(order) != len(nodes):
+        raise ExportError("the fp16 graph has a cycle: this is a beit-deploy bug, please report it")
+    del graph.node[:]
+    graph.node.extend(nodes[k] for k in order)

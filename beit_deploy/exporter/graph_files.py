@@ -24,11 +24,68 @@ def needs_external_data(nbytes: int) -> bool:
     return nbytes > EXTERNAL_DATA_BYTES
 
 
-def save_ir(model, path: Path, nbytes: int) -> Path:
-    """Save an onnx_ir model to `path`, its weights in `<path>.data` when `nbytes` is past the protobuf limit."""
+def save_ir(model, path: Path) -> Path:
+    """Save an onnx_ir model to `path`, its weights in `<path>.data` past the protobuf limit. Consumes `model`
+    (its initializers are moved out while it is written)."""
     import onnx_ir as ir
 
-    ir.save(model, path, external_data=Path(path).name + ".data" if needs_external_data(nbytes) else None)
+    values = list(model.graph.initializers.values())
+    if needs_external_data(sum(v.const_value.nbytes for v in values)):
+        ir.save(model, path, external_data=Path(path).name + ".data")  # onnx_ir streams external data itself
+        return Path(path)
+    model.graph.initializers.clear()
+    shell = ir.serde.serialize_model(model)
+    return _write_streamed(path, shell, (_named(ir.serde.serialize_tensor(v.const_value), v.name) for v in values))
+
+
+def _named(tensor, name: str):
+    tensor.name = name  # the graph knows the value by its own name, which folding may have changed
+    return tensor
+
+
+def save_proto(model, path: Path) -> Path:
+    """onnx.save_model for a ModelProto, its weights in `<path>.data` past the protobuf limit."""
+    import onnx
+
+    if needs_external_data(weight_bytes(model)):
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=Path(path).name + ".data")
+        return Path(path)
+    shell = onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.name != "graph":
+            _copy_field(shell, field, value)
+    for field, value in model.graph.ListFields():
+        if field.name != "initializer":
+            _copy_field(shell.graph, field, value)
+    return _write_streamed(path, shell, model.graph.initializer)
+
+
+def _copy_field(target, field, value) -> None:
+    repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+    if repeated:
+        getattr(target, field.name).extend(value)
+    elif field.message_type is not None:
+        getattr(target, field.name).CopyFrom(value)
+    else:
+        setattr(target, field.name, value)
+
+
+def _write_streamed(path: Path, shell, tensors) -> Path:
+    """Write a model as its weightless shell followed by one small message per initializer.
+
+    Serialised protobuf messages that follow each other parse as one merged message (repeated fields append), so
+    the file reads as the whole model in onnx, ONNX Runtime and TensorRT, but writing it never holds a second and
+    third copy of all the weights (a ModelProto and its serialised bytes) as onnx.save does.
+    """
+    import onnx
+
+    with open(path, "wb") as f:
+        f.write(shell.SerializeToString())
+        for tensor in tensors:
+            piece = onnx.ModelProto()
+            piece.graph.initializer.append(tensor)
+            f.write(piece.SerializeToString())
     return Path(path)
 
 

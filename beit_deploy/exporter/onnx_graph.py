@@ -1,8 +1,8 @@
 """Trace a baked BEiT to ONNX: one graph per resolution, dynamic batch only, shape arithmetic folded.
 
 Pipeline: `bake.bake()` (constant bias) -> TorchScript exporter without its own constant folding (it would
-expand the gathered bias back into full tensors) -> onnxscript's optimizer, told to leave the bias Gathers alone
--> saved with external data when the weights pass ONNX's 2 GB protobuf limit.
+expand the gathered bias back into full tensors) -> onnxscript's constant folding and onnx_ir's clean-up passes,
+told to leave the bias Gathers alone -> saved with external data when the weights pass ONNX's 2 GB protobuf limit.
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ class GraphModule(nn.Module):
 def onnx_from_model(baked: nn.Module, task: str, resolution: tuple[int, int], path: Path) -> Path:
     """Write the ONNX graph of `baked` at `resolution` (inputs (B, 3, H, W) [+ (B, N) bool]) to `path`."""
     import onnx_ir as ir
-    import onnxscript.optimizer
 
     specs = tasks.input_specs(task, baked.config, resolution)
     example = tuple(_example(spec, batch=2) for spec in specs)
@@ -69,18 +68,42 @@ def onnx_from_model(baked: nn.Module, task: str, resolution: tuple[int, int], pa
         warnings.simplefilter("ignore")
         raw = Path(tmp) / "traced.onnx"
         with step("tracing to ONNX"):
-            try:
-                torch.onnx.export(GraphModule(baked, task, resolution).eval(), example, str(raw), dynamo=False,
-                                  input_names=[s.name for s in specs], output_names=list(names),
-                                  dynamic_axes=axes, opset_version=OPSET, do_constant_folding=False)
+            try:  # no_grad: tracing then records no autograd state (a third less memory at base@224)
+                with torch.no_grad():
+                    torch.onnx.export(GraphModule(baked, task, resolution).eval(), example, str(raw), dynamo=False,
+                                      input_names=[s.name for s in specs], output_names=list(names),
+                                      dynamic_axes=axes, opset_version=OPSET, do_constant_folding=False)
             except Exception as exc:  # noqa: BLE001 - the exporter raises many types
                 raise ExportError(f"tracing {task} at {resolution[0]}x{resolution[1]} failed: "
                                   f"{describe(exc, 300)}") from exc
         with step("folding shapes and constants"):
             model = ir.load(raw)
-            onnxscript.optimizer.optimize_ir(model, should_fold=_keep_bias_gathers)
-            save_ir(model, path, sum(v.const_value.nbytes for v in model.graph.initializers.values()))
+            fold(model)
+            save_ir(model, path)
     return path
+
+
+def fold(model) -> None:
+    """Fold shape arithmetic and the weight transposes of an onnx_ir model, in place.
+
+    onnxscript's `optimize_ir` without its pattern rewriter: the rewriter's module-level rules keep the last graph
+    they matched alive (microsoft/onnxscript#2526), i.e. a second copy of the weights for the rest of the export.
+    The one rewrite our graphs needed, dropping no-op Casts, BakedAttention makes unnecessary by not emitting them.
+    """
+    from onnx_ir.passes import common
+    from onnxscript.optimizer import fold_constants
+
+    common.InlinePass()(model)
+    for _ in range(2):
+        fold_constants(model, onnx_shape_inference=True, should_fold=_keep_bias_gathers)
+        for cleanup in (common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(),
+                        common.RemoveUnusedOpsetsPass()):
+            cleanup(model)
+    for finish in (common.RemoveUnusedNodesPass(),
+                   common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+                   common.LiftSubgraphInitializersToMainGraphPass(), common.DeduplicateInitializersPass(),
+                   common.CommonSubexpressionEliminationPass(), common.OutputFixPass(), common.NameFixPass()):
+        finish(model)
 
 
 def _keep_bias_gathers(node) -> bool | None:

@@ -83,17 +83,21 @@ def _build(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOpti
         baked = bake.bake(loaded.model, resolution, mode)
     fp32_path = onnx_graph.onnx_from_model(baked, loaded.task, resolution, tmp / FP32_FILE)
     del baked
+    release_memory()
     graph = graph_files.load_graph(fp32_path)
     onnx_graph.check_graph(graph)
+    outputs = graph_files.tensor_specs(graph.graph.output)
+    del graph
     artifacts = {"fp32": FP32_FILE}
     if options.fp16:
         fp16.fp16_from_onnx(fp32_path, loaded.task, tmp / FP16_FILE)
         artifacts["fp16"] = FP16_FILE
+        release_memory()
     inputs = tasks.input_specs(loaded.task, loaded.config, resolution)
     preprocessing = loaded.preprocessing.at_resolution(resolution)
     results = _validate(loaded, inputs, preprocessing, tmp, artifacts, options.images)
-    manifest = _manifest(loaded, resolution, mode, inputs, graph_files.tensor_specs(graph.graph.output), preprocessing,
-                         artifacts, results, tmp).write_to(tmp)
+    manifest = _manifest(loaded, resolution, mode, inputs, outputs, preprocessing, artifacts, results,
+                         tmp).write_to(tmp)
     write_data_loader(tmp, manifest)  # for `polygraphy run model.onnx --data-loader-script data_loader.py`
     return manifest
 
@@ -112,6 +116,7 @@ def _validate(loaded, inputs, preprocessing, tmp: Path, artifacts: dict, images:
         for precision, file in artifacts.items():
             with OnnxRuntimeBackend(tmp / file, providers=CPU) as backend:
                 gots = [backend.run(feeds) for feeds in batches]
+            release_memory()
             results[precision] = parity.measure(precision, loaded.task, refs, gots)
             say("  " + results[precision].summary())
     failed = [r for r in results.values() if not r.passed]
@@ -120,6 +125,20 @@ def _validate(loaded, inputs, preprocessing, tmp: Path, artifacts: dict, images:
                           f"({'; '.join(f.precision + ': ' + ', '.join(f.failures) for f in failed)}); "
                           "nothing was written. Please report this with the model and resolution")
     return results
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS (glibc's malloc_trim), so that what an export stage no
+    longer needs (the traced graph, the fp32 proto, a validation session) does not stay in the process while the
+    next stage allocates. Without glibc it only collects."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _no_photos():

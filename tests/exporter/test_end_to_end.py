@@ -1,6 +1,8 @@
-"""One full-size export, as `make demo` does it: beit-base-patch16-224, random weights, fp32 + fp16."""
+"""One full-size export, as `make demo` does it: beit-base-patch16-224, random weights, fp32 + fp16 (slow: about
+a minute and 3 GB; `make test-all`). tests/test_end_to_end_tiny.py runs the same chain on a tiny model in `make test`."""
 
 import onnx
+import pytest
 from click.testing import CliRunner
 
 from beit_deploy.exporter import onnx_graph
@@ -8,6 +10,7 @@ from beit_deploy.cli import main
 from beit_deploy.core.manifest import read_manifest
 
 
+@pytest.mark.slow
 def test_beit_base_224_end_to_end(tmp_path):
     result = CliRunner().invoke(main, ["export", "--model", "beit-base-patch16-224", "--random-weights", "--fp16",
                                        "--out", str(tmp_path)])

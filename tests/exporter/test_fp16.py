@@ -45,8 +45,17 @@ def test_inputs_and_outputs_stay_fp32(task, tiny_export):
         assert value.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL), value.name
 
 
-def test_fp16_graph_is_strongly_typed(tiny_export):
-    """Every tensor has one type: full type/shape inference in strict mode succeeds."""
-    model = onnx.load(str(tiny_export("segmentation", fp16=True) / "model.fp16.onnx"))
-    onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    onnx.checker.check_model(model, full_check=True)
+@pytest.mark.parametrize("task", TASKS)
+def test_fp16_graph_is_strongly_typed(task, tiny_export):
+    """Every tensor has one known type (strict inference and the full checker pass), and no compute node mixes
+    fp16 and fp32 inputs: every precision change is an explicit Cast, as a strongly typed TensorRT network needs."""
+    model = onnx.load(str(tiny_export(task, fp16=True) / "model.fp16.onnx"))
+    onnx.checker.check_model(model, full_check=True)  # raises on a type conflict
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    typed = {v.name for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    typed |= {i.name for i in inferred.graph.initializer}
+    untyped = [o for n in inferred.graph.node for o in n.output if o and o not in typed]
+    assert untyped == []
+    precisions = node_precisions(inferred)
+    assert "mixed" not in precisions.values(), [k for k, v in precisions.items() if v == "mixed"]
+    assert {"float16", "float32"} <= set(precisions.values())

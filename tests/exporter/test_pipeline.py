@@ -42,7 +42,12 @@ def test_expected_outputs_per_task(tiny_export):
     assert [i.name for i in mim.inputs] == ["pixel_values", "bool_masked_pos"]
 
 
-def test_random_weights_are_recorded(tmp_path):
+def test_random_weights_are_recorded(tmp_path, monkeypatch):
+    from beit_deploy.core import registry
+
+    # the registered beit-base architecture, shrunk: the same path (registry -> seeded random weights), in 1 s
+    monkeypatch.setitem(registry._SIZES, "base", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                     intermediate_size=64))
     results = export(ModelSpec("beit-base-patch16-224", random_weights=True, seed=7),
                      ExportOptions(resolutions=((32, 32),), out_dir=tmp_path))
     manifest = results[0].manifest
