@@ -80,16 +80,20 @@ def models(as_json):
               help="Artifact folder; results go to OUT/<model>/<H>x<W>/.")
 @click.option("--bias-mode", type=click.Choice(["materialised", "gathered"]), default=None,
               help="How the relative position bias is stored. Default: chosen by size.")
+@click.option("--attention", type=click.Choice(["decomposed", "fused"]), default="decomposed", show_default=True,
+              help="Attention as MatMul/Add/Softmax/MatMul ops (every TensorRT 10.x), or as one ONNX Attention op "
+                   "per layer (opset 23; TensorRT 10.14+).")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of photos for the parity check. Default: samples/images.")
 @_friendly
-def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, images):
+def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, attention, images):
     """Export a BEiT model to ONNX, one validated graph per resolution."""
     from .exporter.loading import ModelSpec
     from .exporter.pipeline import ExportOptions, export as run_export, parse_resolution
 
     options = ExportOptions(resolutions=tuple(parse_resolution(r) for r in resolutions), fp16=fp16,
-                            out_dir=Path(out_dir), bias_mode=bias_mode, images=Path(images) if images else None)
+                            out_dir=Path(out_dir), bias_mode=bias_mode, attention=attention,
+                            images=Path(images) if images else None)
     for result in run_export(ModelSpec(model, random_weights, seed), options):
         m = result.manifest
         click.echo(f"{result.folder}: {m.task}, {m.resolution[0]}x{m.resolution[1]}, weights {m.weights['kind']}")
