@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/python tests/trt/trt_stubs.py install $(VENV)  # TensorRT's type stubs + 11.x bindings wheel, not installed
 	touch $(STAMP)
 
 demo: install
