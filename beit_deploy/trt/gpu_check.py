@@ -134,61 +134,65 @@ def run_tests(log: Log, out: Path, checkout: Path) -> dict:
     return result
 
 
-def timed(call, sync) -> tuple[float, float]:
-    """(ms per call, peak MB) of `call()` over ITERS calls after WARMUP, each followed by `sync()`."""
+def timed(call, device: str) -> tuple[float, float | None]:
+    """(ms per call, peak MB or None off CUDA) of `call()` over ITERS calls after WARMUP, each synchronised."""
     import torch
 
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(WARMUP):
         call()
     sync()
-    torch.cuda.reset_peak_memory_stats()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for _ in range(ITERS):
         call()
         sync()
     ms = (time.perf_counter() - start) * 1000 / ITERS
-    return ms, torch.cuda.max_memory_allocated() / 2**20
+    return ms, torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
 
 
-def attention_table(log: Log) -> dict:
-    """Parity on CUDA, then eager vs SDPA (transformers) and the baked model, fp16 on CUDA, per batch size."""
+def attention_table(log: Log, spec=None, resolution: tuple[int, int] = RESOLUTION, batches=BATCHES,
+                    device: str = "cuda") -> dict:
+    """Parity, then eager vs SDPA (transformers) and the baked model in fp16, per batch size, on `device`.
+    `spec`: the model (default BENCH_MODEL with random weights); the tests run it on CPU with a tiny one."""
     import torch
 
     from ..exporter.bake import bake
     from ..exporter.loading import ModelSpec, load_model
 
+    spec = spec or ModelSpec(BENCH_MODEL, random_weights=True)
     torch.set_grad_enabled(False)
-    model = load_model(ModelSpec(BENCH_MODEL, random_weights=True)).model.eval()
-    baked = bake(model, RESOLUTION)  # captures the bias on CPU, before the model moves
-    model, baked = model.cuda(), baked.cuda()
-    parity = parity_on_cuda(model, baked)
-    log("parity on CUDA (batch 8, random inputs): " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else
-                                                               f"{k} {v}" for k, v in parity.items()))
+    model = load_model(spec).model.eval()
+    baked = bake(model, resolution)  # captures the bias on CPU, before the model moves
+    model, baked = model.to(device), baked.to(device)
+    parity = parity_on(model, baked, resolution, device)
+    log("parity (batch 8, random inputs): " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                                       for k, v in parity.items()))
     model, baked = model.half(), baked.half()
     rows = []
-    for batch in BATCHES:
-        x = torch.randn(batch, 3, *RESOLUTION, device="cuda", dtype=torch.float16)
+    for batch in batches:
+        x = torch.randn(batch, 3, *resolution, device=device, dtype=torch.float16)
         row: dict = {"batch": batch}
         for name in ("eager", "sdpa"):
             model.set_attn_implementation(name)
-            row[name] = timed(lambda: model(pixel_values=x), torch.cuda.synchronize)
-        row["baked"] = timed(lambda: baked(pixel_values=x), torch.cuda.synchronize)
+            row[name] = timed(lambda: model(pixel_values=x), device)
+        row["baked"] = timed(lambda: baked(pixel_values=x), device)
         rows.append(row)
-        del x
     del model, baked
-    torch.cuda.empty_cache()
-    return {"model": BENCH_MODEL, "weights": "random", "dtype": "float16", "warmup": WARMUP, "iters": ITERS,
-            "rows": rows, "parity": parity}
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return {"model": spec.model, "weights": "random" if spec.random_weights else "pretrained", "dtype": "float16",
+            "device": device, "warmup": WARMUP, "iters": ITERS, "rows": rows, "parity": parity}
 
 
-def parity_on_cuda(model, baked) -> dict:
-    """Baked vs eager (both fp32 on CUDA), batch 8 random inputs: fp32 with TF32 off (max rel), and the baked
-    model in fp16 (cosine, max rel against the fp32 eager reference); `passed` against PARITY. Leaves `baked`
-    in fp16."""
+def parity_on(model, baked, resolution: tuple[int, int], device: str) -> dict:
+    """Baked vs eager (both fp32), batch 8 random inputs: fp32 with TF32 off (max rel), and the baked model in
+    fp16 (cosine, max rel against the fp32 eager reference); `passed` against PARITY. Leaves `baked` in fp16."""
     import torch
 
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, False
-    x = torch.randn(8, 3, *RESOLUTION, generator=torch.Generator().manual_seed(0)).cuda()
+    x = torch.randn(8, 3, *resolution, generator=torch.Generator().manual_seed(0)).to(device)
     model.set_attn_implementation("eager")
     ref = model(pixel_values=x).logits.double()
     got32 = baked(pixel_values=x).logits.double()
@@ -229,21 +233,21 @@ def tensorrt_rows(log: Log, work: Path) -> dict:
             extra = backend.device_memory_bytes / 2**20  # TensorRT's activations, outside torch
             for batch in BATCHES:
                 feeds = {"pixel_values": torch.randn(batch, 3, *RESOLUTION, device="cuda")}
-                ms, peak = timed(lambda: backend.run_torch(feeds), torch.cuda.synchronize)
-                rows.append({"batch": batch, "tensorrt": (ms, peak + extra)})
+                ms, peak = timed(lambda: backend.run_torch(feeds), "cuda")
+                rows.append({"batch": batch, "tensorrt": (ms, (peak or 0) + extra)})
         result["forms"][form] = {"engine": str(engine), "rows": rows}
     return result
 
 
 def table(log: Log, bench: dict, trt: dict | None) -> None:
     """The transformers docs' table (eager vs SDPA), then baked and TensorRT against both."""
-    log(f"\n{bench['model']} ({bench['weights']} weights), CUDA {bench['dtype']}, {bench['iters']} iterations after "
-        f"{bench['warmup']} warm-up, each synchronised")
+    log(f"\n{bench['model']} ({bench['weights']} weights), {bench['device']} {bench['dtype']}, {bench['iters']} "
+        f"iterations after {bench['warmup']} warm-up, each synchronised")
     log("| batch | eager ms | sdpa ms | sdpa speedup | eager MB | sdpa MB | sdpa memory saved |")
     log("|---|---|---|---|---|---|---|")
     for r in bench["rows"]:
         (e, em), (s, sm) = r["eager"], r["sdpa"]
-        log(f"| {r['batch']} | {e:.2f} | {s:.2f} | {e / s:.2f}x | {em:.0f} | {sm:.0f} | {100 * (em - sm) / em:.1f}% |")
+        log(f"| {r['batch']} | {e:.2f} | {s:.2f} | {e / s:.2f}x | {_mb(em)} | {_mb(sm)} | {_saved(em, sm)} |")
     others = [("baked", {r["batch"]: r["baked"] for r in bench["rows"]})]
     for form, data in (trt or {}).get("forms", {}).items():
         if "rows" in data:
@@ -253,7 +257,15 @@ def table(log: Log, bench: dict, trt: dict | None) -> None:
         log("|---|---|---|---|---|")
         for r in bench["rows"]:
             ms, mb = by_batch[r["batch"]]
-            log(f"| {r['batch']} | {ms:.2f} | {r['eager'][0] / ms:.2f}x | {r['sdpa'][0] / ms:.2f}x | {mb:.0f} |")
+            log(f"| {r['batch']} | {ms:.2f} | {r['eager'][0] / ms:.2f}x | {r['sdpa'][0] / ms:.2f}x | {_mb(mb)} |")
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _saved(eager: float | None, other: float | None) -> str:
+    return "-" if not eager or other is None else f"{100 * (eager - other) / eager:.1f}%"
 
 
 def main() -> int:

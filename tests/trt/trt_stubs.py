@@ -2,7 +2,7 @@
 
 Used by `make install` and tests/trt/test_static_check.py:
 
-    python tests/trt/trt_stubs.py install PREFIX   # stubs to PREFIX/trt-stubs (patched), 11.x wheel to PREFIX/trt-wheels
+    python tests/trt/trt_stubs.py install VENV   # stubs -> VENV/trt-stubs (patched); 11.x wheel -> VENV/trt-wheels
 
 - `tensorrt-stubs` (10.13.0.35.1, MIT) is installed with `pip install --target $(VENV)/trt-stubs`, never into
   site-packages: its `tensorrt/__init__.pyi` would make `import tensorrt` find an empty namespace package, and
