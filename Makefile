@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/python tests/trt/trt_stubs.py install $(VENV)  # TensorRT's type stubs + 11.x bindings wheel, not installed
 	touch $(STAMP)
 
 demo: install
@@ -29,21 +30,22 @@ test-all: install
 clean:
 	rm -rf $(VENV) export/*/ engines/*/ .pytest_cache
 
-# GPU box (no network, torch preinstalled, system python): `make wheels` here, bring wheels/ along, then there
-# `make gpu-check PYTHON=python3 [WHEELS=dir]`. It installs what is missing from the wheels, never a venv.
-WHEELS ?= wheels
+# GPU box (no network, torch preinstalled, system python, beit-deploy not installed): `make wheels` here (the
+# pure-Python wheels it may lack, for its Python GPU_PYTHON, in WHEELS), bring the checkout with WHEELS along, then
+# there `make gpu-check PYTHON=python3 WHEELS=.whl`: it installs only what is missing, from WHEELS, never a venv.
+WHEELS ?= .whl
+GPU_PYTHON ?= 3.12
 GPU_PIP = PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install --quiet --no-index --find-links $(WHEELS) --no-deps
 GPU_CHECK_OUT ?= gpu-check-out
 
-wheels:
+wheels: install
 	mkdir -p $(WHEELS)
-	$(BIN)/pip download --quiet --no-deps -d $(WHEELS) \
-		$$($(BIN)/pip freeze | grep -iE '^(polygraphy|onnxscript|onnx-ir)==')
-	$(BIN)/pip wheel --quiet --no-deps -w $(WHEELS) .
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) -d $(WHEELS) \
+		$$($(BIN)/pip freeze | grep -iE '^(polygraphy|onnxscript|onnx-ir|click|pillow)==') "setuptools>=70.1"
 
 gpu-check:
 	$(PYTHON) -c "import polygraphy" 2>/dev/null || $(GPU_PIP) polygraphy
 	$(PYTHON) -c "import onnxscript, onnx_ir" 2>/dev/null || $(GPU_PIP) onnxscript onnx-ir
-	$(PYTHON) -m pip show beit-deploy >/dev/null 2>&1 || $(GPU_PIP) --no-build-isolation -e . \
-		|| $(GPU_PIP) beit-deploy
+	$(PYTHON) -c "import click, PIL" 2>/dev/null || $(GPU_PIP) click pillow
+	$(PYTHON) -m pip show beit-deploy >/dev/null 2>&1 || $(GPU_PIP) . || $(GPU_PIP) --no-build-isolation .
 	GPU_CHECK_OUT=$(GPU_CHECK_OUT) $(PYTHON) -m beit_deploy.trt.gpu_check

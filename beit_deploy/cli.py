@@ -80,16 +80,20 @@ def models(as_json):
               help="Artifact folder; results go to OUT/<model>/<H>x<W>/.")
 @click.option("--bias-mode", type=click.Choice(["materialised", "gathered"]), default=None,
               help="How the relative position bias is stored. Default: chosen by size.")
+@click.option("--attention", type=click.Choice(["decomposed", "fused"]), default="decomposed", show_default=True,
+              help="Attention as MatMul/Add/Softmax/MatMul ops (every TensorRT 10.x), or as one ONNX Attention op "
+                   "per layer (opset 23; TensorRT 10.14+).")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of photos for the parity check. Default: samples/images.")
 @_friendly
-def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, images):
+def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, attention, images):
     """Export a BEiT model to ONNX, one validated graph per resolution."""
     from .exporter.loading import ModelSpec
     from .exporter.pipeline import ExportOptions, export as run_export, parse_resolution
 
     options = ExportOptions(resolutions=tuple(parse_resolution(r) for r in resolutions), fp16=fp16,
-                            out_dir=Path(out_dir), bias_mode=bias_mode, images=Path(images) if images else None)
+                            out_dir=Path(out_dir), bias_mode=bias_mode, attention=attention,
+                            images=Path(images) if images else None)
     for result in run_export(ModelSpec(model, random_weights, seed), options):
         m = result.manifest
         click.echo(f"{result.folder}: {m.task}, {m.resolution[0]}x{m.resolution[1]}, weights {m.weights['kind']}")
@@ -109,8 +113,8 @@ def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, i
 @click.option("--seed", default=0, show_default=True, help="Seed for --random-weights.")
 @click.option("--resolution", "-r", default=None, help="N or HxW. Default: the model's native one.")
 @click.option("--backends", default="eager,sdpa,onnxruntime,onnxruntime-fp16,tensorrt", show_default=True,
-              help="Comma-separated: eager, sdpa, onnxruntime, onnxruntime-fp16, onnxruntime-plain, tensorrt. "
-                   "eager is always measured (the baseline).")
+              help="Comma-separated: eager, sdpa, onnxruntime, onnxruntime-fp16, onnxruntime-fused, "
+                   "onnxruntime-plain, tensorrt. eager is always measured (the baseline).")
 @click.option("--batch-sizes", default="1,4,16,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
@@ -176,18 +180,20 @@ def _engines_after_export(folder: Path, fp16: bool) -> None:
 @click.option("--batch", default="1:8:32", show_default=True, help="Batch range MIN:OPT:MAX of the profile (or N).")
 @click.option("--workspace", "workspace_gb", type=float, default=None, help="Builder workspace in GB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
-              help="Timing cache file, reused across builds. Default: OUT/timing.cache.")
+              help="Timing cache file, reused and merged across builds (file-locked). "
+                   "Default: OUT/timing-<TensorRT version>-<GPU>.cache.")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=None, help="Builder optimisation level (0-5).")
+@click.option("--tf32", is_flag=True, help="Allow TF32 for fp32 layers (off by default: fp32 stays fp32).")
 @click.option("--out", "out_dir", default="engines", show_default=True, type=click.Path(file_okay=False),
               help="Engines go to OUT/<model>/<H>x<W>/.")
 @_friendly
-def build(export_path, precision, batch, workspace_gb, timing_cache, opt_level, out_dir):
+def build(export_path, precision, batch, workspace_gb, timing_cache, opt_level, tf32, out_dir):
     """Build TensorRT engines from an export (a resolution folder, or a model folder: every resolution)."""
     from .trt.build import BuildOptions, build as build_engines, parse_batch
 
     options = BuildOptions(precision=precision, batch=parse_batch(batch), workspace_gb=workspace_gb,
                            timing_cache=Path(timing_cache) if timing_cache else None, opt_level=opt_level,
-                           out_dir=Path(out_dir))
+                           out_dir=Path(out_dir), tf32=tf32)
     for engine in build_engines(Path(export_path), options):
         click.echo(str(engine))
 
@@ -267,15 +273,19 @@ def _verify_images(images):
 @click.option("--random", "random_inputs", default=2, show_default=True, help="Random inputs besides the photos.")
 @click.option("--reference", default=None,
               help="Model to compare with instead of the manifest's source (folder, short name or hub id).")
+@click.option("--engine", type=click.Path(exists=True), default=None,
+              help="TensorRT engine (file or folder) to include. Default: the one `build` made from this export "
+                   "under engines/<model>/<H>x<W>, if any.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None,
               help="Also write the report as JSON to this file.")
 @_friendly
-def verify(path, images, random_inputs, reference, json_file):
+def verify(path, images, random_inputs, reference, engine, json_file):
     """Prove every artifact of an export answers like the eager model (exit 1 naming each failed check)."""
     from .core.errors import ParityError
     from .proof.verify import parity_report
 
-    report = parity_report(Path(path), images=_verify_images(images), random=random_inputs, reference=reference)
+    report = parity_report(Path(path), images=_verify_images(images), random=random_inputs, reference=reference,
+                           engine=Path(engine) if engine else None)
     if json_file:
         Path(json_file).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     click.echo(report.table())
@@ -297,8 +307,11 @@ def verify(path, images, random_inputs, reference, json_file):
 @click.option("--save-inputs", type=click.Path(dir_okay=False), default=None, help="Polygraphy JSON of the feeds.")
 @click.option("--save-outputs", type=click.Path(dir_okay=False), default=None,
               help="Polygraphy RunResults JSON of every runner's outputs.")
+@click.option("--engine", type=click.Path(exists=True), default=None,
+              help="TensorRT engine (file or folder) for the trt runner. Default: the one `build` made from this "
+                   "export under engines/<model>/<H>x<W>, else one Polygraphy builds from the ONNX.")
 @_friendly
-def compare(path, runners, images, random_inputs, atol, rtol, cosine, reference, save_inputs, save_outputs):
+def compare(path, runners, images, random_inputs, atol, rtol, cosine, reference, save_inputs, save_outputs, engine):
     """Compare runners on an export with Polygraphy's Comparator; its PASSED/FAILED report, its exit status."""
     from .core.errors import ParityError
     from .proof.compare import CompareOptions, compare as run_compare
@@ -307,7 +320,7 @@ def compare(path, runners, images, random_inputs, atol, rtol, cosine, reference,
         runners=tuple(r.strip() for r in runners.split(",") if r.strip()), images=_verify_images(images),
         random=random_inputs, atol=atol, rtol=rtol, cosine=cosine, reference=reference,
         save_inputs=Path(save_inputs) if save_inputs else None,
-        save_outputs=Path(save_outputs) if save_outputs else None)
+        save_outputs=Path(save_outputs) if save_outputs else None, engine=Path(engine) if engine else None)
     outcome = run_compare(Path(path), options)
     for name, reason in outcome.skipped.items():
         click.echo(f"skipped {name}: {reason}")

@@ -76,6 +76,12 @@ def _jobs(settings, backends, resolution, task, inputs, resolved):
         elif name in ("onnxruntime", "onnxruntime-fp16") and folder is not None:
             file = "model.fp16.onnx" if name.endswith("fp16") else "model.onnx"
             jobs[name] = base | {"kind": "onnxruntime", "path": str(folder / file)}
+        elif name == "onnxruntime-fused":
+            try:
+                fused = cached_export(settings, resolution, resolved, fp16=False, fused=True)
+                jobs[name] = base | {"kind": "onnxruntime", "path": str(fused / "model.onnx")}
+            except BeitDeployError as exc:
+                skipped.append(Skipped(name, f"fused export failed: {exc}"))
         elif name == "onnxruntime-plain":
             try:
                 jobs[name] = base | {"kind": "onnxruntime", "path": str(plain_export(settings, resolution, task))}
@@ -92,8 +98,9 @@ def _jobs(settings, backends, resolution, task, inputs, resolved):
 
 def cached_engine(settings: BenchSettings, folder: Path) -> Path:
     """A TensorRT engine of the export (precision --dtype, batch profile up to the largest batch), built once
-    and reused while its engine.json still names this ONNX graph."""
-    from ..core.engine_manifest import read_engine_manifest, unavailable_reason
+    and reused while its engine.json names this ONNX graph, this TensorRT version and this GPU: the folder is
+    keyed on all three (`engine_cache_dir`), and engine.json is checked again before reuse."""
+    from ..core.engine_manifest import current_gpu, engine_folder, read_engine_manifest, unavailable_reason
     from ..core.files import artifact_sha256
     from ..core.manifest import read_manifest
     from ..trt.build import BuildOptions, engine_from_onnx
@@ -101,15 +108,26 @@ def cached_engine(settings: BenchSettings, folder: Path) -> Path:
     reason = "TensorRT needs a GPU: run with --device cuda" if settings.device != "cuda" else unavailable_reason()
     if reason:
         raise UsageError(reason)
+    import tensorrt
+
     manifest = read_manifest(folder)
     onnx = folder / manifest.artifacts[settings.dtype]
-    top = max(settings.batch_sizes)
-    out = _cache_folder(settings) / f"engines-{settings.dtype}-b{top}"
-    engine = out / manifest.model / folder.name / "model.engine"
-    if engine.is_file() and read_engine_manifest(engine.parent).source.get("sha256") == artifact_sha256(onnx):
-        return engine
+    sha, gpu, top = artifact_sha256(onnx), current_gpu(), max(settings.batch_sizes)
+    out = engine_cache_dir(_cache_folder(settings), settings.dtype, top, sha, tensorrt.__version__, gpu)
+    engine = engine_folder(out, manifest) / "model.engine"
+    if engine.is_file():
+        info = read_engine_manifest(engine.parent)
+        if (info.source.get("sha256"), info.tensorrt, info.gpu) == (sha, tensorrt.__version__, gpu):
+            return engine
     options = BuildOptions(precision=settings.dtype, batch=(1, min(8, top), top), out_dir=out)
     return engine_from_onnx(onnx, manifest, options)
+
+
+def engine_cache_dir(cache: Path, dtype: str, top_batch: int, onnx_sha256: str, trt_version: str, gpu) -> Path:
+    """<cache>/engines-<dtype>-b<top>-<onnx sha256[:16]>-<gpu_key>: one folder per graph, TensorRT and GPU."""
+    from ..core.engine_manifest import gpu_key
+
+    return Path(cache) / f"engines-{dtype}-b{top_batch}-{onnx_sha256[:16]}-{gpu_key(trt_version, gpu)}"
 
 
 def _cache_folder(settings: BenchSettings) -> Path:
@@ -124,19 +142,23 @@ def _cache_folder(settings: BenchSettings) -> Path:
     return Path(settings.cache_dir) / f"{Path(settings.spec.model).name}-{digest}"
 
 
-def cached_export(settings: BenchSettings, resolution: tuple[int, int], resolved, fp16: bool) -> Path:
-    """The export folder of the model at `resolution` (with the fp16 graph if asked), exported if not cached.
-    `resolved`: the model's exporter.loading.Resolved, worked out once by run_bench."""
+def cached_export(settings: BenchSettings, resolution: tuple[int, int], resolved, fp16: bool,
+                  fused: bool = False) -> Path:
+    """The export folder of the model at `resolution` (with the fp16 graph if asked; with one ONNX Attention op
+    per layer if `fused`), exported if not cached. `resolved`: the model's exporter.loading.Resolved, worked out
+    once by run_bench."""
+    from ..exporter.bake import DECOMPOSED, FUSED
     from ..exporter.pipeline import ExportOptions, export
 
-    out = _cache_folder(settings)
+    out = _cache_folder(settings) / ("fused" if fused else "")
     name = f"{resolution[0]}x{resolution[1]}"
     for manifest in sorted(out.glob(f"*/{name}/manifest.json")):
         artifacts = json.loads(manifest.read_text()).get("artifacts", {})
         if "fp32" in artifacts and (not fp16 or "fp16" in artifacts):
             say(f"using the cached export {manifest.parent}")
             return manifest.parent
-    options = ExportOptions(resolutions=(resolution,), fp16=fp16, out_dir=out, images=settings.images)
+    options = ExportOptions(resolutions=(resolution,), fp16=fp16, out_dir=out, images=settings.images,
+                            attention=FUSED if fused else DECOMPOSED)
     return export(settings.spec, options, resolved)[0].folder
 
 

@@ -131,14 +131,18 @@ def _ort_runner(job: dict):
 
 
 def _trt_runner(job: dict):
+    """TensorRT on inputs already on the GPU (like the torch backends): one timed call is the enqueue and the
+    sync of the backend's stream, with outputs left on the device (report.INPUTS_POLICY)."""
+    import torch
+
     from ..core.manifest import read_manifest
     from ..runtime.tensorrt_backend import TensorRTBackend
 
     backend = TensorRTBackend(job["path"], read_manifest(job["folder"]))
 
     def runner(batch):
-        feeds = random_feeds(job["inputs"], batch)
-        return lambda: backend.run(feeds)
+        feeds = {k: torch.from_numpy(v).to("cuda") for k, v in random_feeds(job["inputs"], batch).items()}
+        return lambda: backend.run_torch(feeds)
     return runner
 
 

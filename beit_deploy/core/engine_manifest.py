@@ -1,7 +1,9 @@
 """engine.json: what built a TensorRT engine, for which GPU, from which ONNX graph, with which profile.
 
 The contract between `beit-deploy build` (trt/build.py) and everything that opens an engine (the runtime's
-TensorRT backend, verify, compare, inspect). Plain Python: torch is imported lazily to name the GPU.
+TensorRT backend, verify, compare, inspect, bench), and where engines live: `engines/<model>/<H>x<W>/`
+(`engine_folder`), found again for an export by the sha256 of its ONNX (`find_engine`). Plain Python: torch is
+imported lazily to name the GPU.
 """
 
 from __future__ import annotations
@@ -9,15 +11,18 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ArtifactError, BeitDeployError, require
-from .manifest import read_versioned
+from .errors import ArtifactError, BeitDeployError, UsageError, require
+from .files import artifact_sha256
+from .manifest import Manifest, read_versioned
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 ENGINE_FILE, ENGINE_MANIFEST = "model.engine", "engine.json"
 ENGINE_FORMAT_VERSION = 1
+ENGINES_DIR = Path("engines")  # `beit-deploy build`'s default output folder: engines/<model>/<H>x<W>/
 TRT_PURPOSE = "building or running TensorRT engines (on a machine with an NVIDIA GPU)"
 
 
@@ -47,6 +52,7 @@ class EngineManifest:
     options: dict  # workspace_gb, opt_level, timing_cache
     created: str
     format_version: int = ENGINE_FORMAT_VERSION
+    tf32: bool | None = None  # TF32 allowed for fp32 layers; None: not recorded (engine.json before it was)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -71,6 +77,75 @@ def check_engine_compatible(engine_manifest: EngineManifest, trt_version: str, g
         raise ArtifactError(f"this engine was built for {m.gpu.name} (compute capability "
                             f"{m.gpu.compute_capability}) and this machine has {gpu.name} (compute capability "
                             f"{gpu.compute_capability}); engines are specific to the GPU: {rebuild}")
+
+
+def gpu_key(trt_version: str, gpu: GpuInfo) -> str:
+    """A file-name-safe key of what an engine or a timing cache is specific to: TensorRT version and GPU.
+
+    E.g. "trt10.13.0.35-nvidia-h100-80gb-hbm3-sm90".
+    """
+    name = re.sub(r"[^a-z0-9.]+", "-", gpu.name.lower()).strip("-.") or "gpu"
+    return f"trt{re.sub(r'[^A-Za-z0-9.]+', '-', trt_version)}-{name}-sm{gpu.compute_capability.replace('.', '')}"
+
+
+def engine_folder(out_dir: Path, manifest: Manifest) -> Path:
+    """<out_dir>/<model>/<H>x<W>: where `build` writes the engine of one export resolution."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", manifest.model):
+        raise ArtifactError(f"the manifest's model name {manifest.model!r} is not a plain folder name: "
+                            "export the model again")
+    return Path(out_dir) / manifest.model / f"{manifest.resolution[0]}x{manifest.resolution[1]}"
+
+
+@dataclass(frozen=True)
+class FoundEngine:
+    """An engine built from one of an export's ONNX graphs: its file, its engine.json, and the ONNX it came from."""
+
+    path: Path
+    info: EngineManifest
+    onnx: str
+
+    def describe(self) -> str:
+        return (f"{self.path} ({self.info.precision}, TensorRT {self.info.tensorrt}, {self.info.gpu.name}, built "
+                f"from {self.onnx})")
+
+
+def find_engine(export: Path, manifest: Manifest, engine: Path | None = None, engines_dir: Path = ENGINES_DIR
+                ) -> tuple[FoundEngine | None, list[str]]:
+    """The engine `build` made from this export's ONNX, and why other candidates were passed over.
+
+    `engine` (an engine file or folder) when given, else engines_dir/<model>/<H>x<W>/ (build's default) and
+    model.engine in the export folder itself. A candidate counts only when its engine.json names one of the
+    export's artifacts and that file's sha256 matches; only those files are read. UsageError when `engine`
+    is given and is not an engine of this export.
+    """
+    folder = Path(export)
+    candidates = [Path(engine)] if engine is not None else [engine_folder(engines_dir, manifest), folder]
+    passed_over: list[str] = []
+    for candidate in candidates:
+        path = candidate / ENGINE_FILE if candidate.is_dir() else candidate
+        if not (path.parent / ENGINE_MANIFEST).is_file() or not path.is_file():
+            if engine is not None:
+                raise UsageError(f"'{engine}' is not an engine written by `beit-deploy build` (no {ENGINE_FILE} "
+                                 f"with {ENGINE_MANIFEST} beside it)")
+            continue
+        found, reason = _match(path, folder, manifest)
+        if found is not None:
+            return found, passed_over
+        if engine is not None:
+            raise UsageError(f"'{engine}' is not an engine of {folder}: {reason}")
+        passed_over.append(f"{path}: {reason}")
+    return None, passed_over
+
+
+def _match(path: Path, folder: Path, manifest: Manifest) -> tuple[FoundEngine | None, str]:
+    """(the engine, "") when its engine.json's source is an artifact of `manifest` with the same sha256."""
+    info = read_engine_manifest(path.parent)
+    onnx = info.source.get("onnx")
+    if onnx not in manifest.artifacts.values():
+        return None, f"built from {onnx!r}, which is not one of this export's graphs"
+    if not (folder / onnx).is_file() or artifact_sha256(folder / onnx) != info.source.get("sha256"):
+        return None, f"built from another {onnx} (sha256 differs): build it again from this export"
+    return FoundEngine(path, info, onnx), ""
 
 
 def write_engine_manifest(folder: Path, manifest: EngineManifest) -> Path:

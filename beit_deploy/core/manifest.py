@@ -81,6 +81,7 @@ class Manifest:
     parity: dict[str, dict] = field(default_factory=dict)  # precision -> Parity.to_dict()
     graph: dict[str, dict] = field(default_factory=dict)  # precision -> {"nodes", "ops", "bytes"}
     versions: dict[str, str] = field(default_factory=dict)
+    attention: str = "decomposed"  # "fused": one ONNX Attention op per layer (opset 23); absent in older manifests
     format_version: int = FORMAT_VERSION
 
     @property

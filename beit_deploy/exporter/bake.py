@@ -10,6 +10,11 @@ Two storage forms, chosen by size (see `choose_bias_mode`):
 - "materialised": one (1, heads, T, T) constant per layer (T = N+1). Fewest ops; file and engine grow with T^2.
 - "gathered": one small table (R, heads) per layer plus one (T*T,) index shared by all layers, and a Gather per
   layer at run time. The table is read back from the captured bias, so gathering reproduces it bit for bit.
+
+Two attention forms (`attention=`):
+- "decomposed": (q * d^-0.5) @ k^T + bias -> Softmax -> @ v as separate ops (every TensorRT 10.x parses it).
+- "fused": one `FusedAttention` call per layer, which the exporter writes as the ONNX `Attention` op (opset 23)
+  with the baked bias as its additive mask; TensorRT 10.14+ parses it into its fused attention layer.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from ..core.errors import ExportError
 from .loading import native_resolution
 
 MATERIALISED, GATHERED = "materialised", "gathered"
+DECOMPOSED, FUSED = "decomposed", "fused"
+ATTENTION_FORMS = (DECOMPOSED, FUSED)
+# The custom node the tracer writes for FusedAttention; onnx_graph turns it into the standard ONNX Attention op.
+FUSED_DOMAIN, FUSED_OP = "beit_deploy", "Attention"
 # Above this many bytes of materialised fp32 bias in all layers, store tables + a shared index instead.
 MATERIALISED_LIMIT_BYTES = 256 * 2**20
 
@@ -88,13 +97,16 @@ def eager_kwargs(model, resolution: tuple[int, int]) -> dict:
     return {"interpolate_pos_encoding": True} if absolute and other_size else {}
 
 
-def bake(model, resolution: tuple[int, int], mode: str | None = None) -> nn.Module:
+def bake(model, resolution: tuple[int, int], mode: str | None = None, attention: str = DECOMPOSED) -> nn.Module:
     """A copy of `model` whose outputs at `resolution` equal the original's, with constant attention biases.
 
     The copy only works at `resolution` (the bias is frozen to its window), at any batch size. It shares every
     weight tensor with `model` (the module tree is new, the parameters are the same objects): baking costs the
-    bias, not a second model. Neither model may be changed in place afterwards.
+    bias, not a second model. Neither model may be changed in place afterwards. `attention`: DECOMPOSED or FUSED
+    (see the module docstring); both compute the same numbers in torch.
     """
+    if attention not in ATTENTION_FORMS:
+        raise ExportError(f"attention form '{attention}' is not one of {', '.join(ATTENTION_FORMS)}")
     mode = mode or choose_bias_mode(model.config, resolution)
     biases = capture_biases(model, resolution)
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}  # weights are shared, not copied
@@ -104,7 +116,7 @@ def bake(model, resolution: tuple[int, int], mode: str | None = None) -> nn.Modu
     index = _shared_index(model.config, resolution) if mode == GATHERED else None
     for layer, bias in zip(_layers(baked), biases):
         layer.relative_position_bias = None
-        layer.attention = BakedAttention(layer.attention, tokens, bias, index)
+        layer.attention = BakedAttention(layer.attention, tokens, bias, index, fused=attention == FUSED)
     beit.shared_position_bias = None
     beit.embeddings = BakedEmbeddings(beit.embeddings, resolution)
     if getattr(baked, "decode_head", None) is not None:
@@ -202,10 +214,13 @@ class BakedAttention(nn.Module):
 
     x (B, T, C) -> q, k, v (B, heads, T, d); softmax((q * d^-0.5) @ k^T + bias) @ v -> (B, T, C) -> o_proj.
     Shapes use Python ints for T, heads and d, so tracing records constant reshape targets with -1 batch.
+    `fused`: the softmax part is one FusedAttention call (one ONNX Attention node once exported).
     """
 
-    def __init__(self, attention: nn.Module, tokens: int, bias: torch.Tensor | None, index: torch.Tensor | None):
+    def __init__(self, attention: nn.Module, tokens: int, bias: torch.Tensor | None, index: torch.Tensor | None,
+                 fused: bool = False):
         super().__init__()
+        self.fused = fused
         self.q_proj, self.k_proj = attention.q_proj, attention.k_proj
         self.v_proj, self.o_proj = attention.v_proj, attention.o_proj
         self.heads, self.head_dim = attention.num_attention_heads, attention.head_dim
@@ -229,6 +244,8 @@ class BakedAttention(nn.Module):
     def forward(self, hidden_states: torch.Tensor, attention_mask=None, **kwargs):
         if attention_mask is not None:
             raise ExportError("a baked BEiT attention got a runtime attention_mask; the bias is already baked in")
+        if self.fused:
+            return self._fused(hidden_states), None
         t, h, d = self.tokens, self.heads, self.head_dim
         q = (self.q_proj(hidden_states) * self.scaling).reshape(-1, t, h, d).transpose(1, 2)
         k = self.k_proj(hidden_states).reshape(-1, t, h, d).permute(0, 2, 3, 1)
@@ -242,6 +259,39 @@ class BakedAttention(nn.Module):
         probs = probs if probs.dtype == q.dtype else probs.to(q.dtype)
         out = torch.matmul(probs, v).transpose(1, 2).reshape(-1, t, h * d)
         return self.o_proj(out), None
+
+    def _fused(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """q, k, v (B, heads, T, d) unscaled and the bias as a 4D (1, heads, T, T) mask (TensorRT's Attention
+        importer takes 4D tensors only) into one FusedAttention call -> (B, T, C) -> o_proj."""
+        t, h, d = self.tokens, self.heads, self.head_dim
+        q, k, v = (proj(hidden_states).reshape(-1, t, h, d).transpose(1, 2)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        bias = self.extra_bias()
+        mask = None if bias is None else bias.reshape(1, h, t, t).to(q.dtype)
+        out = FusedAttention.apply(q, k, v, mask, float(self.scaling))
+        return self.o_proj(out.transpose(1, 2).reshape(-1, t, h * d))
+
+
+class FusedAttention(torch.autograd.Function):
+    """softmax(q @ k^T * scale + mask) @ v, softmax in fp32: q, k, v (B, heads, T, d), mask (1, heads, T, T) or
+    None.
+
+    In torch it computes exactly what the decomposed form does. Traced by the TorchScript exporter it is one
+    node `beit_deploy::Attention(q, k, v, mask)` with the scale as an attribute, which onnx_graph rewrites into
+    the standard ONNX `Attention` op (opset 23) once the graph is converted to that opset.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale: float):
+        scores = torch.matmul(q * scale, k.transpose(-1, -2))
+        scores = scores if mask is None else scores + mask
+        return torch.matmul(torch.softmax(scores.float(), dim=-1).to(q.dtype), v)
+
+    @staticmethod
+    def symbolic(g, q, k, v, mask, scale: float):
+        out = g.op(f"{FUSED_DOMAIN}::{FUSED_OP}", q, k, v, *([] if mask is None else [mask]), scale_f=scale)
+        out.setType(q.type())
+        return out
 
 
 def table_from_bias(bias: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

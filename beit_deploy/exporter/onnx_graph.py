@@ -3,6 +3,12 @@
 Pipeline: `bake.bake()` (constant bias) -> TorchScript exporter without its own constant folding (it would
 expand the gathered bias back into full tensors) -> onnxscript's constant folding and onnx_ir's clean-up passes,
 told to leave the bias Gathers alone -> saved with external data when the weights pass ONNX's 2 GB protobuf limit.
+
+The fused attention form traces each layer's attention as a `beit_deploy::Attention` node (bake.FusedAttention),
+converts the graph to opset 23 with ONNX's version converter (ReduceMean's axes become an input, ...), and then
+makes those nodes the standard ONNX `Attention` op: 4D q, k, v (B, heads, T, d), the bias as the additive
+`attn_mask`, `scale` = d^-0.5 and `softmax_precision` = FLOAT. Opset 23 because it is the first with Attention:
+ONNX Runtime 1.32 runs it (CPU, fp32 and fp16), TensorRT's parser takes it from 10.14 on (opsets 9-24).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from ..core.progress import step
 from .graph_files import save_ir, tensor_specs
 
 OPSET = 17  # LayerNormalization is a single node from opset 17 on.
+FUSED_OPSET = 23  # the first opset with the Attention op
+SOFTMAX_FP32 = 1  # onnx.TensorProto.FLOAT: the Attention op's softmax_precision
 # Ops that would mean the bias (or other shape logic) is rebuilt at run time.
 FORBIDDEN_OPS = frozenset({"Range", "ScatterND", "Where", "Equal", "Resize", "ConstantOfShape", "Loop", "If"})
 # UperNet's decoder resizes feature maps by design; that Resize is not bias logic.
@@ -57,7 +65,9 @@ class GraphModule(nn.Module):
 
 
 def onnx_from_model(baked: nn.Module, task: str, resolution: tuple[int, int], path: Path) -> Path:
-    """Write the ONNX graph of `baked` at `resolution` (inputs (B, 3, H, W) [+ (B, N) bool]) to `path`."""
+    """Write the ONNX graph of `baked` at `resolution` (inputs (B, 3, H, W) [+ (B, N) bool]) to `path`.
+
+    A model baked with the fused attention form gets an opset-23 graph with one Attention node per layer."""
     import onnx_ir as ir
 
     specs = tasks.input_specs(task, baked.config, resolution)
@@ -76,6 +86,9 @@ def onnx_from_model(baked: nn.Module, task: str, resolution: tuple[int, int], pa
             except Exception as exc:  # noqa: BLE001 - the exporter raises many types
                 raise ExportError(f"tracing {task} at {resolution[0]}x{resolution[1]} failed: "
                                   f"{describe(exc, 300)}") from exc
+        if _has_fused_attention(baked):
+            with step(f"converting to opset {FUSED_OPSET} with one Attention node per layer"):
+                raw = fused_attention_graph(raw, Path(tmp) / "fused.onnx")
         with step("folding shapes and constants"):
             model = ir.load(raw)
             fold(model)
@@ -104,6 +117,40 @@ def fold(model) -> None:
                    common.LiftSubgraphInitializersToMainGraphPass(), common.DeduplicateInitializersPass(),
                    common.CommonSubexpressionEliminationPass(), common.OutputFixPass(), common.NameFixPass()):
         finish(model)
+
+
+def _has_fused_attention(baked: nn.Module) -> bool:
+    return any(getattr(module, "fused", False) for module in baked.modules())
+
+
+def fused_attention_graph(raw: Path, path: Path) -> Path:
+    """The traced graph at `raw` (opset 17, `beit_deploy::Attention` nodes) as an opset-23 graph with standard
+    ONNX Attention nodes, saved to `path` (beside `raw`, so external weights, if any, stay where they are)."""
+    import onnx
+    from onnx import version_converter
+
+    from .bake import FUSED_DOMAIN, FUSED_OP
+
+    model = onnx.load(str(raw), load_external_data=False)
+    model = version_converter.convert_version(model, FUSED_OPSET)
+    found = 0
+    for node in model.graph.node:
+        if node.domain == FUSED_DOMAIN and node.op_type == FUSED_OP:
+            scale = next(a.f for a in node.attribute if a.name == "scale")
+            node.domain = ""
+            del node.attribute[:]
+            node.attribute.extend([onnx.helper.make_attribute("scale", scale),
+                                   onnx.helper.make_attribute("softmax_precision", SOFTMAX_FP32)])
+            found += 1
+    if not found:
+        raise ExportError("the fused attention form traced no Attention node; this is a beit-deploy bug: please "
+                          "report it with the model and resolution")
+    kept = [o for o in model.opset_import if o.domain != FUSED_DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    model.ir_version = max(model.ir_version, onnx.helper.find_min_ir_version_for(kept))  # the converter keeps 8
+    onnx.save(model, str(path))
+    return path
 
 
 def _keep_bias_gathers(node) -> bool | None:

@@ -31,6 +31,7 @@ class ExportOptions:
     fp16: bool = False
     out_dir: Path = Path("export")
     bias_mode: str | None = None  # None: chosen by size (bake.choose_bias_mode)
+    attention: str = bake.DECOMPOSED  # or bake.FUSED: one ONNX Attention op per layer (opset 23)
     images: Path | None = None  # parity photos; None: parity.sample_images()
 
 
@@ -79,8 +80,8 @@ def export_resolution(loaded: LoadedModel, resolution: tuple[int, int], options:
 
 def _build(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOptions, tmp: Path) -> Manifest:
     mode = options.bias_mode or bake.choose_bias_mode(loaded.config, resolution)
-    with step(f"baking the relative position bias ({mode})"):
-        baked = bake.bake(loaded.model, resolution, mode)
+    with step(f"baking the relative position bias ({mode}, {options.attention} attention)"):
+        baked = bake.bake(loaded.model, resolution, mode, options.attention)
     fp32_path = onnx_graph.onnx_from_model(baked, loaded.task, resolution, tmp / FP32_FILE)
     del baked
     release_memory()
@@ -96,8 +97,8 @@ def _build(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOpti
     inputs = tasks.input_specs(loaded.task, loaded.config, resolution)
     preprocessing = loaded.preprocessing.at_resolution(resolution)
     results = _validate(loaded, inputs, preprocessing, tmp, artifacts, options.images)
-    manifest = _manifest(loaded, resolution, mode, inputs, outputs, preprocessing, artifacts, results,
-                         tmp).write_to(tmp)
+    manifest = _manifest(loaded, resolution, mode, inputs, outputs, preprocessing, artifacts, results, tmp,
+                         options.attention).write_to(tmp)
     write_data_loader(tmp, manifest)  # for `polygraphy run model.onnx --data-loader-script data_loader.py`
     return manifest
 
@@ -148,7 +149,7 @@ def _no_photos():
     return np.zeros((0,), dtype=np.float32)
 
 
-def _manifest(loaded, resolution, mode, inputs, outputs, preprocessing, artifacts, results, tmp) -> Manifest:
+def _manifest(loaded, resolution, mode, inputs, outputs, preprocessing, artifacts, results, tmp, attention) -> Manifest:
     graphs = {}
     for precision, file in artifacts.items():
         model = graph_files.load_graph(tmp / file)
@@ -160,4 +161,4 @@ def _manifest(loaded, resolution, mode, inputs, outputs, preprocessing, artifact
         task=loaded.task, resolution=tuple(resolution), patch_size=loaded.config.patch_size, bias_mode=mode,
         inputs=tuple(inputs), outputs=tuple(outputs), preprocessing=preprocessing, labels=loaded.labels,
         artifacts=artifacts, parity={p: r.to_dict() for p, r in results.items()}, graph=graphs,
-        versions=versions())
+        versions=versions(), attention=attention)

@@ -2,9 +2,11 @@
 
 Runners: onnxrt-fp32 / onnxrt-fp16 (Polygraphy's OnnxrtRunner on model.onnx / model.fp16.onnx), torch (the eager
 transformers model rebuilt from the manifest, as a small BaseRunner; Polygraphy's PytRunner assumes CUDA) and
-trt (Polygraphy's TrtRunner on model.engine, or on an engine built from the ONNX, where TensorRT and a GPU exist;
-otherwise skipped with the reason). Every runner is compared with the reference (torch when chosen, else the
-first) by `SimpleCompareFunc` (atol/rtol per precision) and `CosineSimilarityCompareFunc`.
+trt (Polygraphy's TrtRunner on the engine `build` made from this export -- `--engine`, else found under
+engines/<model>/<H>x<W> by its source ONNX's sha256 -- or on an engine Polygraphy builds from the ONNX with TF32
+off, where TensorRT and a GPU exist; otherwise skipped, saying what would have run). Every runner is compared
+with the reference (torch when chosen, else the first) by `SimpleCompareFunc` (atol/rtol per precision) and
+`CosineSimilarityCompareFunc`.
 
 The feeds are the photos preprocessed as the manifest says plus seeded random inputs (`parity.parity_feeds`). The
 torch runner maps each input back to the image it stands for and normalises it the way the *source* model
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import tasks
-from ..core.engine_manifest import ENGINE_FILE, read_engine_manifest, unavailable_reason
+from ..core.engine_manifest import find_engine, unavailable_reason
 from ..core.errors import UsageError, require
 from ..core.manifest import Manifest, read_manifest
 from ..exporter import parity
@@ -49,6 +51,7 @@ class CompareOptions:
     save_outputs: Path | None = None
     reference: object = None  # see verify.reference_model
     seed: int = 0
+    engine: Path | None = None  # the engine for "trt"; None: core.engine_manifest.find_engine's default
 
     def __post_init__(self):
         unknown = [r for r in self.runners if r not in RUNNERS]
@@ -135,28 +138,31 @@ def _make_runner(name: str, folder: Path, manifest: Manifest, options: CompareOp
         return OnnxrtRunner(SessionFromOnnx(str(folder / file), providers=["cpu"]), name=name), precision
     if name == "torch":
         return eager_runner(manifest, reference_model(manifest, options.reference)), "fp32"
-    return _trt_runner(folder, manifest)
+    return _trt_runner(folder, manifest, options.engine)
 
 
-def _trt_runner(folder: Path, manifest: Manifest):
-    """Polygraphy's TrtRunner on model.engine (built by `beit-deploy build`) or on an engine built from the ONNX."""
+def _trt_runner(folder: Path, manifest: Manifest, engine: Path | None = None):
+    """Polygraphy's TrtRunner on the engine `build` made from this export, or on one it builds from the ONNX."""
     from ..trt.build import profile_shapes
 
+    found, _ = find_engine(folder, manifest, engine)
+    precision = found.info.precision if found else "fp16" if "fp16" in manifest.artifacts else "fp32"
     reason = unavailable_reason()
     if reason:
-        return reason
+        plan = (f"would compare {found.describe()}" if found else
+                f"would build an engine from {manifest.artifacts[precision]} with Polygraphy (TF32 off) and compare it")
+        return f"{plan}, but {reason}"
     from polygraphy.backend.trt import (CreateConfig, EngineFromNetwork, EngineFromPath, NetworkFromOnnxPath,
                                         Profile, TrtRunner)
 
-    if (folder / ENGINE_FILE).is_file():
-        precision = read_engine_manifest(folder).precision
-        return TrtRunner(EngineFromPath(str(folder / ENGINE_FILE)), name="trt"), precision
-    precision = "fp16" if "fp16" in manifest.artifacts else "fp32"
+    if found is not None:
+        return TrtRunner(EngineFromPath(str(found.path)), name="trt"), precision
     profile = Profile()
     for input_name, shapes in profile_shapes(manifest.inputs, (1, 2, 8)).items():
         profile.add(input_name, shapes["min"], shapes["opt"], shapes["max"])
     network = NetworkFromOnnxPath(str(folder / manifest.artifacts[precision]), strongly_typed=True)
-    return TrtRunner(EngineFromNetwork(network, CreateConfig(profiles=[profile])), name="trt"), precision
+    config = CreateConfig(profiles=[profile], tf32=False)
+    return TrtRunner(EngineFromNetwork(network, config), name="trt"), precision
 
 
 def renormaliser(manifest: Manifest, loaded) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,8 @@
 
 The reference is the eager transformers model rebuilt from the manifest (`source.model`, or the recorded seed for
 random weights) fed by transformers' own image processor with the *source* model's preprocessing. Every artifact
-in the folder (model.onnx, model.fp16.onnx, and model.engine where TensorRT and a GPU exist) is fed by
+of the export (model.onnx, model.fp16.onnx, and the TensorRT engine `build` made from one of them, where TensorRT
+and a GPU exist: see `core.engine_manifest.find_engine`) is fed by
 beit-deploy's numpy preprocessing with the *manifest's* settings, so a wrong normalisation written into a
 manifest shows up as well as a wrong graph. Random inputs go to both sides unchanged.
 
@@ -20,7 +21,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from ..core import tasks
-from ..core.engine_manifest import ENGINE_FILE, read_engine_manifest, unavailable_reason
+from ..core.engine_manifest import FoundEngine, find_engine, unavailable_reason
 from ..core.errors import ModelLoadError, UsageError, describe
 from ..core.manifest import Manifest, read_manifest
 from ..exporter import parity
@@ -121,11 +122,14 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.0%}"
 
 
-def parity_report(path, images: Images = None, random: int = 2, reference=None, seed: int = 0) -> ParityReport:
+def parity_report(path, images: Images = None, random: int = 2, reference=None, seed: int = 0,
+                  engine: Path | None = None) -> ParityReport:
     """Run eager and every artifact in export folder `path` on photos + `random` random inputs; compare.
 
     images: None (samples/images), a folder, or a list of image paths. reference: None (rebuild from the
     manifest), or a model to use instead (short name, hub id or save_pretrained folder, or a LoadedModel).
+    engine: the TensorRT engine (file or folder) to include; None: the one `build` wrote for this export under
+    engines/<model>/<H>x<W>, found by its source ONNX's sha256. Without TensorRT its row says what would run.
     """
     folder = Path(path)
     manifest = read_manifest(folder)
@@ -136,7 +140,7 @@ def parity_report(path, images: Images = None, random: int = 2, reference=None, 
     refs = [parity.eager_outputs(loaded.model, names, f) for f in ref_feeds]
     n_photo = 2 if photos else 0  # parity_feeds: the photos as one batch, then the first photo alone
     reports, failures = [], list(_preprocessing_failures(manifest, loaded))
-    for name, file, precision, run_or_reason in _artifacts(folder, manifest):
+    for name, file, precision, run_or_reason in _artifacts(folder, manifest, engine):
         if isinstance(run_or_reason, str):
             reports.append(ArtifactReport(name, file, precision, skipped=run_or_reason))
             continue
@@ -215,17 +219,19 @@ def _preprocessing_failures(manifest: Manifest, loaded) -> list[Failure]:
             for key in source if not same(written[key], source[key])]
 
 
-def _artifacts(folder: Path, manifest: Manifest):
-    """(name, file, precision, run(feeds) -> outputs | reason it is skipped) for every artifact of the folder."""
+def _artifacts(folder: Path, manifest: Manifest, engine: Path | None = None):
+    """(name, file, precision, run(feeds) -> outputs | reason it is skipped) for every artifact of the export."""
     for name in ONNX_ARTIFACTS:
         file = manifest.artifacts.get(name)
         if file is None:
             continue
         path = folder / file
         yield name, file, name, (_onnx_runner(path) if path.is_file() else f"{file} is not in this folder")
-    if (folder / ENGINE_FILE).is_file():
-        precision = read_engine_manifest(folder).precision
-        yield "engine", ENGINE_FILE, precision, _engine_runner(folder / ENGINE_FILE, manifest, unavailable_reason())
+    found, passed_over = find_engine(folder, manifest, engine)
+    if found is not None:
+        yield "engine", str(found.path), found.info.precision, _engine_runner(found, manifest, unavailable_reason())
+    elif passed_over:
+        yield "engine", "-", "-", "no engine of this export: " + "; ".join(passed_over)
 
 
 def _onnx_runner(path: Path):
@@ -234,16 +240,16 @@ def _onnx_runner(path: Path):
     return OnnxRuntimeBackend(path, providers=CPU).run
 
 
-def _engine_runner(path: Path, manifest: Manifest, unavailable: str | None):
-    """A run function for the engine, or the reason it cannot run here (no TensorRT, no GPU, other GPU...)."""
+def _engine_runner(found: FoundEngine, manifest: Manifest, unavailable: str | None):
+    """A run function for the engine, or what would run and why it cannot here (no TensorRT, no GPU, ...)."""
     if unavailable:
-        return unavailable
+        return f"would run {found.describe()} against eager, but {unavailable}"
     try:
         from ..runtime.tensorrt_backend import TensorRTBackend
 
-        backend = TensorRTBackend(path, manifest)
+        backend = TensorRTBackend(found.path, manifest)
     except Exception as exc:  # noqa: BLE001 - any reason the engine cannot load here is a skip, said as such
-        return f"the engine cannot run here ({describe(exc)})"
+        return f"{found.path} cannot run here ({describe(exc)})"
     return backend.run
 
 

@@ -34,6 +34,11 @@ class Backend(abc.ABC):
         """Largest batch one call accepts (None: no limit). The runner splits larger batches."""
         return None
 
+    @property
+    def min_batch(self) -> int:
+        """Smallest batch one call accepts (a TensorRT profile's MIN). The runner pads smaller chunks up to it."""
+        return 1
+
     @abc.abstractmethod
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Inputs by name (batch first) -> outputs by name, as float32 numpy arrays."""

@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..core import tasks
-from ..core.engine_manifest import ENGINE_MANIFEST, ENGINE_SUFFIXES, TRT_PURPOSE, read_engine_manifest
+from ..core.engine_manifest import ENGINE_FILE, ENGINE_MANIFEST, ENGINE_SUFFIXES, read_engine_manifest
 from ..core.errors import ArtifactError, BeitDeployError, MissingDependencyError, UsageError
 from ..core.files import artifact_bytes
 from ..core.manifest import FILENAME, Manifest, read_manifest, resolution_folders
@@ -48,7 +48,8 @@ class BeitTRTRunner:
     """An exported BEiT model, ready to predict.
 
     path: a resolution folder written by `beit-deploy export` (export/<model>/<H>x<W>), an ONNX file in such a
-    folder, or a TensorRT engine file (.engine/.plan) next to its manifest.
+    folder, an engine folder written by `beit-deploy build` (engines/<model>/<H>x<W>), or a TensorRT engine file
+    (.engine/.plan) next to its manifest.
     precision: "fp32" or "fp16" (ONNX only; an engine has its own). Default: fp16 when the export has the fp16
     graph and ONNX Runtime has a GPU provider (TensorRT or CUDA), else fp32, since fp16 on CPU is slower and
     less exact.
@@ -99,7 +100,9 @@ class BeitTRTRunner:
         """(N, 3, H, W) pixel values [+ extra inputs by name] -> raw outputs by name, each (N, ...).
 
         Masked image modeling takes `bool_masked_pos` (N, num_patches) bool; default: no patch masked.
-        Batches above the batch size are split into chunks and the outputs joined.
+        Batches above the batch size are split into chunks and the outputs joined; a chunk below the backend's
+        smallest batch (a TensorRT profile's MIN) is padded up to it by repeating its last image, and the padded
+        rows are dropped from the outputs (every image is computed independently, so the others are unchanged).
         """
         pixels = np.asarray(pixel_values, dtype=np.float32)
         expected = tuple(self.manifest.inputs[0].shape[1:])
@@ -113,8 +116,10 @@ class BeitTRTRunner:
                              f"{[s.name for s in self.manifest.inputs]}")
         if len(pixels) == 0:
             return {s.name: np.zeros((0, *s.shape[1:]), np.float32) for s in self.manifest.outputs}
-        step = min(self.batch_size, self.backend.max_batch or self.batch_size)
-        chunks = [self.backend.run({k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, len(pixels), step)]
+        low = self.backend.min_batch
+        step = min(max(self.batch_size, low), self.backend.max_batch or max(self.batch_size, low))
+        chunks = [_run_padded(self.backend, {k: v[i:i + step] for k, v in feeds.items()}, low)
+                  for i in range(0, len(pixels), step)]
         return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
     def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5):
@@ -176,6 +181,15 @@ class BeitTRTRunner:
         self.close()
 
 
+def _run_padded(backend: Backend, feeds: dict[str, np.ndarray], low: int) -> dict[str, np.ndarray]:
+    """backend.run(feeds) for a chunk of n images, padded to `low` rows (repeating the last) when n < low."""
+    n = len(next(iter(feeds.values())))
+    if n >= low:
+        return backend.run(feeds)
+    padded = {k: np.concatenate([v, np.repeat(v[-1:], low - n, axis=0)]) for k, v in feeds.items()}
+    return {k: v[:n] for k, v in backend.run(padded).items()}
+
+
 def _try_load(image: ImageLike) -> LoadedImage | Prediction:
     try:
         return load_image(image)
@@ -184,12 +198,16 @@ def _try_load(image: ImageLike) -> LoadedImage | Prediction:
 
 
 def _resolve(path: Path, precision: str | None) -> tuple[Manifest, Path, str]:
-    """(manifest, artifact file, precision) for a resolution folder, an ONNX file or an engine file."""
+    """(manifest, artifact file, precision) for a resolution folder, an engine folder, an ONNX file or an engine
+    file. An engine folder (the one with engine.json in it) runs its engine, never the ONNX files its copied
+    manifest lists (they are in the export folder, not here)."""
     if precision is not None and precision not in PRECISIONS:
         raise UsageError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
     if not path.exists():
         raise UsageError(f"'{path}' does not exist: pass an export folder (export/<model>/<H>x<W>), its ONNX file, "
                          "or a TensorRT engine")
+    if path.is_dir() and (path / ENGINE_MANIFEST).is_file():
+        return read_manifest(path), path / ENGINE_FILE, _engine_precision(path / ENGINE_FILE, precision)
     if path.is_dir():
         manifest = read_manifest(path)
         chosen = precision or ("fp16" if "fp16" in manifest.artifacts and has_gpu_provider() else "fp32")
@@ -235,12 +253,13 @@ def _open_backend(artifact: Path, manifest: Manifest, choice: str | None) -> Bac
 
 def _tensorrt_backend(engine: Path, manifest: Manifest) -> Backend:
     """TensorRTBackend from runtime.tensorrt_backend, imported only now (it needs tensorrt and a GPU)."""
+    purpose = f"running the TensorRT engine {engine} (on a machine with an NVIDIA GPU)"
     if importlib.util.find_spec("tensorrt") is None:
-        raise MissingDependencyError("tensorrt", "gpu", TRT_PURPOSE)
+        raise MissingDependencyError("tensorrt", "gpu", purpose)
     try:
         from .tensorrt_backend import TensorRTBackend
     except ImportError as exc:
-        raise MissingDependencyError("tensorrt", "gpu", TRT_PURPOSE) from exc
+        raise MissingDependencyError("tensorrt", "gpu", purpose) from exc
     return TensorRTBackend(engine, manifest)
 
 

@@ -1,84 +1,168 @@
 """Run a TensorRT engine: the TensorRT backend of the runner.
 
-One deserialised engine, one execution context, one non-default CUDA stream. Device memory is torch's: inputs
+One deserialised engine and one non-default CUDA stream on the chosen device. Device memory is torch's: inputs
 and outputs are CUDA tensors whose `data_ptr()` goes to `set_tensor_address`, so there is no pycuda. Per call:
-`set_input_shape` for the batch, addresses, `execute_async_v3` on the stream. The same calls exist on TensorRT
-10.x and 11.x. tensorrt and torch are imported when a backend is made, never when this module is.
+`set_input_shape` for the batch, addresses, `execute_async_v3` on the stream, every result checked. The same
+calls exist on TensorRT 10.x and 11.x. tensorrt and torch are imported when a backend is made, never when this
+module is.
 
-Optional CUDA graph (`cuda_graph=True`): the first call at a batch size captures the enqueue with static
-buffers; later calls at that size copy into them and replay. A call at another size runs normally and drops
-the graph (TensorRT may keep shape state on the device), so the next call at a fixed size captures again.
+Optional CUDA graphs (`cuda_graph=True`): one graph per batch size, each captured once on its own execution
+context with static buffers, then replayed (copy in, replay, outputs in the static buffers). A context keeps
+the shape state TensorRT set up for its batch size, so switching between cached sizes needs no recapture
+(TensorRT allows several contexts on one profile as long as they are not used concurrently; ours run one at a
+time on one stream). At most `max_graphs` sizes are kept (each context holds its own activation memory), least
+recently used dropped first. A batch size whose capture fails runs without a graph from then on.
 """
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import numpy as np
 
 from ..core.engine_manifest import ENGINE_FILE, TRT_PURPOSE, TensorRTError, check_engine_compatible, current_gpu, \
     read_engine_manifest
-from ..core.errors import ArtifactError, UsageError, require
+from ..core.errors import ArtifactError, UsageError, describe, require
 from ..core.manifest import Manifest
+from ..core.progress import say
 from .backends import Backend
+
+if TYPE_CHECKING:
+    import tensorrt as trt
 
 # TensorRT DataType name -> torch dtype name
 TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
                 "INT8": "int8", "UINT8": "uint8", "BOOL": "bool"}
+MAX_GRAPHS = 4
+Made = TypeVar("Made")
+Logger = TypeVar("Logger")
+
+
+def trt_object(factory: Callable[[Logger], Made | None], logger: Logger, what: str) -> Made:
+    """`factory(logger)` (trt.Builder, trt.Runtime), or TensorRTError saying why TensorRT could not start.
+
+    Without a usable GPU or with a driver too old for TensorRT's CUDA, the bindings return None or raise
+    ("factory function returned nullptr"); the message says what to check instead.
+    """
+    try:
+        made, why = factory(logger), "it returned nothing"
+    except Exception as exc:  # noqa: BLE001 - pybind11 raises TypeError/RuntimeError for a failed init
+        made, why = None, describe(exc)
+    if made is None:
+        raise TensorRTError(f"TensorRT could not create its {what} ({why}): check that `nvidia-smi` sees the GPU "
+                            "and that the NVIDIA driver supports the CUDA version this TensorRT was built for")
+    return made
+
+
+class GraphCache:
+    """Captured CUDA graphs by batch size: `get(batch)` -> the entry `capture(batch)` made, or None when the
+    capture failed (that size then runs without a graph and is never captured again). At most `limit` entries,
+    least recently used dropped first (`release(entry)` is called for it)."""
+
+    def __init__(self, capture: Callable[[int], Any], release: Callable[[Any], None], limit: int = MAX_GRAPHS):
+        if limit < 1:
+            raise UsageError(f"at most {limit} CUDA graphs: keep at least one, or run without graphs")
+        self._capture, self._release, self.limit = capture, release, limit
+        self.entries: collections.OrderedDict[int, Any] = collections.OrderedDict()
+        self.failed: dict[int, str] = {}
+
+    def get(self, batch: int) -> Any | None:
+        if batch in self.failed:
+            return None
+        if batch in self.entries:
+            self.entries.move_to_end(batch)
+            return self.entries[batch]
+        try:
+            entry = self._capture(batch)
+        except Exception as exc:  # noqa: BLE001 - any capture failure: run plainly from now on
+            self.failed[batch] = describe(exc)
+            say(f"CUDA graph capture failed at batch {batch} ({self.failed[batch]}): running without a graph")
+            return None
+        self.entries[batch] = entry
+        while len(self.entries) > self.limit:
+            self._release(self.entries.popitem(last=False)[1])
+        return entry
+
+    def clear(self) -> None:
+        while self.entries:
+            self._release(self.entries.popitem()[1])
 
 
 class TensorRTBackend(Backend):
-    """A TensorRT engine built by `beit-deploy build`, checked against this machine before it is loaded."""
+    """A TensorRT engine built by `beit-deploy build`, checked against this machine before it is loaded.
+
+    engine_path: model.engine or its folder (with engine.json). device: CUDA device index; the engine is
+    deserialised, its contexts created and run there. cuda_graph / max_graphs: see the module docstring.
+    """
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: Path, manifest: Manifest, cuda_graph: bool = False, device: int = 0):
-        self._trt = require("tensorrt", "gpu", TRT_PURPOSE)
+    def __init__(self, engine_path: Path, manifest: Manifest, cuda_graph: bool = False, device: int = 0,
+                 max_graphs: int = MAX_GRAPHS):
+        require("tensorrt", "gpu", TRT_PURPOSE)
+        import tensorrt as trt
+
         self._torch = torch = require("torch", "export", "running a TensorRT engine")
         path = Path(engine_path)
         path = path / ENGINE_FILE if path.is_dir() else path
         info = read_engine_manifest(path.parent)
-        check_engine_compatible(info, self._trt.__version__, current_gpu(device))
+        check_engine_compatible(info, trt.__version__, current_gpu(device))
         if not path.is_file() or path.stat().st_size != info.engine_bytes:
             raise ArtifactError(f"{path} is missing or not the size its engine.json says ({info.engine_bytes} "
                                 "bytes): build the engine again")
-        self.manifest, self.engine_manifest = manifest, info
+        self.manifest, self.engine_manifest, self.path = manifest, info, path
         self._device = torch.device("cuda", device)
-        self._logger = self._trt.Logger(self._trt.Logger.WARNING)
-        self._runtime = self._trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-        if self._engine is None:
-            raise ArtifactError(f"TensorRT could not load {path} (its messages above say why): build it again")
-        self._context = self._engine.create_execution_context()
-        self._stream = torch.cuda.Stream(device=self._device)
-        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        is_input = {n: self._engine.get_tensor_mode(n) == self._trt.TensorIOMode.INPUT for n in names}
+        with torch.cuda.device(self._device):  # TensorRT deserialises and allocates on the current device
+            self._logger = trt.Logger(trt.Logger.WARNING)
+            self._runtime = trt_object(trt.Runtime, self._logger, "runtime")
+            self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+            if self._engine is None:
+                raise ArtifactError(f"TensorRT could not load {path} (its messages above say why): build it again")
+            self._context = self._new_context()
+            self._stream = torch.cuda.Stream(device=self._device)
+        engine = self._engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self._inputs = [n for n in names if is_input[n]]
         self._outputs = [n for n in names if not is_input[n]]
-        self._dtypes = {n: getattr(torch, TORCH_DTYPES[self._engine.get_tensor_dtype(n).name]) for n in names}
-        self._batch_range = tuple(s[0] for s in self._engine.get_tensor_profile_shape(self._inputs[0], 0))
-        self._use_graph, self._graph = cuda_graph, None
+        self._dtypes = {n: getattr(torch, TORCH_DTYPES[engine.get_tensor_dtype(n).name]) for n in names}
+        self._batch_range = tuple(int(dims[0]) for dims in engine.get_tensor_profile_shape(self._inputs[0], 0))
+        self._graphs = GraphCache(self._capture, lambda entry: None, max_graphs) if cuda_graph else None
 
     @property
     def max_batch(self) -> int:
         return int(self._batch_range[2])
+
+    @property
+    def min_batch(self) -> int:
+        return int(self._batch_range[0])
+
+    @property
+    def device_memory_bytes(self) -> int:
+        """Activation memory one execution context of this engine takes (outside torch's allocator)."""
+        return int(self._engine.device_memory_size_v2)
 
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
         """Inputs by name (numpy arrays or torch CUDA tensors, batch first) -> float32 numpy outputs."""
         return {name: out.float().cpu().numpy() for name, out in self.run_torch(feeds).items()}
 
     def run_torch(self, feeds: dict) -> dict:
-        """Like `run`, but returns the CUDA output tensors (valid until the next call with a CUDA graph)."""
+        """Like `run`, but returns the CUDA output tensors (with CUDA graphs: valid until the next call at the
+        same batch size). Inputs already on this device in the engine's dtypes are used without a copy."""
         torch = self._torch
         batch = self._check(feeds)
         producer = torch.cuda.current_stream(self._device)
         with torch.cuda.device(self._device), torch.cuda.stream(self._stream):
             self._stream.wait_stream(producer)  # CUDA feeds may still be being written on the caller's stream
             tensors = {n: self._to_device(feeds[n], n) for n in self._inputs}
-            if self._use_graph:
-                outputs = self._run_graph(tensors, batch)
+            entry = self._graphs.get(batch) if self._graphs is not None else None
+            if entry is None:
+                outputs = self._bind(self._context, tensors)
+                self._execute(self._context)
             else:
-                outputs = self._enqueue(tensors)
+                outputs = self._replay(entry, tensors)
         self._stream.synchronize()
         return outputs
 
@@ -94,59 +178,73 @@ class TensorRTBackend(Backend):
                              f"{low}..{high}: split the batch or build with --batch")
         return batches.pop()
 
+    def _new_context(self) -> trt.IExecutionContext:
+        context = self._engine.create_execution_context()
+        if context is None:
+            raise TensorRTError(f"TensorRT could not create an execution context for {self.path} (out of GPU "
+                                "memory? its messages above say why)")
+        return context
+
     def _to_device(self, value, name: str):
         torch = self._torch
         if not isinstance(value, torch.Tensor):
             value = torch.from_numpy(np.ascontiguousarray(value))
         return value.to(self._device, self._dtypes[name], non_blocking=False).contiguous()
 
-    def _bind(self, tensors: dict) -> dict:
+    def _bind(self, context: trt.IExecutionContext, tensors: dict) -> dict:
         """Set input shapes and addresses; allocate outputs at the shapes TensorRT infers. Returns the outputs."""
         for name, tensor in tensors.items():
-            if not self._context.set_input_shape(name, tuple(tensor.shape)):
+            if not context.set_input_shape(name, tuple(tensor.shape)):
                 raise UsageError(f"input {name} has shape {list(tensor.shape)}, which the engine's profile "
                                  f"does not cover ({self.engine_manifest.profile.get(name)})")
-            self._context.set_tensor_address(name, tensor.data_ptr())
+            self._address(context, name, tensor)
         outputs = {}
         for name in self._outputs:
-            shape = tuple(self._context.get_tensor_shape(name))
+            shape = context.get_tensor_shape(name)[:]  # Dims -> tuple
             outputs[name] = self._torch.empty(shape, dtype=self._dtypes[name], device=self._device)
-            self._context.set_tensor_address(name, outputs[name].data_ptr())
+            self._address(context, name, outputs[name])
         return outputs
 
-    def _enqueue(self, tensors: dict) -> dict:
-        self._graph = None
-        outputs = self._bind(tensors)
-        self._execute()
-        return outputs
+    @staticmethod
+    def _address(context: trt.IExecutionContext, name: str, tensor) -> None:
+        if not context.set_tensor_address(name, tensor.data_ptr()):
+            raise TensorRTError(f"TensorRT refused the device address of {name} (shape {list(tensor.shape)}, "
+                                f"{tensor.dtype}); its messages above say why")
 
-    def _execute(self) -> None:
-        if not self._context.execute_async_v3(self._stream.cuda_stream):
+    def _execute(self, context: trt.IExecutionContext) -> None:
+        if not context.execute_async_v3(self._stream.cuda_stream):
             raise TensorRTError("TensorRT failed to run the engine (its messages above say why)")
 
-    def _run_graph(self, tensors: dict, batch: int) -> dict:
-        """Replay the CUDA graph captured for `batch` (capturing it first if there is none for that size)."""
-        if self._graph is None or self._graph[0] != batch:
-            self._capture(tensors, batch)
-        _, graph, static_in, static_out = self._graph
+    def _capture(self, batch: int) -> tuple:
+        """(graph, context, static inputs, static outputs) for `batch`, on a context of its own."""
+        torch = self._torch
+        context = self._new_context()
+        static_in = {n: torch.zeros((batch, *self._input_shape(n)[1:]), dtype=self._dtypes[n], device=self._device)
+                     for n in self._inputs}
+        static_out = self._bind(context, static_in)
+        self._execute(context)  # one ordinary enqueue first: TensorRT finishes its lazy setup outside the capture
+        self._stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
+            self._execute(context)
+        return graph, context, static_in, static_out
+
+    def _input_shape(self, name: str) -> tuple:
+        return self._engine.get_tensor_profile_shape(name, 0)[0][:]
+
+    def _replay(self, entry: tuple, tensors: dict) -> dict:
+        graph, _, static_in, static_out = entry
         for name, tensor in tensors.items():
             static_in[name].copy_(tensor)
         graph.replay()
         return static_out
 
-    def _capture(self, tensors: dict, batch: int) -> None:
-        torch = self._torch
-        static_in = {n: t.clone() for n, t in tensors.items()}
-        static_out = self._bind(static_in)
-        self._execute()  # one ordinary enqueue first: TensorRT finishes its lazy setup outside the capture
-        self._stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self._stream):
-            self._execute()
-        self._graph = (batch, graph, static_in, static_out)
-
     def close(self) -> None:
-        """Drop the graph, context and engine (in that order) and the buffers; safe to call twice."""
-        for attr in ("_graph", "_context", "_engine", "_runtime"):
+        """Drop the graphs and their contexts, the context, engine and runtime (in that order); safe to call
+        twice."""
+        graphs = getattr(self, "_graphs", None)
+        if graphs is not None:
+            graphs.clear()
+        for attr in ("_context", "_engine", "_runtime"):
             if hasattr(self, attr):
                 setattr(self, attr, None)

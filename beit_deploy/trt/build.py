@@ -3,26 +3,34 @@
 Precision comes from the graph itself: the network is strongly typed (TensorRT 11 types every network that
 way; on 10.x the STRONGLY_TYPED creation flag asks for it), so `model.fp16.onnx` gives an fp16 engine with the
 fp32 islands the export chose, and `model.onnx` an fp32 one. No precision builder flag is ever set (TensorRT 11
-removed them). One optimisation profile covers the batch range MIN:OPT:MAX on axis 0 of every input.
+removed them), and TF32 is cleared (TensorRT enables it by default): fp32 layers stay fp32, as the parity
+thresholds (fp32: rel 1e-4) assume; `tf32=True` allows it, and engine.json records which. One optimisation
+profile covers the batch range MIN:OPT:MAX on axis 0 of every input. The timing cache: see timing_cache.py.
 
 Output: `<out>/<model>/<H>x<W>/` with `model.engine`, `engine.json` (what built it, for which GPU, from which
 ONNX) and a copy of the export's `manifest.json`, written to a hidden temporary folder and renamed into place.
-Everything but `engine_from_onnx` is plain Python, so it is tested without TensorRT.
+Everything but `engine_from_onnx` is plain Python, so it is tested without TensorRT; the TensorRT calls are
+type-checked against TensorRT's stubs (tests/trt/test_static_check.py).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..core.engine_manifest import ENGINE_FILE, TRT_PURPOSE, EngineManifest, TensorRTError, current_gpu, \
-    write_engine_manifest
+from ..core.engine_manifest import ENGINE_FILE, ENGINES_DIR, TRT_PURPOSE, EngineManifest, TensorRTError, \
+    current_gpu, engine_folder, gpu_key, write_engine_manifest
 from ..core.errors import ArtifactError, UsageError, require
 from ..core.files import artifact_sha256, atomic_folder
 from ..core.manifest import Manifest, TensorSpec, read_manifest, resolution_folders
 from ..core.progress import say, step
+from ..runtime.tensorrt_backend import trt_object
+from . import timing_cache
+
+if TYPE_CHECKING:
+    import tensorrt as trt
 
 
 @dataclass(frozen=True)
@@ -32,9 +40,10 @@ class BuildOptions:
     precision: str = "fp16"  # which export artifact: "fp16" (model.fp16.onnx) or "fp32" (model.onnx)
     batch: tuple[int, int, int] = (1, 8, 32)
     workspace_gb: float | None = None
-    timing_cache: Path | None = None  # None: <out_dir>/timing.cache, shared by every build there
+    timing_cache: Path | None = None  # None: <out_dir>/timing-<trt>-<gpu>.cache, shared by every build there
     opt_level: int | None = None  # builder optimisation level 0..5 (TensorRT's default is 3)
-    out_dir: Path = Path("engines")
+    out_dir: Path = ENGINES_DIR
+    tf32: bool = False  # allow TF32 for fp32 layers (TensorRT's default is on; off keeps fp32 parity)
 
     def __post_init__(self):
         if self.precision not in ("fp16", "fp32"):
@@ -45,8 +54,9 @@ class BuildOptions:
         if self.workspace_gb is not None and self.workspace_gb <= 0:
             raise UsageError(f"workspace {self.workspace_gb} GB is not a positive size")
 
-    def cache_path(self) -> Path:
-        return Path(self.timing_cache) if self.timing_cache else Path(self.out_dir) / "timing.cache"
+    def cache_path(self, key: str) -> Path:
+        """The timing cache file for a build on the GPU and TensorRT version named by `key` (gpu_key)."""
+        return Path(self.timing_cache) if self.timing_cache else timing_cache.keyed_path(self.out_dir, key)
 
 
 def parse_batch(text: str) -> tuple[int, int, int]:
@@ -96,15 +106,17 @@ def build(export_path: Path, options: BuildOptions) -> list[Path]:
 
 def engine_from_onnx(onnx_path: Path, manifest: Manifest, options: BuildOptions) -> Path:
     """Build `onnx_path` (an artifact of `manifest`'s export) into <out>/<model>/<H>x<W>/model.engine."""
-    trt = require("tensorrt", "gpu", TRT_PURPOSE)
+    require("tensorrt", "gpu", TRT_PURPOSE)
+    import tensorrt as trt
+
     gpu = current_gpu()
     onnx_path = Path(onnx_path)
-    folder = Path(options.out_dir) / manifest.model / f"{manifest.resolution[0]}x{manifest.resolution[1]}"
+    folder = engine_folder(options.out_dir, manifest)
     profile = profile_shapes(manifest.inputs, options.batch)
     with atomic_folder(folder) as tmp:
         start = time.perf_counter()
         with step(f"building TensorRT {trt.__version__} {options.precision} engine for {gpu.name} -> {folder}"):
-            data = _serialize(trt, onnx_path, profile, options)
+            data, cache = _serialize(onnx_path, profile, options, gpu_key(trt.__version__, gpu))
         (tmp / ENGINE_FILE).write_bytes(data)
         write_engine_manifest(tmp, EngineManifest(
             tensorrt=trt.__version__, gpu=gpu, precision=options.precision,
@@ -112,17 +124,19 @@ def engine_from_onnx(onnx_path: Path, manifest: Manifest, options: BuildOptions)
             profile={k: {b: list(s) for b, s in v.items()} for k, v in profile.items()},
             build_seconds=round(time.perf_counter() - start, 2), engine_bytes=len(data),
             options={"workspace_gb": options.workspace_gb, "opt_level": options.opt_level,
-                     "timing_cache": str(options.cache_path())},
-            created=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+                     "timing_cache": str(cache) if cache else None},
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), tf32=options.tf32))
         manifest.write_to(tmp)
     say(f"  {folder / ENGINE_FILE}: {len(data) / 2**20:.1f} MiB")
     return folder / ENGINE_FILE
 
 
-def _serialize(trt, onnx_path: Path, profile: dict, options: BuildOptions) -> bytes:
-    """Parse the ONNX into a strongly typed network, configure, build; the serialized engine's bytes."""
+def _serialize(onnx_path: Path, profile: dict, options: BuildOptions, key: str) -> tuple[bytes, Path | None]:
+    """Parse the ONNX into a strongly typed network, configure, build -> (engine bytes, timing cache file)."""
+    import tensorrt as trt
+
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    builder = trt_object(trt.Builder, logger, "builder")
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed_flag_needed(
         trt.__version__) else 0
     network = builder.create_network(flags)
@@ -134,47 +148,29 @@ def _serialize(trt, onnx_path: Path, profile: dict, options: BuildOptions) -> by
     if names != set(profile):
         raise ArtifactError(f"{onnx_path} has inputs {sorted(names)}, its manifest says {sorted(profile)}: "
                             "export the model again")
-    config = _config(trt, builder, profile, options)
-    cache_path = options.cache_path()
-    _load_timing_cache(config, cache_path)
+    config = _config(builder, profile, options)
+    cache = timing_cache.attach(config, options.cache_path(key), key)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise TensorRTError(f"TensorRT could not build an engine from {onnx_path} (its messages above say why)")
-    _save_timing_cache(config, cache_path)
-    return bytes(memoryview(serialized))
+    return bytes(memoryview(serialized)), timing_cache.save(config, cache, key)
 
 
-def _config(trt, builder, profile: dict, options: BuildOptions):
-    """Builder config: the one batch profile, workspace, optimisation level, detailed layer info for `inspect`."""
+def _config(builder: trt.Builder, profile: dict, options: BuildOptions) -> trt.IBuilderConfig:
+    """Builder config: the one batch profile, TF32 off unless asked, workspace, optimisation level, detailed
+    layer info for `inspect`."""
+    import tensorrt as trt
+
     config = builder.create_builder_config()
     trt_profile = builder.create_optimization_profile()
     for name, shapes in profile.items():
         trt_profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
     config.add_optimization_profile(trt_profile)
+    if not options.tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
     if options.workspace_gb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * 2**30))
     if options.opt_level is not None:
         config.builder_optimization_level = int(options.opt_level)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     return config
-
-
-def _load_timing_cache(config, path: Path) -> None:
-    """Start from the timing cache at `path` if there is one that fits this GPU and TensorRT, else a new one."""
-    data = path.read_bytes() if path.is_file() else b""
-    try:
-        cache = config.create_timing_cache(data)
-    except Exception:  # noqa: BLE001 - a truncated or foreign file: start afresh
-        cache, data = None, b""
-    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-        say(f"  timing cache {path} was made on another GPU or TensorRT version: starting a new one")
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
-    elif data:
-        say(f"  reusing timing cache {path}")
-
-
-def _save_timing_cache(config, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
-    os.replace(tmp, path)

@@ -13,11 +13,15 @@ import collections
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..core.engine_manifest import ENGINE_FILE, ENGINE_SUFFIXES, TRT_PURPOSE, check_engine_compatible, current_gpu, \
     read_engine_manifest
 from ..core.errors import ArtifactError, UsageError, describe, require
 from ..exporter.graph_files import node_precisions, tensor_specs
+
+if TYPE_CHECKING:
+    import tensorrt as trt
 
 # Nodes that move or reinterpret data rather than compute on it: left out of the precision count.
 DATA_MOVEMENT = frozenset({"Cast", "Constant", "Identity", "Reshape", "Transpose", "Flatten", "Squeeze",
@@ -53,7 +57,7 @@ def inspect_onnx(path: Path) -> dict:
     for node in inferred.graph.node:
         if node.op_type not in DATA_MOVEMENT and precisions[node.name] in ("float16", "float32"):
             by_op[node.op_type][precisions[node.name]] += 1
-    totals = collections.Counter()
+    totals: collections.Counter[str] = collections.Counter()
     for counts in by_op.values():
         totals.update(counts)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -68,29 +72,36 @@ def inspect_onnx(path: Path) -> dict:
 
 def inspect_engine(path: Path) -> dict:
     """I/O tensors with profile ranges, layer types and fused-attention layers of an engine from `build`."""
-    trt = require("tensorrt", "gpu", TRT_PURPOSE)
+    require("tensorrt", "gpu", TRT_PURPOSE)
+    import tensorrt as trt
+
+    from ..runtime.tensorrt_backend import trt_object
+
     info = read_engine_manifest(path.parent)
     check_engine_compatible(info, trt.__version__, current_gpu())
-    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+    runtime = trt_object(trt.Runtime, trt.Logger(trt.Logger.WARNING), "runtime")
+    engine = runtime.deserialize_cuda_engine(path.read_bytes())
     if engine is None:
         raise ArtifactError(f"TensorRT could not load {path} (its messages above say why): build it again")
     tensors = []
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-        entry = {"name": name, "mode": "input" if is_input else "output", "shape": list(engine.get_tensor_shape(name)),
-                 "dtype": engine.get_tensor_dtype(name).name}
+        entry = {"name": name, "mode": "input" if is_input else "output",
+                 "shape": list(engine.get_tensor_shape(name)[:]), "dtype": engine.get_tensor_dtype(name).name}
         if is_input:
-            entry["profile"] = [list(s) for s in engine.get_tensor_profile_shape(name, 0)]
+            entry["profile"] = [list(dims[:]) for dims in engine.get_tensor_profile_shape(name, 0)]
         tensors.append(entry)
-    layers = _layers(engine, trt)
+    layers = _layers(engine)
     return {"kind": "engine", "path": str(path), "tensorrt": info.tensorrt, "gpu": info.gpu.name,
             "precision": info.precision, "profiles": engine.num_optimization_profiles,
             "inputs": [t for t in tensors if t["mode"] == "input"],
             "outputs": [t for t in tensors if t["mode"] == "output"], **layer_summary(layers)}
 
 
-def _layers(engine, trt) -> list:
+def _layers(engine: trt.ICudaEngine) -> list:
+    import tensorrt as trt
+
     inspector = engine.create_engine_inspector()
     data = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
     return data.get("Layers", [])

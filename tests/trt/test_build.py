@@ -45,7 +45,9 @@ def test_parse_batch_refuses(text):
 
 
 def test_build_options_validate():
-    assert BuildOptions().cache_path() == engine.Path("engines/timing.cache")
+    assert BuildOptions().cache_path("k") == engine.Path("engines/timing-k.cache")
+    assert BuildOptions(timing_cache=engine.Path("/x/my.cache")).cache_path("k") == engine.Path("/x/my.cache")
+    assert not BuildOptions().tf32
     with pytest.raises(UsageError, match="fp16 or fp32"):
         BuildOptions(precision="int8")
     with pytest.raises(UsageError, match="0..5"):
@@ -90,6 +92,15 @@ def test_engine_manifest_round_trip(tmp_path):
     assert json.loads((tmp_path / "engine.json").read_text())["gpu"] == {"name": H100.name,
                                                                          "compute_capability": "9.0"}
     assert em.read_engine_manifest(tmp_path) == original
+
+
+def test_engine_manifest_without_tf32_still_reads(tmp_path):
+    """engine.json files written before the tf32 field existed read as "not recorded"."""
+    data = engine_manifest(tf32=False).to_dict()
+    assert data["tf32"] is False
+    del data["tf32"]
+    (tmp_path / "engine.json").write_text(json.dumps(data))
+    assert em.read_engine_manifest(tmp_path).tf32 is None
 
 
 def test_engine_manifest_missing_or_broken(tmp_path):
@@ -179,3 +190,48 @@ def test_backend_without_tensorrt_names_the_extra(tmp_path):
 
     with pytest.raises(MissingDependencyError, match=r"beit-deploy\[gpu\]"):
         TensorRTBackend(tmp_path / "model.engine", None)
+
+
+@pytest.mark.parametrize("precision, tf32", [("fp32", False), ("fp16", False), ("fp32", True)])
+def test_build_with_a_stand_in_tensorrt(tiny_export, tmp_path, monkeypatch, precision, tf32):
+    """Everything around the TensorRT calls, on CPU: TF32 cleared unless asked (and recorded), the strongly
+    typed flag on 10.x, the batch profile, the keyed timing cache, engine.json, the copied manifest."""
+    from fake_tensorrt import Builder, install
+
+    install(monkeypatch)
+    monkeypatch.setattr(engine, "current_gpu", lambda device=0: H100)
+    folder = tiny_export("masked-image-modeling", fp16=True)
+    options = BuildOptions(precision=precision, batch=(1, 2, 4), out_dir=tmp_path, tf32=tf32, workspace_gb=1)
+    [path] = engine.build(folder, options)
+    assert path == tmp_path / "tiny-masked-image-modeling" / "64x64" / "model.engine"
+    assert path.read_bytes() == b"ENGINE:pixel_values,bool_masked_pos"
+    [(network, config)] = Builder.built
+    assert network.flags == 1 << 2 and config.cleared == ([] if tf32 else ["TF32"])
+    assert config.pools == {"WORKSPACE": 2**30} and config.profiling_verbosity == "DETAILED"
+    assert config.profiles[0].shapes["bool_masked_pos"] == ((1, 16), (2, 16), (4, 16))
+    info = em.read_engine_manifest(path.parent)
+    assert info.tf32 is tf32 and info.precision == precision and info.gpu == H100
+    assert info.source["onnx"] == ("model.onnx" if precision == "fp32" else "model.fp16.onnx")
+    assert info.source["sha256"] == artifact_sha256(folder / info.source["onnx"])
+    cache = tmp_path / f"timing-{em.gpu_key('10.13.0.35', H100)}.cache"
+    assert info.options["timing_cache"] == str(cache)
+    assert json.loads(cache.read_bytes())["entries"] == ["tactic:bool_masked_pos", "tactic:pixel_values"]
+    assert (path.parent / "manifest.json").read_text() == (folder / "manifest.json").read_text()
+
+
+def test_tensorrt_11_needs_no_strongly_typed_flag(tiny_export, tmp_path, monkeypatch):
+    from fake_tensorrt import Builder, install
+
+    install(monkeypatch, version="11.4.0.106")
+    monkeypatch.setattr(engine, "current_gpu", lambda device=0: H100)
+    engine.build(tiny_export("classification"), BuildOptions(precision="fp32", out_dir=tmp_path))
+    assert Builder.built[0][0].flags == 0
+
+
+@pytest.mark.parametrize("factory", [lambda logger: None, lambda logger: (_ for _ in ()).throw(
+    TypeError("pybind11::init(): factory function returned nullptr"))], ids=["None", "raises"])
+def test_builder_or_runtime_failures_are_tensorrt_errors(factory):
+    from beit_deploy.runtime.tensorrt_backend import trt_object
+
+    with pytest.raises(em.TensorRTError, match="could not create its runtime.*nvidia-smi"):
+        trt_object(factory, None, "runtime")
