@@ -17,7 +17,7 @@ from ..core.files import artifact_bytes, atomic_folder
 from ..core.manifest import Manifest, versions
 from ..core.progress import say, step
 from . import bake, fp16, graph_files, onnx_graph, parity
-from .quantize import QuantizeOptions, quantize_graphs
+from .quantize import QuantizeOptions, choose_tools, quantize_graphs
 from .data_loader import write_data_loader
 from .loading import LoadedModel, ModelSpec, Resolved, load_model, resolve
 
@@ -66,6 +66,7 @@ def export(spec: ModelSpec, options: ExportOptions, resolved: Resolved | None = 
     resolved = resolved or resolve(spec)
     for resolution in options.resolutions:  # fail on a bad resolution before loading weights
         check_resolution(resolution, resolved.config.patch_size)
+    choose_tools(options.quantize)  # and on a quantizer that is not installed
     loaded = load_model(spec, resolved)
     resolutions = options.resolutions or (loaded.native_resolution,)
     return [export_resolution(loaded, resolution, options) for resolution in resolutions]
@@ -93,7 +94,7 @@ def _build(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOpti
         artifacts["fp16"] = FP16_FILE
     inputs = tasks.input_specs(loaded.task, loaded.config, resolution)
     preprocessing = loaded.preprocessing.at_resolution(resolution)
-    judge = _Judge(loaded, inputs, preprocessing, tmp, options.images)
+    judge = _Judge(loaded, inputs, preprocessing, options.images)
     results = {precision: judge(precision, tmp / file) for precision, file in artifacts.items()}
     _fail_on(loaded, results)
     quantization = {}
@@ -108,25 +109,20 @@ def _build(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOpti
 
 class _Judge:
     """judge(precision, graph file) -> parity.Parity of that graph in ONNX Runtime (CPU) against the eager model
-    on the parity photos and random inputs; the eager outputs are computed once, on first use."""
+    on the parity photos and random inputs; the eager outputs are computed once, here."""
 
-    def __init__(self, loaded, inputs, preprocessing, tmp: Path, images: Path | None):
-        self.loaded, self.inputs, self.preprocessing, self.images = loaded, inputs, preprocessing, images
-        self.batches = self.refs = None
-
-    def _references(self) -> None:
-        photos = parity.sample_images(self.images)
-        pixels = parity.reference_pixels(photos, self.preprocessing) if photos else _no_photos()
-        self.batches = parity.parity_feeds(self.inputs, pixels, random=2, seed=self.loaded.spec.seed)
-        names = tasks.task(self.loaded.task).outputs
+    def __init__(self, loaded, inputs, preprocessing, images: Path | None):
+        self.loaded = loaded
+        photos = parity.sample_images(images)
+        pixels = parity.reference_pixels(photos, preprocessing) if photos else _no_photos()
+        self.batches = parity.parity_feeds(inputs, pixels, random=2, seed=loaded.spec.seed)
+        names = tasks.task(loaded.task).outputs
         with step(f"running eager transformers for validation ({len(photos)} photos + 2 random inputs)"):
-            self.refs = [parity.eager_outputs(self.loaded.model, names, feeds) for feeds in self.batches]
+            self.refs = [parity.eager_outputs(loaded.model, names, feeds) for feeds in self.batches]
 
     def __call__(self, precision: str, path: Path) -> parity.Parity:
         from ..runtime.backends import CPU, OnnxRuntimeBackend
 
-        if self.refs is None:
-            self._references()
         with step(f"validating {path.name} against eager transformers"):
             with OnnxRuntimeBackend(path, providers=CPU) as backend:
                 gots = [backend.run(feeds) for feeds in self.batches]

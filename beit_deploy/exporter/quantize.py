@@ -117,9 +117,10 @@ def calibration_set(folder: Path | None, inputs: list[TensorSpec], preprocessing
         raise UsageError(f"no readable calibration photos in {where}: pass --calibration DIR with photos like the "
                          f"ones the model will see ({MIN_CALIBRATION} or more)")
     if len(pixels) < MIN_CALIBRATION:
+        demo = " (the sample photos are a demo, not a calibration set)" if folder is None else ""
         say(f"  warning: calibrating on {len(pixels)} image(s) from {where}, fewer than {MIN_CALIBRATION}: the "
-            "scales may not fit real data (the sample photos are a demo, not a calibration set); pass "
-            f"--calibration DIR with {MIN_CALIBRATION}+ photos of what the model will see")
+            f"scales may not fit real data{demo}; pass --calibration DIR with {MIN_CALIBRATION}+ photos of what "
+            "the model will see")
     stack = np.stack(pixels)
     rng = np.random.default_rng(seed)
     feeds = {"pixel_values": stack} | {s.name: rng.random((len(stack), s.shape[1])) < 0.4 for s in inputs[1:]}
@@ -134,7 +135,7 @@ def quantize_graphs(fp32_path: Path, task: str, inputs: list[TensorSpec], prepro
     ParityError when one misses its threshold in every placement tried (nothing of it is kept then: the
     caller's atomic folder is dropped). `images`: the parity photos, the calibration set by default.
     """
-    made = []
+    made, chosen = [], choose_tools(options)
     calibration = None
     if any(p in QDQ_PRECISIONS for p in options.precisions):
         with step("reading the calibration photos"):
@@ -147,7 +148,7 @@ def quantize_graphs(fp32_path: Path, task: str, inputs: list[TensorSpec], prepro
                 info = tools.dynamic_int8(fp32_path, out, keep)
             result = _judged(judge, precision, out)
         else:
-            tool, why = _choose_tool(precision, options)
+            tool, why = chosen[precision]
             decoder = tools.decoder_nodes(fp32_path)
             result, info = _placed(precision, task, out, judge, options.attention_qdq, lambda attention, dec: tools.qdq(
                 tool, precision, fp32_path, out, calibration, options.method, keep + dec * decoder, attention))
@@ -194,6 +195,12 @@ def _placed(precision: str, task: str, out: Path, judge: Judge, forced: bool | N
     raise ParityError(f"the {precision} graph misses its parity threshold with {'; '.join(tried)}; nothing was "
                       "written. Calibrate on more photos like the model's (--calibration DIR), try --int8-method "
                       f"entropy, or export without --{precision}")
+
+
+def choose_tools(options: QuantizeOptions) -> dict[str, tuple[str, str]]:
+    """{Q/DQ precision: (tool, why)} for the graphs `options` asks for; raises at once when one cannot be made
+    here (the export calls it before loading the model)."""
+    return {p: _choose_tool(p, options) for p in options.precisions if p in QDQ_PRECISIONS}
 
 
 def _choose_tool(precision: str, options: QuantizeOptions) -> tuple[str, str]:

@@ -3,7 +3,8 @@
 Precision comes from the graph itself: the network is strongly typed (TensorRT 11 types every network that
 way; on 10.x the STRONGLY_TYPED creation flag asks for it), so `model.fp16.onnx` gives an fp16 engine with the
 fp32 islands the export chose, `model.onnx` an fp32 one, and the Q/DQ graphs `model.int8.onnx` / `model.fp8.onnx`
-int8 / fp8 layers where their Q/DQ nodes are. No precision builder flag is ever set (TensorRT 11 removed them). One optimisation profile covers the batch range MIN:OPT:MAX on axis 0 of every input.
+int8 / fp8 layers where their Q/DQ nodes are. No precision builder flag is ever set (TensorRT 11 removed them).
+One optimisation profile covers the batch range MIN:OPT:MAX on axis 0 of every input.
 
 Output: `<out>/<model>/<H>x<W>/` with `model.engine`, `engine.json` (what built it, for which GPU, from which
 ONNX) and a copy of the export's `manifest.json`, written to a hidden temporary folder and renamed into place.

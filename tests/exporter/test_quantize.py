@@ -211,3 +211,37 @@ def test_cli_export_prints_quantized_lines(tiny_dir, tmp_path):
     assert "model.int8.onnx" in int8 and "min cosine" in int8 and "passed" in int8
     assert "onnxruntime" in int8 and "percentile on 5 images" in int8 and "attention Q/DQ" in int8
     assert any(line.strip().startswith("int8cpu: model.int8cpu.onnx") for line in result.output.splitlines())
+
+
+def test_verify_and_compare_judge_the_quantized_graphs(quantized):
+    from beit_deploy.proof.compare import CompareOptions, compare
+    from beit_deploy.proof.verify import parity_report
+
+    folder = quantized("classification", "onnxruntime")
+    report = parity_report(folder)
+    assert [a.name for a in report.artifacts] == ["fp32", "int8", "int8cpu"] and report.passed, report.table()
+    assert "int8cpu" in report.table()
+    outcome = compare(folder, CompareOptions(runners=("onnxrt-int8", "onnxrt-int8cpu", "onnxrt-fp8", "torch")))
+    assert outcome.passed and {a for a, _, _ in outcome.pairs} == {"onnxrt-int8", "onnxrt-int8cpu"}
+    assert "--fp8" in outcome.skipped["onnxrt-fp8"]
+
+
+def test_build_takes_the_qdq_graphs_only(quantized, tiny_export):
+    from beit_deploy.trt.build import BuildOptions, build
+
+    assert BuildOptions(precision="int8").precision == "int8" and BuildOptions(precision="fp8").precision == "fp8"
+    with pytest.raises(UsageError, match="int8cpu is an ONNX Runtime CPU graph"):
+        BuildOptions(precision="int8cpu")
+    with pytest.raises(UsageError, match="no int8 graph.*export with --int8"):
+        build(tiny_export("classification"), BuildOptions(precision="int8"))
+    if importlib.util.find_spec("tensorrt") is None:  # up to the TensorRT boundary
+        with pytest.raises(MissingDependencyError, match="beit-deploy\\[gpu\\]"):
+            build(quantized("classification", "onnxruntime"), BuildOptions(precision="int8"))
+
+
+def test_bench_backends_map_to_artifacts():
+    from beit_deploy.bench.report import BACKENDS
+    from beit_deploy.bench.run import ORT_ARTIFACTS
+
+    assert set(ORT_ARTIFACTS) <= set(BACKENDS)
+    assert ORT_ARTIFACTS["onnxruntime-int8"] == "int8cpu" and ORT_ARTIFACTS["onnxruntime-int8-qdq"] == "int8"
