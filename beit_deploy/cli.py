@@ -14,7 +14,7 @@ from .core.errors import BeitDeployError, MissingDependencyError, UsageError, de
 
 # Optional packages -> the extra that installs them, for the one-line hint when a command needs one.
 EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "onnxscript": "export",
-          "onnx_ir": "export", "polygraphy": "export", "tensorrt": "gpu"}
+          "onnx_ir": "export", "polygraphy": "export", "tensorrt": "gpu", "modelopt": "quantize"}
 
 
 def _friendly(command):
@@ -85,15 +85,28 @@ def models(as_json):
                    "per layer (opset 23; TensorRT 10.14+).")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of photos for the parity check. Default: samples/images.")
+@click.option("--int8", is_flag=True, help="Also write the int8 Q/DQ graph for TensorRT (model.int8.onnx).")
+@click.option("--fp8", is_flag=True, help="Also write the fp8 Q/DQ graph for TensorRT (model.fp8.onnx; ModelOpt).")
+@click.option("--int8-cpu", is_flag=True, help="Also write the dynamic int8 graph for ONNX Runtime on CPU.")
+@click.option("--calibration", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of photos to calibrate --int8/--fp8 on (64+ advised). Default: the parity photos.")
+@click.option("--int8-method", type=click.Choice(["max", "entropy", "percentile"]), default="max", show_default=True,
+              help="Activation calibration of the Q/DQ graphs.")
+@click.option("--quantizer", type=click.Choice(["auto", "modelopt", "onnxruntime"]), default="auto",
+              show_default=True, help="Q/DQ tool. auto: ModelOpt when installed, else ONNX Runtime (int8 only).")
 @_friendly
-def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, attention, images):
+def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, attention, images, int8, fp8, int8_cpu,
+           calibration, int8_method, quantizer):
     """Export a BEiT model to ONNX, one validated graph per resolution."""
     from .exporter.loading import ModelSpec
     from .exporter.pipeline import ExportOptions, export as run_export, parse_resolution
+    from .exporter.quantize import QuantizeOptions
 
+    quantize = QuantizeOptions(int8=int8, fp8=fp8, int8_cpu=int8_cpu, method=int8_method, tool=quantizer,
+                               calibration=Path(calibration) if calibration else None)
     options = ExportOptions(resolutions=tuple(parse_resolution(r) for r in resolutions), fp16=fp16,
                             out_dir=Path(out_dir), bias_mode=bias_mode, attention=attention,
-                            images=Path(images) if images else None)
+                            images=Path(images) if images else None, quantize=quantize)
     for result in run_export(ModelSpec(model, random_weights, seed), options):
         m = result.manifest
         click.echo(f"{result.folder}: {m.task}, {m.resolution[0]}x{m.resolution[1]}, weights {m.weights['kind']}")
@@ -103,7 +116,8 @@ def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, a
             if worst.get("top1_ties"):
                 top1 += f" ({worst['top1_ties']} tie(s) below fp16 resolution)"
             click.echo(f"  {precision}: {m.artifacts[precision]} ({m.graph[precision]['nodes']} nodes), "
-                       f"max rel err {worst['rel']:.1e}, min cosine {worst['cosine']:.6f}{top1}: passed")
+                       f"max rel err {worst['rel']:.1e}, min cosine {worst['cosine']:.6f}{top1}: passed"
+                       + _how_quantized(m.quantization.get(precision)))
     _engines_after_export(result.folder if len(resolutions) <= 1 else result.folder.parent, fp16)
 
 
@@ -113,8 +127,8 @@ def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, a
 @click.option("--seed", default=0, show_default=True, help="Seed for --random-weights.")
 @click.option("--resolution", "-r", default=None, help="N or HxW. Default: the model's native one.")
 @click.option("--backends", default="eager,sdpa,onnxruntime,onnxruntime-fp16,tensorrt", show_default=True,
-              help="Comma-separated: eager, sdpa, onnxruntime, onnxruntime-fp16, onnxruntime-fused, "
-                   "onnxruntime-plain, tensorrt. eager is always measured (the baseline).")
+              help="Comma-separated: eager, sdpa, onnxruntime, onnxruntime-fp16, onnxruntime-fused, onnxruntime-int8 "
+                   "(CPU form), onnxruntime-int8-qdq, onnxruntime-plain, tensorrt. eager is always measured.")
 @click.option("--batch-sizes", default="1,4,16,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
@@ -156,6 +170,20 @@ def bench(model, random_weights, seed, resolution, backends, batch_sizes, device
     click.echo(markdown)
 
 
+def _how_quantized(info: dict | None) -> str:
+    """' (modelopt 0.47.0, max on 64 images, attention Q/DQ on)' for a quantized graph's line; '' otherwise."""
+    if not info:
+        return ""
+    parts = [f"{info['tool']} {info['version']}"]
+    if "calibration" in info:
+        parts.append(f"{info['method']} on {info['calibration']['images']} images")
+    placement = info.get("placement") or {}
+    if "attention_qdq" in placement:
+        parts.append(f"attention Q/DQ {'on' if placement['attention_qdq'] else 'off'}"
+                     + (f", decoder {placement['decoder']}" if placement.get("decoder") else ""))
+    return f" ({', '.join(parts)})"
+
+
 # --- TensorRT: build, inspect (and the engines step of `export`) -------------------------------------------------
 
 
@@ -175,8 +203,8 @@ def _engines_after_export(folder: Path, fp16: bool) -> None:
 
 @main.command()
 @click.argument("export_path", type=click.Path(exists=True, file_okay=False))
-@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True,
-              help="Which exported graph to build: the mixed-precision fp16 one or fp32.")
+@click.option("--precision", type=click.Choice(["fp16", "fp32", "int8", "fp8"]), default="fp16", show_default=True,
+              help="Which exported graph to build: mixed-precision fp16, fp32, or the int8/fp8 Q/DQ graph.")
 @click.option("--batch", default="1:8:32", show_default=True, help="Batch range MIN:OPT:MAX of the profile (or N).")
 @click.option("--workspace", "workspace_gb", type=float, default=None, help="Builder workspace in GB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
@@ -214,8 +242,9 @@ def inspect(path, as_json):
 @click.argument("path", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
-              help="ONNX graph to run. Default: fp16 with a GPU provider (and an fp16 graph), else fp32.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8cpu", "fp8"]), default=None,
+              help="ONNX graph to run. Default: fp16 with a GPU provider (and an fp16 graph), else fp32. int8: the "
+                   "CPU form (int8cpu) on CPU, the Q/DQ graph on a GPU provider.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
 @click.option("--masks", "masks_dir", type=click.Path(file_okay=False), default=None,
               help="Segmentation: write each label map as a PNG of class ids here.")
@@ -296,7 +325,8 @@ def verify(path, images, random_inputs, reference, engine, json_file):
 @main.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--runners", default="onnxrt-fp32,onnxrt-fp16,torch,trt", show_default=True,
-              help="Comma-separated: onnxrt-fp32, onnxrt-fp16, torch, trt. Each is compared with torch.")
+              help="Comma-separated: onnxrt-fp32, onnxrt-fp16, onnxrt-int8, onnxrt-fp8, onnxrt-int8cpu, torch, trt. "
+                   "Each is compared with torch.")
 @click.option("--images", multiple=True, type=click.Path(exists=True),
               help="A folder of photos, or photo files (repeat). Default: samples/images.")
 @click.option("--random", "random_inputs", default=2, show_default=True, help="Random inputs besides the photos.")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ..exporter.loading import ModelSpec
 
-BACKENDS = ("eager", "sdpa", "onnxruntime", "onnxruntime-fp16", "onnxruntime-fused", "onnxruntime-plain", "tensorrt")
+BACKENDS = ("eager", "sdpa", "onnxruntime", "onnxruntime-fp16", "onnxruntime-fused", "onnxruntime-int8",
+            "onnxruntime-int8-qdq", "onnxruntime-plain", "tensorrt")
 DEFAULT_BACKENDS = ("eager", "sdpa", "onnxruntime", "onnxruntime-fp16", "tensorrt")
 BASELINE = "eager"
 E2E_OURS, E2E_TRANSFORMERS = "beit-deploy runner", "transformers"

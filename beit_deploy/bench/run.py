@@ -20,6 +20,10 @@ from ..core.progress import say, step
 from . import report as bench_report
 from .report import BACKENDS, BASELINE, E2E_OURS, E2E_TRANSFORMERS, BenchReport, BenchSettings, Skipped
 
+# ONNX Runtime backends -> the export artifact (precision) each one runs
+ORT_ARTIFACTS = {"onnxruntime": "fp32", "onnxruntime-fp16": "fp16", "onnxruntime-int8": "int8cpu",
+                 "onnxruntime-int8-qdq": "int8"}
+
 
 def run_bench(settings: BenchSettings) -> BenchReport:
     """Measure every backend at every batch size (ascending), plus the end-to-end row."""
@@ -63,22 +67,24 @@ def _jobs(settings, backends, resolution, task, inputs, resolved):
     """Worker jobs for the backends that can run here; (backend, reason) for the others; the export folder."""
     base = {"device": settings.device, "dtype": settings.dtype, "inputs": inputs}
     jobs, skipped, folder = {}, [], None
-    wants_export = {"onnxruntime", "onnxruntime-fp16", "tensorrt"} & set(backends)
+    wants_export = (set(ORT_ARTIFACTS) | {"tensorrt"}) & set(backends)
+    wanted = {ORT_ARTIFACTS[b] for b in backends if b in ORT_ARTIFACTS}
+    if "tensorrt" in backends and settings.dtype == "fp16":
+        wanted.add("fp16")
     if wants_export or settings.end_to_end:
         try:
-            folder = cached_export(settings, resolution, resolved, fp16="onnxruntime-fp16" in backends or
-                                   ("tensorrt" in backends and settings.dtype == "fp16"))
+            folder = cached_export(settings, resolution, resolved, wanted)
         except BeitDeployError as exc:
-            skipped += [Skipped(b, f"export failed: {exc}") for b in sorted(wants_export)]
+            skipped += [Skipped(b, f"export failed: {exc}") for b in sorted(wants_export & set(backends))]
     for name in backends:
         if name in ("eager", "sdpa"):
             jobs[name] = base | {"kind": "torch", "attention": name, "spec": settings.spec.to_dict()}
-        elif name in ("onnxruntime", "onnxruntime-fp16") and folder is not None:
-            file = "model.fp16.onnx" if name.endswith("fp16") else "model.onnx"
+        elif name in ORT_ARTIFACTS and folder is not None:
+            file = json.loads((folder / "manifest.json").read_text())["artifacts"][ORT_ARTIFACTS[name]]
             jobs[name] = base | {"kind": "onnxruntime", "path": str(folder / file)}
         elif name == "onnxruntime-fused":
             try:
-                fused = cached_export(settings, resolution, resolved, fp16=False, fused=True)
+                fused = cached_export(settings, resolution, resolved, fused=True)
                 jobs[name] = base | {"kind": "onnxruntime", "path": str(fused / "model.onnx")}
             except BeitDeployError as exc:
                 skipped.append(Skipped(name, f"fused export failed: {exc}"))
@@ -142,23 +148,26 @@ def _cache_folder(settings: BenchSettings) -> Path:
     return Path(settings.cache_dir) / f"{Path(settings.spec.model).name}-{digest}"
 
 
-def cached_export(settings: BenchSettings, resolution: tuple[int, int], resolved, fp16: bool,
+def cached_export(settings: BenchSettings, resolution: tuple[int, int], resolved, wanted: set[str] = frozenset(),
                   fused: bool = False) -> Path:
-    """The export folder of the model at `resolution` (with the fp16 graph if asked; with one ONNX Attention op
-    per layer if `fused`), exported if not cached. `resolved`: the model's exporter.loading.Resolved, worked out
-    once by run_bench."""
+    """The export folder of the model at `resolution` with the graphs of the `wanted` precisions besides fp32
+    (fp16, int8, int8cpu), with one ONNX Attention op per layer if `fused`, exported if not cached. The Q/DQ graph
+    is calibrated on the bench's photos. `resolved`: the model's exporter.loading.Resolved, worked out once by
+    run_bench."""
     from ..exporter.bake import DECOMPOSED, FUSED
     from ..exporter.pipeline import ExportOptions, export
+    from ..exporter.quantize import QuantizeOptions
 
     out = _cache_folder(settings) / ("fused" if fused else "")
     name = f"{resolution[0]}x{resolution[1]}"
     for manifest in sorted(out.glob(f"*/{name}/manifest.json")):
         artifacts = json.loads(manifest.read_text()).get("artifacts", {})
-        if "fp32" in artifacts and (not fp16 or "fp16" in artifacts):
+        if {"fp32", *wanted} <= set(artifacts):
             say(f"using the cached export {manifest.parent}")
             return manifest.parent
-    options = ExportOptions(resolutions=(resolution,), fp16=fp16, out_dir=out, images=settings.images,
-                            attention=FUSED if fused else DECOMPOSED)
+    quantize = QuantizeOptions(int8="int8" in wanted, int8_cpu="int8cpu" in wanted, calibration=settings.images)
+    options = ExportOptions(resolutions=(resolution,), fp16="fp16" in wanted, out_dir=out, images=settings.images,
+                            quantize=quantize, attention=FUSED if fused else DECOMPOSED)
     return export(settings.spec, options, resolved)[0].folder
 
 

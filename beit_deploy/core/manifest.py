@@ -80,6 +80,8 @@ class Manifest:
     artifacts: dict[str, str]  # precision -> ONNX file name
     parity: dict[str, dict] = field(default_factory=dict)  # precision -> Parity.to_dict()
     graph: dict[str, dict] = field(default_factory=dict)  # precision -> {"nodes", "ops", "bytes"}
+    # quantized precision (int8, fp8, int8cpu) -> how it was made: tool, version, method, calibration, placement
+    quantization: dict[str, dict] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     attention: str = "decomposed"  # "fused": one ONNX Attention op per layer (opset 23); absent in older manifests
     format_version: int = FORMAT_VERSION

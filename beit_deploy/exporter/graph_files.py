@@ -131,3 +131,36 @@ def node_precisions(model) -> dict[str, str]:
         kinds = {names[types[i]] for i in node.input if types.get(i) in names}
         result[node.name] = kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "other")
     return result
+
+
+QUANTIZE_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+INTEGER_OPS = ("MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv")
+# Ops that read a dequantized tensor without computing on it: not counted as quantized layers.
+SHAPE_OPS = frozenset({"Shape", "Concat", "Reshape", "Transpose", "Resize", "Slice", "Gather", "Flatten", "Squeeze",
+                       "Unsqueeze", "Cast", "Identity", "Split", "Expand"})
+
+
+def qdq_summary(model) -> dict:
+    """What is quantized in a graph: Q/DQ node counts, the quantized type(s) (from the zero points / scales), and
+    the compute nodes that read a DequantizeLinear output (or are integer ops), by op type.
+
+    {"QuantizeLinear": n, "DequantizeLinear": n, "DynamicQuantizeLinear": n, "types": ["int8", ...],
+     "quantized": {"MatMul": n, ...}, "quantized_nodes": [names]}. All counts 0 for a float graph."""
+    import onnx
+
+    counts = collections.Counter(n.op_type for n in model.graph.node)
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    types = {onnx.helper.tensor_dtype_to_np_dtype(inits[n.input[2]]).name if len(n.input) > 2 and n.input[2] in inits
+             else "int8" for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    if counts["DynamicQuantizeLinear"]:
+        types.add("uint8")
+    nodes = [n for n in model.graph.node if n.op_type in INTEGER_OPS
+             or (n.op_type not in QUANTIZE_OPS and n.op_type not in SHAPE_OPS and dequantized.intersection(n.input))]
+    return {**{op: counts[op] for op in QUANTIZE_OPS}, "types": sorted(_type_name(t) for t in types),
+            "quantized": dict(collections.Counter(n.op_type for n in nodes).most_common()),
+            "quantized_nodes": [n.name for n in nodes]}
+
+
+def _type_name(numpy_name: str) -> str:
+    return {"float8_e4m3fn": "fp8", "float8e4m3fn": "fp8"}.get(numpy_name.replace("ml_dtypes.", ""), numpy_name)

@@ -21,7 +21,11 @@ from ..core.manifest import Preprocessing, TensorSpec
 CHECKOUT_IMAGES = Path(__file__).resolve().parents[2] / "samples" / "images"
 NO_PHOTOS = "no sample photos (a checkout's samples/images): pass --images DIR or set BEIT_DEPLOY_IMAGES"
 
-THRESHOLDS = {"fp32": {"rel": 1e-4}, "fp16": {"cosine": 0.999, "top1": 1.0}}
+# Per precision, the one place: fp32 is exact up to float rounding; fp16 keeps the decision; quantized graphs
+# (int8/fp8 Q/DQ, int8cpu dynamic) are judged by cosine only (top-1/top-5 are reported: random weights give
+# near-flat logits whose top-1 an int8 step can flip).
+THRESHOLDS = {"fp32": {"rel": 1e-4}, "fp16": {"cosine": 0.999, "top1": 1.0},
+              "int8": {"cosine": 0.999}, "int8cpu": {"cosine": 0.999}, "fp8": {"cosine": 0.995}}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ export of the same model and resolution.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core import tasks
@@ -17,6 +17,7 @@ from ..core.files import artifact_bytes, atomic_folder
 from ..core.manifest import Manifest, versions
 from ..core.progress import say, step
 from . import bake, fp16, graph_files, onnx_graph, parity
+from .quantize import QuantizeOptions, choose_tools, quantize_graphs
 from .data_loader import write_data_loader
 from .loading import LoadedModel, ModelSpec, Resolved, load_model, resolve
 
@@ -33,6 +34,7 @@ class ExportOptions:
     bias_mode: str | None = None  # None: chosen by size (bake.choose_bias_mode)
     attention: str = bake.DECOMPOSED  # or bake.FUSED: one ONNX Attention op per layer (opset 23)
     images: Path | None = None  # parity photos; None: parity.sample_images()
+    quantize: QuantizeOptions = field(default_factory=QuantizeOptions)  # int8/fp8 Q/DQ, CPU int8 (after fp16)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ def export(spec: ModelSpec, options: ExportOptions, resolved: Resolved | None = 
     resolved = resolved or resolve(spec)
     for resolution in options.resolutions:  # fail on a bad resolution before loading weights
         check_resolution(resolution, resolved.config.patch_size)
+    choose_tools(options.quantize)  # and on a quantizer that is not installed
     loaded = load_model(spec, resolved)
     resolutions = options.resolutions or (loaded.native_resolution,)
     return [export_resolution(loaded, resolution, options) for resolution in resolutions]
@@ -96,36 +99,51 @@ def _build(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOpti
         release_memory()
     inputs = tasks.input_specs(loaded.task, loaded.config, resolution)
     preprocessing = loaded.preprocessing.at_resolution(resolution)
-    results = _validate(loaded, inputs, preprocessing, tmp, artifacts, options.images)
+    judge = _Judge(loaded, inputs, preprocessing, options.images)
+    results = {precision: judge(precision, tmp / file) for precision, file in artifacts.items()}
+    _fail_on(loaded, results)
+    quantization = {}
+    for q in quantize_graphs(fp32_path, loaded.task, inputs, preprocessing, options.quantize, judge,
+                             options.images, loaded.spec.seed):
+        artifacts[q.precision], results[q.precision], quantization[q.precision] = q.file, q.parity, q.info
     manifest = _manifest(loaded, resolution, mode, inputs, outputs, preprocessing, artifacts, results, tmp,
-                         options.attention).write_to(tmp)
+                         options.attention, quantization).write_to(tmp)
     write_data_loader(tmp, manifest)  # for `polygraphy run model.onnx --data-loader-script data_loader.py`
     return manifest
 
 
-def _validate(loaded, inputs, preprocessing, tmp: Path, artifacts: dict, images: Path | None) -> dict:
-    """Run every artifact in ONNX Runtime against the eager model; raise ParityError on any failure."""
-    from ..runtime.backends import CPU, OnnxRuntimeBackend
+class _Judge:
+    """judge(precision, graph file) -> parity.Parity of that graph in ONNX Runtime (CPU) against the eager model
+    on the parity photos and random inputs; the eager outputs are computed once, here."""
 
-    photos = parity.sample_images(images)
-    pixels = parity.reference_pixels(photos, preprocessing) if photos else _no_photos()
-    batches = parity.parity_feeds(inputs, pixels, random=2, seed=loaded.spec.seed)
-    names = tasks.task(loaded.task).outputs
-    with step(f"validating against eager transformers ({len(photos)} photos + 2 random inputs)"):
-        refs = [parity.eager_outputs(loaded.model, names, feeds) for feeds in batches]
-        results = {}
-        for precision, file in artifacts.items():
-            with OnnxRuntimeBackend(tmp / file, providers=CPU) as backend:
-                gots = [backend.run(feeds) for feeds in batches]
+    def __init__(self, loaded, inputs, preprocessing, images: Path | None):
+        self.loaded = loaded
+        photos = parity.sample_images(images)
+        pixels = parity.reference_pixels(photos, preprocessing) if photos else _no_photos()
+        self.batches = parity.parity_feeds(inputs, pixels, random=2, seed=loaded.spec.seed)
+        names = tasks.task(loaded.task).outputs
+        with step(f"running eager transformers for validation ({len(photos)} photos + 2 random inputs)"):
+            self.refs = [parity.eager_outputs(loaded.model, names, feeds) for feeds in self.batches]
+
+    def __call__(self, precision: str, path: Path) -> parity.Parity:
+        from ..runtime.backends import CPU, OnnxRuntimeBackend
+
+        with step(f"validating {path.name} against eager transformers"):
+            with OnnxRuntimeBackend(path, providers=CPU) as backend:
+                gots = [backend.run(feeds) for feeds in self.batches]
             release_memory()
-            results[precision] = parity.measure(precision, loaded.task, refs, gots)
-            say("  " + results[precision].summary())
+            result = parity.measure(precision, self.loaded.task, self.refs, gots)
+        say("  " + result.summary())
+        return result
+
+
+def _fail_on(loaded, results: dict) -> None:
+    """ParityError naming every float graph that missed its thresholds."""
     failed = [r for r in results.values() if not r.passed]
     if failed:
         raise ParityError(f"{loaded.name}: the exported graph does not match the eager model "
                           f"({'; '.join(f.precision + ': ' + ', '.join(f.failures) for f in failed)}); "
                           "nothing was written. Please report this with the model and resolution")
-    return results
 
 
 def release_memory() -> None:
@@ -149,7 +167,8 @@ def _no_photos():
     return np.zeros((0,), dtype=np.float32)
 
 
-def _manifest(loaded, resolution, mode, inputs, outputs, preprocessing, artifacts, results, tmp, attention) -> Manifest:
+def _manifest(loaded, resolution, mode, inputs, outputs, preprocessing, artifacts, results, tmp, attention,
+              quantization) -> Manifest:
     graphs = {}
     for precision, file in artifacts.items():
         model = graph_files.load_graph(tmp / file)
@@ -161,4 +180,4 @@ def _manifest(loaded, resolution, mode, inputs, outputs, preprocessing, artifact
         task=loaded.task, resolution=tuple(resolution), patch_size=loaded.config.patch_size, bias_mode=mode,
         inputs=tuple(inputs), outputs=tuple(outputs), preprocessing=preprocessing, labels=loaded.labels,
         artifacts=artifacts, parity={p: r.to_dict() for p, r in results.items()}, graph=graphs,
-        versions=versions(), attention=attention)
+        attention=attention, quantization=quantization, versions=versions())

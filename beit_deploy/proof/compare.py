@@ -1,6 +1,7 @@
 """`beit-deploy compare`: Polygraphy's Comparator over an export's runners, with Polygraphy's own report.
 
-Runners: onnxrt-fp32 / onnxrt-fp16 (Polygraphy's OnnxrtRunner on model.onnx / model.fp16.onnx), torch (the eager
+Runners: onnxrt-fp32 / onnxrt-fp16 / onnxrt-int8 / onnxrt-fp8 / onnxrt-int8cpu (Polygraphy's OnnxrtRunner on
+model.onnx, model.fp16.onnx and the quantized graphs), torch (the eager
 transformers model rebuilt from the manifest, as a small BaseRunner; Polygraphy's PytRunner assumes CUDA) and
 trt (Polygraphy's TrtRunner on the engine `build` made from this export -- `--engine`, else found under
 engines/<model>/<H>x<W> by its source ONNX's sha256 -- or on an engine Polygraphy builds from the ONNX with TF32
@@ -30,10 +31,13 @@ from ..core.manifest import Manifest, read_manifest
 from ..exporter import parity
 from .verify import feed_dicts, photo_paths, reference_model
 
-RUNNERS = ("onnxrt-fp32", "onnxrt-fp16", "torch", "trt")
-# Default tolerances per precision of the runner compared with the reference (elementwise atol OR rtol).
+RUNNERS = ("onnxrt-fp32", "onnxrt-fp16", "onnxrt-int8", "onnxrt-fp8", "onnxrt-int8cpu", "torch", "trt")
+# Default tolerances per precision of the runner compared with the reference (elementwise atol OR rtol); quantized
+# graphs are judged mainly by cosine (parity.THRESHOLDS), elementwise only for gross errors.
 TOLERANCES = {"fp32": {"atol": 1e-4, "rtol": 1e-3, "cosine": 0.99999},
-              "fp16": {"atol": 5e-2, "rtol": 5e-2, "cosine": parity.THRESHOLDS["fp16"]["cosine"]}}
+              "fp16": {"atol": 5e-2, "rtol": 5e-2, "cosine": parity.THRESHOLDS["fp16"]["cosine"]},
+              **{p: {"atol": 0.5, "rtol": 0.5, "cosine": parity.THRESHOLDS[p]["cosine"]}
+                 for p in ("int8", "fp8", "int8cpu")}}
 PURPOSE = "comparing runners with Polygraphy (beit-deploy compare)"
 
 
@@ -134,7 +138,8 @@ def _make_runner(name: str, folder: Path, manifest: Manifest, options: CompareOp
         precision = name.split("-", 1)[1]
         file = manifest.artifacts.get(precision)
         if file is None or not (folder / file).is_file():
-            return f"the export has no {precision} graph here (export with --fp16 for one)"
+            flag = {"int8cpu": "--int8-cpu"}.get(precision, f"--{precision}")
+            return f"the export has no {precision} graph here (export with {flag} for one)"
         return OnnxrtRunner(SessionFromOnnx(str(folder / file), providers=["cpu"]), name=name), precision
     if name == "torch":
         return eager_runner(manifest, reference_model(manifest, options.reference)), "fp32"

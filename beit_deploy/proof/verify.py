@@ -27,7 +27,7 @@ from ..core.manifest import Manifest, read_manifest
 from ..exporter import parity
 
 Images = Union[None, str, Path, Sequence[Union[str, Path]]]
-ONNX_ARTIFACTS = ("fp32", "fp16")
+ONNX_ARTIFACTS = ("fp32", "fp16", "int8", "fp8", "int8cpu")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,10 @@ from . import postprocess as post
 from .backends import Backend, OnnxRuntimeBackend, available_providers, has_gpu_provider
 from .preprocess import ImageLike, LoadedImage, is_batch, load_image, preprocess, preprocess_one
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8", "int8cpu", "fp8")
+# "int8" asks for int8 in the form this machine runs best: ONNX Runtime's dynamic graph (int8cpu) on CPU, the Q/DQ
+# graph (int8) with a GPU provider; each falls back to the other when the export has only one.
+_INT8_FORMS = {False: ("int8cpu", "int8"), True: ("int8", "int8cpu")}
 DEFAULT_BATCH = 8
 _PROVIDER_ALIASES = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
                      "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
@@ -50,9 +53,10 @@ class BeitTRTRunner:
     path: a resolution folder written by `beit-deploy export` (export/<model>/<H>x<W>), an ONNX file in such a
     folder, an engine folder written by `beit-deploy build` (engines/<model>/<H>x<W>), or a TensorRT engine file
     (.engine/.plan) next to its manifest.
-    precision: "fp32" or "fp16" (ONNX only; an engine has its own). Default: fp16 when the export has the fp16
-    graph and ONNX Runtime has a GPU provider (TensorRT or CUDA), else fp32, since fp16 on CPU is slower and
-    less exact.
+    precision: "fp32", "fp16", "int8", "int8cpu" or "fp8" (ONNX only; an engine has its own). Default: fp16 when
+    the export has the fp16 graph and ONNX Runtime has a GPU provider (TensorRT or CUDA), else fp32, since fp16 on
+    CPU is slower and less exact; quantized graphs are never chosen for you. "int8": the dynamic CPU graph
+    (int8cpu) on CPU, the Q/DQ graph with a GPU provider (`runner.precision` says which ran).
     backend: None (ONNX Runtime on the best provider installed: TensorRT, CUDA, then CPU), one of "cpu", "cuda",
     "tensorrt" to choose the ONNX Runtime provider, or a ready Backend instance.
     batch_size: largest batch sent to the backend at once (default 8, and never above the backend's max_batch).
@@ -211,9 +215,12 @@ def _resolve(path: Path, precision: str | None) -> tuple[Manifest, Path, str]:
     if path.is_dir():
         manifest = read_manifest(path)
         chosen = precision or ("fp16" if "fp16" in manifest.artifacts and has_gpu_provider() else "fp32")
+        if chosen == "int8":
+            chosen = next((p for p in _INT8_FORMS[has_gpu_provider()] if p in manifest.artifacts), "int8")
         if chosen not in manifest.artifacts:
+            flag = {"int8": "--int8 or --int8-cpu", "int8cpu": "--int8-cpu"}.get(chosen, f"--{chosen}")
             raise UsageError(f"{path} has no {chosen} graph (it has: {', '.join(manifest.artifacts)}): "
-                             "export with --fp16, or choose another precision")
+                             f"export with {flag}, or choose another precision")
         return manifest, path / manifest.artifacts[chosen], chosen
     manifest = read_manifest(path.parent)
     if path.suffix.lower() in ENGINE_SUFFIXES:
@@ -224,7 +231,8 @@ def _resolve(path: Path, precision: str | None) -> tuple[Manifest, Path, str]:
     if path.name not in by_file:
         raise UsageError(f"'{path.name}' is not an artifact of {path.parent / FILENAME} (it lists: "
                          f"{', '.join(by_file)})")
-    if precision is not None and precision != by_file[path.name]:
+    if precision is not None and precision != by_file[path.name] and not (
+            precision == "int8" and by_file[path.name] in _INT8_FORMS[False]):
         raise UsageError(f"'{path.name}' is the {by_file[path.name]} graph, not {precision}: pass the folder instead")
     return manifest, path, by_file[path.name]
 

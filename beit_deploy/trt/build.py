@@ -2,10 +2,11 @@
 
 Precision comes from the graph itself: the network is strongly typed (TensorRT 11 types every network that
 way; on 10.x the STRONGLY_TYPED creation flag asks for it), so `model.fp16.onnx` gives an fp16 engine with the
-fp32 islands the export chose, and `model.onnx` an fp32 one. No precision builder flag is ever set (TensorRT 11
-removed them), and TF32 is cleared (TensorRT enables it by default): fp32 layers stay fp32, as the parity
-thresholds (fp32: rel 1e-4) assume; `tf32=True` allows it, and engine.json records which. One optimisation
-profile covers the batch range MIN:OPT:MAX on axis 0 of every input. The timing cache: see timing_cache.py.
+fp32 islands the export chose, `model.onnx` an fp32 one, and the Q/DQ graphs `model.int8.onnx` / `model.fp8.onnx`
+int8 / fp8 layers where their Q/DQ nodes are. No precision builder flag is ever set (TensorRT 11 removed them),
+and TF32 is cleared (TensorRT enables it by default): fp32 layers stay fp32, as the parity thresholds (fp32: rel
+1e-4) assume; `tf32=True` allows it, and engine.json records which. One optimisation profile covers the batch
+range MIN:OPT:MAX on axis 0 of every input. The timing cache: see timing_cache.py.
 
 Output: `<out>/<model>/<H>x<W>/` with `model.engine`, `engine.json` (what built it, for which GPU, from which
 ONNX) and a copy of the export's `manifest.json`, written to a hidden temporary folder and renamed into place.
@@ -33,11 +34,16 @@ if TYPE_CHECKING:
     import tensorrt as trt
 
 
+# Export artifacts TensorRT builds. The Q/DQ graphs (int8, fp8) build strongly typed like the others: the Q/DQ
+# nodes say what runs in int8/fp8, no precision flag is set. int8cpu (MatMulInteger) is an ONNX Runtime CPU form.
+BUILDABLE = {"fp16": "--fp16", "fp32": "", "int8": "--int8", "fp8": "--fp8"}
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     """How to build. `batch` is (MIN, OPT, MAX) of the one profile; None leaves TensorRT's default in place."""
 
-    precision: str = "fp16"  # which export artifact: "fp16" (model.fp16.onnx) or "fp32" (model.onnx)
+    precision: str = "fp16"  # which export artifact: fp16, fp32, int8 / fp8 (the Q/DQ graphs); see BUILDABLE
     batch: tuple[int, int, int] = (1, 8, 32)
     workspace_gb: float | None = None
     timing_cache: Path | None = None  # None: <out_dir>/timing-<trt>-<gpu>.cache, shared by every build there
@@ -46,8 +52,9 @@ class BuildOptions:
     tf32: bool = False  # allow TF32 for fp32 layers (TensorRT's default is on; off keeps fp32 parity)
 
     def __post_init__(self):
-        if self.precision not in ("fp16", "fp32"):
-            raise UsageError(f"precision '{self.precision}' is not fp16 or fp32")
+        if self.precision not in BUILDABLE:
+            raise UsageError(f"precision '{self.precision}' is not one of {', '.join(BUILDABLE)} (int8cpu is an ONNX "
+                             "Runtime CPU graph; TensorRT builds the int8 Q/DQ graph)")
         parse_batch(":".join(str(b) for b in self.batch))
         if self.opt_level is not None and not 0 <= self.opt_level <= 5:
             raise UsageError(f"builder optimisation level {self.opt_level} is not in 0..5")
@@ -98,7 +105,7 @@ def build(export_path: Path, options: BuildOptions) -> list[Path]:
     for folder, manifest in manifests:
         if options.precision not in manifest.artifacts:
             raise UsageError(f"{folder} has no {options.precision} graph (it has: {', '.join(manifest.artifacts)})"
-                             f": export with --fp16, or build with --precision fp32")
+                             f": export with {BUILDABLE[options.precision]}, or build with --precision fp32")
     require("tensorrt", "gpu", TRT_PURPOSE)
     return [engine_from_onnx(folder / manifest.artifacts[options.precision], manifest, options)
             for folder, manifest in manifests]

@@ -2,9 +2,11 @@
 
 ONNX (works anywhere): inputs/outputs, opset, node count, op histogram, and the precision of the compute nodes
 (fp16 vs fp32, per op type), from the tensor types after onnx shape inference; so an fp16 export shows its
-MatMuls in fp16 and its LayerNormalization/Softmax islands in fp32.
+MatMuls in fp16 and its LayerNormalization/Softmax islands in fp32. Quantized graphs: Q/DQ counts, the quantized
+type, and the layers that read a dequantized tensor (or are integer ops), by op type.
 Engine (needs TensorRT and the GPU it was built for): I/O tensors, the profile, the layers as TensorRT's engine
-inspector reports them, and whether attention was fused into MHA kernels (a name heuristic, said as such).
+inspector reports them, whether attention was fused into MHA kernels, and how many layers have int8/fp8 tensors
+(both text heuristics on the inspector's JSON, said as such).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 from ..core.engine_manifest import ENGINE_FILE, ENGINE_SUFFIXES, TRT_PURPOSE, check_engine_compatible, current_gpu, \
     read_engine_manifest
 from ..core.errors import ArtifactError, UsageError, describe, require
-from ..exporter.graph_files import node_precisions, tensor_specs
+from ..exporter.graph_files import node_precisions, qdq_summary, tensor_specs
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 DATA_MOVEMENT = frozenset({"Cast", "Constant", "Identity", "Reshape", "Transpose", "Flatten", "Squeeze",
                            "Unsqueeze", "Concat", "Gather", "Slice", "Split", "Expand", "Shape"})
 FUSED_ATTENTION = re.compile(r"mha|flash|fused_?attention", re.IGNORECASE)
+INT8, FP8 = re.compile(r"\bint8\b", re.IGNORECASE), re.compile(r"\bfp8\b|float8|e4m3", re.IGNORECASE)
 
 
 def inspect_path(path: Path) -> dict:
@@ -67,7 +70,8 @@ def inspect_onnx(path: Path) -> dict:
             "nodes": len(model.graph.node),
             "ops": dict(collections.Counter(n.op_type for n in model.graph.node).most_common()),
             "precision": {"float16": totals["float16"], "float32": totals["float32"],
-                          "by_op": {op: dict(sorted(c.items())) for op, c in sorted(by_op.items())}}}
+                          "by_op": {op: dict(sorted(c.items())) for op, c in sorted(by_op.items())}},
+            "quantization": qdq_summary(model)}
 
 
 def inspect_engine(path: Path) -> dict:
@@ -120,7 +124,19 @@ def layer_summary(layers: list) -> dict:
     types = collections.Counter(layer.get("LayerType", "?") if isinstance(layer, dict) else "?" for layer in layers)
     fused = [(layer.get("Name") if isinstance(layer, dict) else str(layer)) for layer in layers
              if FUSED_ATTENTION.search(text(layer))]
-    return {"layers": len(layers), "layer_types": dict(types.most_common()), "fused_attention_layers": fused}
+    as_json = [json.dumps(layer) for layer in layers]  # detailed verbosity lists each tensor's "Int8"/"FP8" format
+    return {"layers": len(layers), "layer_types": dict(types.most_common()), "fused_attention_layers": fused,
+            "int8_layers": sum(bool(INT8.search(t)) for t in as_json),
+            "fp8_layers": sum(bool(FP8.search(t)) for t in as_json)}
+
+
+def _quantization_lines(q: dict) -> list[str]:
+    """Q/DQ (or dynamic quantization) counts and the quantized layers by op type; nothing for a float graph."""
+    if not (q["QuantizeLinear"] or q["DequantizeLinear"] or q["DynamicQuantizeLinear"] or q["quantized"]):
+        return []
+    return [f"  quantization: {q['QuantizeLinear']} QuantizeLinear, {q['DequantizeLinear']} DequantizeLinear, "
+            f"{q['DynamicQuantizeLinear']} DynamicQuantizeLinear; types {', '.join(q['types']) or '-'}",
+            "  quantized layers: " + ", ".join(f"{op} {n}" for op, n in q["quantized"].items())]
 
 
 def format_report(report: dict) -> str:
@@ -141,6 +157,7 @@ def format_report(report: dict) -> str:
         lines.append(f"  compute precision: {p['float16']} nodes fp16, {p['float32']} fp32")
         for op, counts in p["by_op"].items():
             lines.append(f"    {op}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        lines += _quantization_lines(report["quantization"])
     else:
         lines.append(f"  TensorRT {report['tensorrt']}, {report['gpu']}, {report['precision']}, "
                      f"{report['profiles']} profile(s), {report['layers']} layers")
@@ -148,4 +165,6 @@ def format_report(report: dict) -> str:
         fused = report["fused_attention_layers"]
         lines.append(f"  fused attention (layer/tactic names with mha/flash): {len(fused)}"
                      + (f", e.g. {fused[0]}" if fused else ""))
+        lines.append("  layers with int8 / fp8 tensors (inspector text): "
+                     f"{report.get('int8_layers', 0)} / {report.get('fp8_layers', 0)}")
     return "\n".join(lines)

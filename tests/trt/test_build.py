@@ -48,8 +48,8 @@ def test_build_options_validate():
     assert BuildOptions().cache_path("k") == engine.Path("engines/timing-k.cache")
     assert BuildOptions(timing_cache=engine.Path("/x/my.cache")).cache_path("k") == engine.Path("/x/my.cache")
     assert not BuildOptions().tf32
-    with pytest.raises(UsageError, match="fp16 or fp32"):
-        BuildOptions(precision="int8")
+    with pytest.raises(UsageError, match="is not one of fp16, fp32, int8, fp8"):
+        BuildOptions(precision="int4")
     with pytest.raises(UsageError, match="0..5"):
         BuildOptions(opt_level=7)
     with pytest.raises(UsageError, match="MIN:OPT:MAX"):
