@@ -99,9 +99,10 @@ def onnx_from_model(baked: nn.Module, task: str, resolution: tuple[int, int], pa
 def fold(model) -> None:
     """Fold shape arithmetic and the weight transposes of an onnx_ir model, in place.
 
-    onnxscript's `optimize_ir` without its pattern rewriter: the rewriter's module-level rules keep the last graph
-    they matched alive (microsoft/onnxscript#2526), i.e. a second copy of the weights for the rest of the export.
-    The one rewrite our graphs needed, dropping no-op Casts, BakedAttention makes unnecessary by not emitting them.
+    onnxscript's `optimize_ir` without its pattern rewriter (and initializer de-duplication, see below): the
+    rewriter's module-level rules keep the last graph they matched alive (microsoft/onnxscript#2526), i.e. a
+    second copy of the weights for the rest of the export. The one rewrite our graphs needed, dropping no-op
+    Casts, BakedAttention makes unnecessary by not emitting them.
     """
     from onnx_ir.passes import common
     from onnxscript.optimizer import fold_constants
@@ -112,10 +113,12 @@ def fold(model) -> None:
         for cleanup in (common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(),
                         common.RemoveUnusedOpsetsPass()):
             cleanup(model)
+    # No DeduplicateInitializersPass: one initializer shared by a quantizable op and a float one (equal zero biases
+    # of the patch Conv and a LayerNorm, say) would be dequantized for both by the Q/DQ quantizers.
     for finish in (common.RemoveUnusedNodesPass(),
                    common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-                   common.LiftSubgraphInitializersToMainGraphPass(), common.DeduplicateInitializersPass(),
-                   common.CommonSubexpressionEliminationPass(), common.OutputFixPass(), common.NameFixPass()):
+                   common.LiftSubgraphInitializersToMainGraphPass(), common.CommonSubexpressionEliminationPass(),
+                   common.OutputFixPass(), common.NameFixPass()):
         finish(model)
 
 
