@@ -10,6 +10,7 @@ Default folder: export/beit-base-patch16-224/224x224 (`make serve` or `beit-depl
 """
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--max-queue-delay-us", type=int, default=2000)
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     args = parser.parse_args()
+    load = os.getloadavg()[0]  # other work on the machine shows in every number: say how busy it was
     photos = [p.read_bytes() for p in sorted((ROOT / "samples" / "images").iterdir())
               if p.suffix.lower() in IMAGE_SUFFIXES]
     if args.server:
@@ -48,7 +50,7 @@ def main() -> None:
                 report = run_load(url, model.name, photos, args.clients, args.requests, args.protocol)
     images_per_second = in_process(args.folder, photos, report.answered or args.clients * args.requests)
     table = to_markdown(report, images_per_second, f"{args.folder} served by Triton (python model stage, "
-                                                   f"{args.protocol}) and in process")
+                                                   f"{args.protocol}) and in process", load)
     print(table)
     if args.markdown:
         args.markdown.write_text(table)

@@ -95,22 +95,25 @@ def in_process(folder: Path, images: list[bytes], count: int, batch_size: int = 
         return count / (time.perf_counter() - start)
 
 
-def machine_line() -> str:
-    """CPU, cores, Python and the versions that matter for these numbers."""
+def machine_line(load: float | None = None) -> str:
+    """CPU, cores, the load average before the run (`load`, else now), Python and the versions that matter."""
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     v = versions(("beit-deploy", "onnxruntime", "numpy", "tritonclient", "nvidia-pytriton"))
-    return (f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}; onnxruntime {v['onnxruntime']}, "
-            f"numpy {v['numpy']}, tritonclient {v['tritonclient']}, Triton from nvidia-pytriton {v['nvidia-pytriton']}")
+    load = load if load is not None else os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    load = f", 1-min load average {load:.1f} before the run" if load is not None else ""
+    return (f"{cpu}, {os.cpu_count()} CPUs{load}, Python {platform.python_version()}; onnxruntime "
+            f"{v['onnxruntime']}, numpy {v['numpy']}, tritonclient {v['tritonclient']}, Triton 2.51 from "
+            f"nvidia-pytriton {v['nvidia-pytriton']}")
 
 
-def to_markdown(report: LoadReport, in_process_ips: float | None, title: str) -> str:
+def to_markdown(report: LoadReport, in_process_ips: float | None, title: str, load: float | None = None) -> str:
     """The run as a markdown table, with the in-process figure beside it."""
     r, batch = report, f"{report.mean_batch:.2f}" if report.mean_batch else "-"
-    rows = [f"**{title}**", "", f"Machine: {machine_line()}", "",
+    rows = [f"**{title}**", "", f"Machine: {machine_line(load)}", "",
             "| path | clients x requests | images/s | p50 ms | p95 ms | p99 ms | mean server batch | failed |",
             "|---|---|---:|---:|---:|---:|---:|---:|",
             f"| Triton ensemble | {r.clients} x {r.requests_per_client} | {r.images_per_second:.2f} | {r.p50_ms:.0f} | "

@@ -9,7 +9,6 @@ source folder are copied, under plain names; the repository is written atomicall
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -111,10 +110,10 @@ def sources(paths: list[Path]) -> list[Source]:
 def write_repository(paths: list[Path], options: TritonOptions) -> list[ServedModel]:
     """Write the model repository `options.out` for the exports/engines at `paths` (replacing an earlier one)."""
     found = sources(paths)
-    if options.name and len(found) > 1:
+    if options.name is not None and len(found) > 1:
         raise UsageError(f"--name names one model, and these paths hold {len(found)} resolutions: leave it out "
                          "(names then come from the manifests)")
-    names = [check_name(options.name, "--name") if options.name else _default_name(s, len(found) > 1)
+    names = [check_name(options.name, "--name") if options.name is not None else _default_name(s, len(found) > 1)
              for s in found]
     if len(set(names)) < len(names):
         raise UsageError(f"two sources would both be served as {sorted(n for n in names if names.count(n) > 1)[0]}:"
@@ -214,22 +213,15 @@ def _inside(folder: Path, name: str) -> Path:
 
 
 def _model_folder(folder: Path, config: dict, source: Source, python: bool = True, files=(), rename=None) -> None:
-    """<model>/config.pbtxt and <model>/1/: model.py + manifest.json for Python models, and `files` (with any
-    external data) linked or copied, renamed by `rename`."""
+    """<model>/config.pbtxt and <model>/1/: model.py + manifest.json for Python models, and copies of `files`
+    (with any external data), renamed by `rename`. Copies, not links: editing the repository never touches the
+    export."""
     version = folder / "1"
     version.mkdir(parents=True)
     (folder / "config.pbtxt").write_text(to_pbtxt(config) + "\n")
     if python:
         (version / "model.py").write_text(MODEL_PY)
-        _link_or_copy(_inside(source.folder, FILENAME), version / FILENAME)
+        shutil.copyfile(_inside(source.folder, FILENAME), version / FILENAME)
     for file in files:
         for part in artifact_files(file.parent, file.name):
-            _link_or_copy(part, version / (rename or {}).get(part.name, part.name))
-
-
-def _link_or_copy(src: Path, dest: Path) -> None:
-    """A hard link where the filesystem allows (artifacts are replaced, never rewritten, so it stays right)."""
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copyfile(src, dest)
+            shutil.copyfile(part, version / (rename or {}).get(part.name, part.name))

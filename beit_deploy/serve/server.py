@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -32,6 +33,10 @@ from ..core.errors import BeitDeployError, UsageError
 
 SERVER_HINT = "pip install 'beit-deploy[serve]' (the tritonserver of nvidia-pytriton), or put Triton's tritonserver " \
               "on PATH"
+
+
+# Errors a CPU-only host always logs (no CUDA driver, NVML or DCGM): not why anything failed.
+_CPU_NOISE = re.compile(r"CUDA|Cuda|NVML|DCGM|pinned memory")
 
 
 class ServerError(BeitDeployError):
@@ -162,12 +167,12 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerError(f"tritonserver exited with status {self.process.returncode} while loading "
-                                  f"{self.repository}: {self.log_tail()}")
+                                  f"{self.repository}: {self.log_summary()}")
             if self.ready():
                 return
             time.sleep(0.25)
         raise ServerError(f"tritonserver was not ready after {self.options.startup_timeout:.0f} s: "
-                          f"{self.log_tail()}")
+                          f"{self.log_summary()}")
 
     def ready(self) -> bool:
         """True when the server answers that it and every model are ready (HTTP /v2/health/ready)."""
@@ -177,13 +182,18 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def log_tail(self, lines: int = 12) -> str:
-        """The last lines of the server's log that say something (errors first), joined into one line."""
+    def log_summary(self) -> str:
+        """Why the server failed, in one line: each model's load error (first line of it), else the log's last
+        error lines; and where the whole log was kept (a temporary file that outlives the server)."""
         if not self.log_path or not self.log_path.is_file():
             return "(no log)"
-        text = self.log_path.read_text(errors="replace").splitlines()
-        errors = [line for line in text if line[:1] == "E" or "error" in line.lower()]
-        return " | ".join((errors or text)[-lines:]).strip() or "(empty log)"
+        text = self.log_path.read_text(errors="replace")
+        failures = dict(re.findall(r"failed to load '([^']+)' version \d+: (.*?)(?:\\n|\"|$)", text, re.M))
+        lines = [f"{model}: {why}" for model, why in failures.items()] or \
+            [line for line in text.splitlines() if line.startswith("E") and not _CPU_NOISE.search(line)][-3:]
+        kept = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        shutil.copyfile(self.log_path, kept)
+        return "; ".join(lines or text.splitlines()[-3:]) + f" (whole log: {kept})"
 
     def stop(self) -> None:
         """SIGTERM (in-flight requests finish), then SIGKILL to whatever of its process group is left."""
@@ -237,14 +247,16 @@ def serve_until_stopped(server: TritonServer, on_ready) -> None:
     def terminate(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    # SIGINT too: a shell starting us in the background leaves it ignored, and Python then keeps it so
+    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with server:
             on_ready(server)
             while server.process is not None and server.process.poll() is None:
                 time.sleep(0.5)
-            raise ServerError(f"tritonserver stopped by itself: {server.log_tail()}")
+            raise ServerError(f"tritonserver stopped by itself: {server.log_summary()}")
     except KeyboardInterrupt:
         return
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

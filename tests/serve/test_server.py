@@ -157,3 +157,14 @@ def test_pil_and_array_inputs_travel_as_png(served):
     with BeitTritonClient(served.server.http_url, served.names["classification"]) as client:
         from_array, from_bytes = client.predict([rgb, buffer.getvalue()])
     assert from_array == from_bytes
+
+
+def test_load_generator(served):
+    from beit_deploy.serve.load import in_process, run_load, to_markdown
+
+    photos = [p.read_bytes() for p in PHOTOS]
+    report = run_load(served.server.http_url, served.names["classification"], photos, clients=4, requests=3)
+    assert (report.answered, report.failed) == (12, 0) and report.p50_ms <= report.p95_ms <= report.p99_ms
+    assert report.mean_batch is not None and report.mean_batch >= 1 and report.executions >= 1
+    table = to_markdown(report, in_process(served.folders["classification"], photos, 8), "tiny", load=1.0)
+    assert "| Triton ensemble | 4 x 3 |" in table and "in-process" in table and "load average 1.0" in table
