@@ -115,15 +115,31 @@ def write_repository(paths: list[Path], options: TritonOptions) -> list[ServedMo
                          "(names then come from the manifests)")
     names = [check_name(options.name, "--name") if options.name is not None else _default_name(s, len(found) > 1)
              for s in found]
-    if len(set(names)) < len(names):
-        raise UsageError(f"two sources would both be served as {sorted(n for n in names if names.count(n) > 1)[0]}:"
-                         " serve them in separate repositories")
+    folders = [n for name in names for n in (name, *configs.stage_names(name).values())]
+    if len(set(folders)) < len(folders):
+        raise UsageError(f"two models would both be named {sorted(n for n in folders if folders.count(n) > 1)[0]}:"
+                         " serve them in separate repositories or choose other names")
+    _check_out(Path(options.out), found)
     served = []
     with atomic_folder(Path(options.out)) as tmp:
         for source, name in zip(found, names):
             served.append(_write_models(tmp, source, name, options))
         (tmp / "README.md").write_text(repository_readme(served, Path(options.out)))
     return served
+
+
+def _check_out(out: Path, found: list[Source]) -> None:
+    """`out` is replaced as a whole: never an export or engine folder (or one holding them), never a folder
+    that is not a model repository this command wrote."""
+    target = out.resolve()
+    for source in found:
+        folder = source.folder.resolve()
+        if target == folder or target in folder.parents or folder in target.parents:
+            raise UsageError(f"--out {out} would replace or sit inside {source.folder}, which it serves: write the "
+                             "repository elsewhere, e.g. --out model_repository")
+    if out.exists() and any(out.iterdir()) and not any(out.glob("*/config.pbtxt")):
+        raise UsageError(f"'{out}' exists and is not a model repository (it would be replaced as a whole): choose "
+                         "another --out, or remove it first")
 
 
 def _default_name(source: Source, several: bool) -> str:

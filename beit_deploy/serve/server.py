@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
 import importlib.util
 import os
 import re
@@ -129,6 +130,15 @@ class TritonServer:
         """Start the server and wait until every model is ready (ServerError with the log's tail if not)."""
         check_python_environment()
         self._scratch = tempfile.TemporaryDirectory(prefix="beit-deploy-triton-")
+        try:
+            self._launch()
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _launch(self) -> None:
         command = [str(self.installation.binary), f"--model-repository={self.repository}",
                    f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
                    f"--metrics-port={self.metrics_port}", f"--http-address={self.options.host}",
@@ -142,12 +152,6 @@ class TritonServer:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env=env, start_new_session=True,
                                             preexec_fn=_parent_death_signal())
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def _backends(self) -> Path:
         """A backend folder of links to nvidia-pytriton's, plus the Python backend stub for this Python."""
@@ -159,6 +163,9 @@ class TritonServer:
             raise ServerError(f"this Triton has no Python backend stub for Python {version} (it has "
                               f"{', '.join(sorted(p.name for p in self.installation.stubs.iterdir()))}): run "
                               "beit-deploy with one of those Python versions")
+        if ctypes.util.find_library(f"python{version}") is None:
+            raise ServerError(f"the Python backend stub of this Triton needs libpython{version}.so.1.0, which is not "
+                              f"installed: apt-get install libpython{version} (Debian/Ubuntu)")
         os.symlink(stub, folder / "python" / stub.name)
         return folder
 

@@ -22,7 +22,7 @@ from beit_deploy.runtime import wire
 from beit_deploy.runtime.triton_client import TritonServerError
 from beit_deploy.serve.configs import MODEL, stage_names
 
-from serving import PHOTOS, needs_server
+from serving import PHOTOS, needs_server, served  # noqa: F401 - served: the server fixture
 
 pytestmark = needs_server
 PROTOCOLS = ("http", "grpc")
