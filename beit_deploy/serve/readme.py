@@ -12,7 +12,7 @@ TRITON_CONTAINER = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, the s
 
 def repository_readme(served: list, out: Path) -> str:
     """Markdown for a repository serving `served` (repository.ServedModel); `out` as the user named it."""
-    first = served[0].name
+    first, mount = served[0].name, out if out.is_absolute() else f"$PWD/{out}"
     rows = "\n".join(f"| `{m.name}` | {m.task} | {m.backend} | " + ", ".join(f"`{s}`" for s in m.stages.values())
                      + " |" for m in served)
     return f"""# Triton model repository (written by beit-deploy {__version__})
@@ -42,7 +42,7 @@ so `python` model stages only):
 On a GPU box, with the official container (all backends; bring a beit-deploy wheel, `pip wheel --no-deps .`):
 
     docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 \\
-        -v $PWD/{out}:/models -v $PWD/wheels:/wheels {TRITON_CONTAINER} \\
+        -v {mount}:/models -v $PWD/wheels:/wheels {TRITON_CONTAINER} \\
         bash -c "pip install /wheels/beit_deploy-*.whl 'numpy<2' && tritonserver --model-repository=/models"
 
 A `tensorrt_plan` stage loads only with the TensorRT version and on the GPU model its engine was built for.
