@@ -186,3 +186,55 @@ def test_out_never_replaces_an_export_or_another_folder(tiny_export, tmp_path):
     write_repository([export], TritonOptions(out=tmp_path / "repo", name="a"))
     write_repository([export], TritonOptions(out=tmp_path / "repo", name="b"))  # a repository is replaced
     assert sorted(p.name for p in (tmp_path / "repo").iterdir())[:2] == ["README.md", "b"]
+
+
+def test_triton_cli(tiny_export, tmp_path):
+    out = tmp_path / "repo"
+    result = CliRunner().invoke(main, ["triton", str(tiny_export("classification")), "--out", str(out), "--name",
+                                       "cls", "--max-batch", "4", "--preferred-batch", "2"])
+    assert result.exit_code == 0, result.stderr
+    assert f"serve it: beit-deploy serve {out}" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "cls", "cls_model", "cls_postprocess",
+                                                     "cls_preprocess"]
+    bad = CliRunner().invoke(main, ["triton", str(tiny_export("classification")), "--out", str(out), "--name",
+                                    "../x"])
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation", "masked-image-modeling", "features"])
+def test_stages_answer_like_the_runner(tiny_export, tmp_path, task):
+    """preprocess -> model -> postprocess on numpy, as the server chains them, against BeitTRTRunner.predict."""
+    served, = write_repository([tiny_export(task)], TritonOptions(out=tmp_path / "repo", name="m"))
+    folder = {stage: tmp_path / "repo" / name / "1" for stage, name in served.stages.items()}
+    pre = stages.Preprocess(folder[PREPROCESS], {})
+    model = stages.Model(folder[MODEL], {"precision": "fp32"})
+    post = stages.Postprocess(folder[POSTPROCESS], {"top_k": "3"})
+    requests = [{wire.IMAGE: np.array([[p.read_bytes()]], dtype=object)} for p in PHOTOS]
+    requests.append({wire.IMAGE: np.array([[b"not an image"]], dtype=object)})
+    prepared = pre.run(requests)
+    assert isinstance(prepared[-1], BaseException) and "not a readable image" in str(prepared[-1])
+    raw = model.run([{k: v for k, v in p.items() if k != wire.IMAGE_SIZE} for p in prepared[:-1]])
+    answers = post.run([{**r, wire.IMAGE_SIZE: p[wire.IMAGE_SIZE]} for r, p in zip(raw, prepared)])
+    with BeitTRTRunner(tiny_export(task)) as runner:
+        local = runner.predict(PHOTOS, top_k=3)
+    for a, answer, p in zip(local, answers, prepared):
+        row = {k: v[0] for k, v in answer.items()}
+        b = wire.decode(task, row, tuple(p[wire.IMAGE_SIZE][0]))
+        assert json.dumps(a.to_dict()) == json.dumps(b.to_dict())
+    model.close()
+
+
+def test_wire_pads_and_drops_padding():
+    from beit_deploy.runtime.postprocess import classify, segment
+
+    labels = {0: "a", 1: "b", 2: "c"}
+    small = segment(np.random.default_rng(0).normal(size=(3, 2, 2)), (3, 4), labels)
+    large = segment(np.random.default_rng(1).normal(size=(3, 2, 2)), (5, 2), labels)
+    stacked = wire.stack([wire.encode(small), wire.encode(large)])
+    assert stacked[wire.LABEL_MAP].shape == (2, 5, 4) and stacked[wire.LABEL_MAP][0, 4, 0] == -1
+    back = wire.decode("segmentation", {k: v[0] for k, v in stacked.items()}, (3, 4))
+    np.testing.assert_array_equal(back.label_map, small.label_map)
+    assert back.classes == small.classes
+    top = [classify(np.array([1.0, 2.0, 3.0]), labels, k) for k in (1, 3)]
+    rows = wire.stack([wire.encode(t) for t in top])
+    assert [wire.decode("classification", {k: v[i] for k, v in rows.items()}, (1, 1)) for i in (0, 1)] == top
