@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all clean wheels gpu-check
+.PHONY: install demo serve test test-all clean wheels gpu-check
 
 install: $(STAMP)
 
@@ -21,6 +21,13 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/python samples/demo.py
 
+# Triton on this machine's CPU (the serve extra's server): the demo export (random weights) as a model repository.
+SERVE_EXPORT ?= export/beit-base-patch16-224/224x224
+serve: install
+	test -f $(SERVE_EXPORT)/manifest.json || $(BIN)/beit-deploy export --model beit-base-patch16-224 --random-weights
+	$(BIN)/beit-deploy triton $(SERVE_EXPORT) --out model_repository
+	$(BIN)/beit-deploy serve model_repository
+
 test: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
@@ -28,7 +35,7 @@ test-all: install
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) export/*/ engines/*/ .pytest_cache
+	rm -rf $(VENV) export/*/ engines/*/ model_repository .pytest_cache
 
 # GPU box (no network, torch preinstalled, system python, beit-deploy not installed): `make wheels` here (the
 # pure-Python wheels it may lack, for its Python GPU_PYTHON, in WHEELS), bring the checkout with WHEELS along, then

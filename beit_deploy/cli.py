@@ -14,7 +14,8 @@ from .core.errors import BeitDeployError, MissingDependencyError, UsageError, de
 
 # Optional packages -> the extra that installs them, for the one-line hint when a command needs one.
 EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "onnxscript": "export",
-          "onnx_ir": "export", "polygraphy": "export", "tensorrt": "gpu", "modelopt": "quantize"}
+          "onnx_ir": "export", "polygraphy": "export", "tensorrt": "gpu", "modelopt": "quantize",
+          "tritonclient": "serve"}
 
 
 def _friendly(command):
@@ -240,7 +241,7 @@ def inspect(path, as_json):
 
 @main.command()
 @click.argument("path", type=click.Path())
-@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.argument("images", nargs=-1, type=click.Path())
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8cpu", "fp8"]), default=None,
               help="ONNX graph to run. Default: fp16 with a GPU provider (and an fp16 graph), else fp32. int8: the "
@@ -251,20 +252,28 @@ def inspect(path, as_json):
 @click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False), default=None,
               help="Segmentation: write each photo with coloured classes and a legend here.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per backend call (default 8).")
+@click.option("--server", default=None, help="Ask a Triton server (host:port) instead; then every argument is an "
+              "image. See `beit-deploy serve`.")
+@click.option("--model", "served_model", default=None, help="With --server: the served ensemble's name.")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True,
+              help="With --server: the endpoint's protocol.")
 @_friendly
-def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, batch_size):
-    """Run an export (resolution folder, ONNX file or TensorRT engine) on IMAGES (files or folders)."""
+def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, batch_size, server, served_model,
+            protocol):
+    """Run an export (resolution folder, ONNX file or TensorRT engine) on IMAGES (files or folders), or, with
+    --server URL --model NAME, ask a Triton server about PATH and IMAGES."""
     from .core import tasks
     from .core.progress import say
     from .runtime.palette import output_name, save_mask, save_overlay
     from .runtime.preprocess import collect_images
-    from .runtime.runner import BeitTRTRunner, pick_resolution
 
-    files = collect_images(images)
-    folder = Path(path)
-    source = pick_resolution(folder, None) if folder.is_dir() else folder
+    if server and not served_model:
+        raise UsageError("--server needs --model NAME, the served ensemble (`beit-deploy serve` prints it)")
+    if not server and not images:
+        raise UsageError("give an export (PATH) and at least one image, or --server URL --model NAME with images")
+    files = collect_images((path, *images) if server else images)
     failed, taken = 0, set()
-    with BeitTRTRunner(source, precision=precision, batch_size=batch_size) as runner:
+    with _predictor(path, server, served_model, protocol, precision, batch_size) as runner:
         if (masks_dir or overlay_dir) and tasks.task(runner.task).answer != tasks.LABEL_MAP:
             raise UsageError(f"--masks/--overlay need a segmentation model; this one does {runner.task}")
         for n, p in enumerate(runner.predict_each(files, top_k, keep_rgb=bool(overlay_dir)), 1):
@@ -285,6 +294,88 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
     if failed:
         click.echo(f"error: {failed} of {len(files)} images could not be read", err=True)
         sys.exit(1)
+
+
+def _predictor(path, server, served_model, protocol, precision, batch_size):
+    """The in-process runner of an export, or a client of a served ensemble: the same predict_each."""
+    if server:
+        from .runtime.triton_client import BeitTritonClient
+
+        return BeitTritonClient(server, served_model, protocol=protocol)
+    from .runtime.runner import BeitTRTRunner, pick_resolution
+
+    folder = Path(path)
+    return BeitTRTRunner(pick_resolution(folder, None) if folder.is_dir() else folder, precision=precision,
+                         batch_size=batch_size)
+
+
+# --- Triton: triton (repository), serve (server) -----------------------------------------------------------------
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", default="model_repository", show_default=True, type=click.Path(file_okay=False),
+              help="The model repository to write (replaced as a whole).")
+@click.option("--name", default=None, help="Name of the served ensemble. Default: the export's model name.")
+@click.option("--backend", type=click.Choice(["python", "onnxruntime", "tensorrt"]), default=None,
+              help="Model stage. Default: tensorrt for an engine folder, python (ONNX Runtime in beit-deploy) for "
+                   "an export.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="The ONNX graph of a python or onnxruntime stage.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="Largest batch. Default: 8, or the engine profile's MAX.")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Instances per stage.")
+@click.option("--instance-kind", type=click.Choice(["gpu", "cpu"]), default=None,
+              help="Model stage instances. Default: gpu for tensorrt and onnxruntime, cpu for python.")
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="How long the dynamic batcher waits to fill a batch.")
+@click.option("--preferred-batch", type=click.IntRange(min=1), multiple=True,
+              help="Preferred batch size (repeat). Default: the engine profile's OPT and MAX.")
+@click.option("--ort-tensorrt", is_flag=True, help="onnxruntime stage: TensorRT execution accelerator on GPUs.")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Classes per image when a request does not say.")
+@_friendly
+def triton(paths, out_dir, name, backend, precision, max_batch, instances, instance_kind, max_queue_delay_us,
+           preferred_batch, ort_tensorrt, top_k):
+    """Write a Triton model repository for exports or engine folders (PATHS): an ensemble of preprocess, model
+    and postprocess per resolution."""
+    from .serve.repository import TritonOptions, write_repository
+
+    options = TritonOptions(out=Path(out_dir), name=name, backend=backend, precision=precision,
+                            max_batch=max_batch, instances=instances, instance_kind=instance_kind,
+                            max_queue_delay_us=max_queue_delay_us, preferred_batch=tuple(preferred_batch),
+                            ort_tensorrt=ort_tensorrt, top_k=top_k)
+    for model in write_repository([Path(p) for p in paths], options):
+        click.echo(f"{Path(out_dir) / model.name}: {model.task} ({model.backend} model stage)")
+    click.echo(f"serve it: beit-deploy serve {out_dir}")
+
+
+@main.command()
+@click.argument("repository", type=click.Path(exists=True, file_okay=False))
+@click.option("--http-port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: a free port.")
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True, help="0: a free port.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=8002, show_default=True,
+              help="0: a free port.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
+@click.option("--startup-timeout", type=float, default=180.0, show_default=True,
+              help="Seconds to wait for the models to load.")
+@_friendly
+def serve(repository, http_port, grpc_port, metrics_port, host, startup_timeout):
+    """Start Triton on a model repository (`beit-deploy triton`), until Ctrl-C or SIGTERM."""
+    from .core.progress import say
+    from .serve.server import ServerOptions, TritonServer, ensembles, serve_until_stopped
+
+    server = TritonServer(Path(repository), ServerOptions(http_port, grpc_port, metrics_port, host, startup_timeout))
+    say(f"starting {server.installation.binary} on {repository} (takes a while to load the models)...")
+
+    def ready(s):
+        say(f"server log: {s.log_path}")
+        click.echo(f"Triton is serving {', '.join(ensembles(s.repository))}: HTTP {s.http_url}, gRPC {s.grpc_url}, "
+                   f"metrics http://{s.http_url.rsplit(':', 1)[0]}:{s.metrics_port}/metrics")
+        for model in ensembles(s.repository):
+            click.echo(f"  try: beit-deploy predict --server {s.http_url} --model {model} samples/images")
+        click.echo("Ctrl-C stops it.")
+
+    serve_until_stopped(server, ready)
+    say("server stopped")
 
 
 # --- verify / compare (proof stage) -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ exceed 255 comes out mostly white, so scale it to 8 bits yourself (e.g. `array >
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -29,7 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..core.errors import ArtifactError, UsageError
 from ..core.manifest import Preprocessing
 
-ImageLike = Union[str, Path, Image.Image, np.ndarray]
+ImageLike = Union[str, Path, Image.Image, np.ndarray, bytes]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -56,26 +57,34 @@ def is_batch(images: Any) -> bool:
 
 
 def load_image(image: ImageLike, name: str | None = None) -> LoadedImage:
-    """One input (path, PIL image, HWC/HW uint8 array) -> RGB uint8 (H, W, 3), EXIF orientation applied."""
+    """One input (path, PIL image, HWC/HW uint8 array, or an encoded file's bytes) -> RGB uint8 (H, W, 3), EXIF
+    orientation applied."""
     if isinstance(image, (str, Path)):
         return LoadedImage(name or str(image), _rgb(_open(Path(image))))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return LoadedImage(name or "<image bytes>", _rgb(_decode(io.BytesIO(bytes(image)), name or "image bytes")))
     if isinstance(image, Image.Image):
         return LoadedImage(name or getattr(image, "filename", "") or "<PIL image>", _rgb(image))
     if isinstance(image, np.ndarray):
         return LoadedImage(name or "<array>", _rgb(_from_array(image)))
-    raise UsageError(f"cannot use a {type(image).__name__} as an image: pass a path, a PIL image or an (H, W, 3) "
-                     "uint8 array")
+    raise UsageError(f"cannot use a {type(image).__name__} as an image: pass a path, encoded bytes, a PIL image or "
+                     "an (H, W, 3) uint8 array")
 
 
 def _open(path: Path) -> Image.Image:
     if not path.exists():
         raise ImageError(f"image '{path}' does not exist")
+    return _decode(path, str(path))
+
+
+def _decode(source: Path | io.BytesIO, name: str) -> Image.Image:
+    """An encoded image (a file or its bytes) decoded in full now, so truncated data fails here, turned upright."""
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()  # read now, so truncated files fail here and not later
             return ImageOps.exif_transpose(im)  # a loaded copy, turned upright
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"'{path}' is not a readable image ({exc}): remove it or replace it") from exc
+        raise ImageError(f"'{name}' is not a readable image ({exc}): remove it or replace it") from exc
 
 
 def _from_array(array: np.ndarray) -> Image.Image:

@@ -1,0 +1,1 @@
+"""Serving on Triton Inference Server: generated model repositories, the server's start and stop, load runs."""

@@ -1,0 +1,269 @@
+"""Start and stop a Triton Inference Server on a model repository: `beit-deploy serve`, the test fixture, load runs.
+
+The server is the `tritonserver` on PATH (the official install, all backends) or else the one the `serve` extra
+installs (nvidia-pytriton's Triton 2.51, Python backend only). For the latter, the Python backend needs its stub
+for this Python version beside it: a private backend folder of links is made in a temporary folder per start,
+so nothing installed is changed. The Python-backend models run in this Python environment (its `bin` goes first
+on PATH), which must have numpy < 2 and beit-deploy itself.
+
+The server runs in its own process group, bound to 127.0.0.1 unless asked otherwise, and dies with the process
+that started it (PR_SET_PDEATHSIG on Linux); `stop()` sends SIGTERM, waits, then kills what is left of the group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import BeitDeployError, UsageError
+
+SERVER_HINT = "pip install 'beit-deploy[serve]' (the tritonserver of nvidia-pytriton), or put Triton's tritonserver " \
+              "on PATH"
+
+
+# Errors a CPU-only host always logs (no CUDA driver, NVML or DCGM): not why anything failed.
+_CPU_NOISE = re.compile(r"CUDA|Cuda|NVML|DCGM|pinned memory")
+
+
+class ServerError(BeitDeployError):
+    """The Triton server could not be found, started, or did not become ready."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Ports (0: a free one), the address to bind, and how long to wait for the models to load."""
+
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    host: str = "127.0.0.1"
+    startup_timeout: float = 180.0
+    stop_timeout: float = 20.0
+    log_verbose: int = 0
+
+
+@dataclass(frozen=True)
+class Installation:
+    """A tritonserver binary, and for nvidia-pytriton's, where its backends and Python backend stubs are."""
+
+    binary: Path
+    backends: Path | None = None  # None: the server's own default (an official install)
+    stubs: Path | None = None
+
+
+def find_server() -> Installation:
+    """The tritonserver on PATH, else nvidia-pytriton's; ServerError naming what to install otherwise."""
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return Installation(Path(on_path))
+    spec = importlib.util.find_spec("pytriton")  # locates the package without importing it
+    root = Path(spec.origin).parent / "tritonserver" if spec and spec.origin else None
+    if root is None or not (root / "bin" / "tritonserver").is_file():
+        raise ServerError(f"no Triton server found: {SERVER_HINT}")
+    return Installation(root / "bin" / "tritonserver", root / "backends", root / "python_backend_stubs")
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct TCP ports free on `host` right now."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def check_python_environment() -> None:
+    """The Python-backend models run in this environment: numpy < 2 (Triton 2.51's stub exchanges tensors
+    wrongly with numpy 2) and Pillow + ONNX Runtime (beit-deploy's own dependencies)."""
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) >= 2:
+        raise ServerError(f"this Python environment has numpy {numpy.__version__}; Triton 2.51's Python backend "
+                          "needs numpy < 2 for its models (which run here): pip install 'numpy<2'")
+
+
+class TritonServer:
+    """A running server: `with TritonServer(repo) as server: server.http_url ...`. Ports 0 become free ones."""
+
+    def __init__(self, repository: Path, options: ServerOptions = ServerOptions(),
+                 installation: Installation | None = None):
+        self.repository = Path(repository).resolve()
+        if not self.repository.is_dir() or not any(self.repository.glob("*/config.pbtxt")):
+            raise UsageError(f"'{repository}' is not a model repository (no <model>/config.pbtxt in it): write one "
+                             "with `beit-deploy triton EXPORT --out REPOSITORY`")
+        ports = [options.http_port, options.grpc_port, options.metrics_port]
+        free = iter(free_ports(ports.count(0), options.host))
+        self.http_port, self.grpc_port, self.metrics_port = (p or next(free) for p in ports)
+        self.options = options
+        self.installation = installation or find_server()
+        self.process: subprocess.Popen | None = None
+        self._scratch: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{_client_host(self.options.host)}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{_client_host(self.options.host)}:{self.grpc_port}"
+
+    @property
+    def log_path(self) -> Path | None:
+        return Path(self._scratch.name) / "tritonserver.log" if self._scratch else None
+
+    def start(self) -> "TritonServer":
+        """Start the server and wait until every model is ready (ServerError with the log's tail if not)."""
+        check_python_environment()
+        self._scratch = tempfile.TemporaryDirectory(prefix="beit-deploy-triton-")
+        try:
+            self._launch()
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _launch(self) -> None:
+        command = [str(self.installation.binary), f"--model-repository={self.repository}",
+                   f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
+                   f"--metrics-port={self.metrics_port}", f"--http-address={self.options.host}",
+                   f"--grpc-address={self.options.host}", f"--metrics-address={self.options.host}",
+                   f"--exit-timeout-secs={int(self.options.stop_timeout)}",
+                   f"--log-verbose={self.options.log_verbose}"]
+        if self.installation.backends is not None:
+            command.append(f"--backend-directory={self._backends()}")
+        env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=env, start_new_session=True,
+                                            preexec_fn=_parent_death_signal())
+
+    def _backends(self) -> Path:
+        """A backend folder of links to nvidia-pytriton's, plus the Python backend stub for this Python."""
+        folder = Path(self._scratch.name) / "backends"
+        shutil.copytree(self.installation.backends, folder, symlinks=True, copy_function=os.symlink)
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = self.installation.stubs / version / "triton_python_backend_stub"
+        if not stub.is_file():
+            raise ServerError(f"this Triton has no Python backend stub for Python {version} (it has "
+                              f"{', '.join(sorted(p.name for p in self.installation.stubs.iterdir()))}): run "
+                              "beit-deploy with one of those Python versions")
+        if ctypes.util.find_library(f"python{version}") is None:
+            raise ServerError(f"the Python backend stub of this Triton needs libpython{version}.so.1.0, which is not "
+                              f"installed: apt-get install libpython{version} (Debian/Ubuntu)")
+        os.symlink(stub, folder / "python" / stub.name)
+        return folder
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.options.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with status {self.process.returncode} while loading "
+                                  f"{self.repository}: {self.log_summary()}")
+            if self.ready():
+                return
+            time.sleep(0.25)
+        raise ServerError(f"tritonserver was not ready after {self.options.startup_timeout:.0f} s: "
+                          f"{self.log_summary()}")
+
+    def ready(self) -> bool:
+        """True when the server answers that it and every model are ready (HTTP /v2/health/ready)."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_summary(self) -> str:
+        """Why the server failed, in one line: each model's load error (first line of it), else the log's last
+        error lines; and where the whole log was kept (a temporary file that outlives the server)."""
+        if not self.log_path or not self.log_path.is_file():
+            return "(no log)"
+        text = self.log_path.read_text(errors="replace")
+        failures = dict(re.findall(r"failed to load '([^']+)' version \d+: (.*?)(?:\\n|\"|$)", text, re.M))
+        lines = [f"{model}: {why}" for model, why in failures.items()] or \
+            [line for line in text.splitlines() if line.startswith("E") and not _CPU_NOISE.search(line)][-3:]
+        kept = Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        shutil.copyfile(self.log_path, kept)
+        return "; ".join(lines or text.splitlines()[-3:]) + f" (whole log: {kept})"
+
+    def stop(self) -> None:
+        """SIGTERM (in-flight requests finish), then SIGKILL to whatever of its process group is left."""
+        process, self.process = self.process, None
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=self.options.stop_timeout + 5)
+            except subprocess.TimeoutExpired:
+                pass
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # stubs or a hung server
+            process.wait()
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def _parent_death_signal():
+    """A function for the child before exec: SIGTERM when the parent thread dies (Linux prctl
+    PR_SET_PDEATHSIG), so a killed test run or CLI leaves no server behind; None where there is no prctl.
+    Looked up here, in the parent: nothing may be imported between fork and exec."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
+
+def ensembles(repository: Path) -> list[str]:
+    """Names of the ensembles in a model repository (what clients call), sorted."""
+    return sorted(p.parent.name for p in Path(repository).glob("*/config.pbtxt")
+                  if 'platform: "ensemble"' in p.read_text(errors="replace"))
+
+
+def serve_until_stopped(server: TritonServer, on_ready) -> None:
+    """Start `server`, call `on_ready(server)`, and keep it up until Ctrl-C or SIGTERM (then stop it cleanly and
+    return) or until it dies by itself (ServerError with its log's tail)."""
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    # SIGINT too: a shell starting us in the background leaves it ignored, and Python then keeps it so
+    previous = {sig: signal.signal(sig, terminate) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with server:
+            on_ready(server)
+            while server.process is not None and server.process.poll() is None:
+                time.sleep(0.5)
+            raise ServerError(f"tritonserver stopped by itself: {server.log_summary()}")
+    except KeyboardInterrupt:
+        return
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
