@@ -1,33 +1,59 @@
-"""`beit-deploy`: a thin click layer over the library. Errors become one line on stderr and a non-zero exit."""
+"""`beit-deploy`: a thin click layer over the library. Errors become one line on stderr and a non-zero exit.
+
+SIGTERM stops a command like Ctrl-C does (clean-up runs, nothing half-written is left): exit 143, 130 for SIGINT.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import os
+import signal
 import sys
 from pathlib import Path
 
 import click
 
-from .core.errors import BeitDeployError, MissingDependencyError, UsageError, describe
+from .core.errors import BeitDeployError, EnvironmentProblem, MissingDependencyError, UsageError, describe, \
+    environment_error
+from .runtime.preprocess import DEFAULT_MAX_PIXELS
 
 # Optional packages -> the extra that installs them, for the one-line hint when a command needs one.
 EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "onnxscript": "export",
           "onnx_ir": "export", "polygraphy": "export", "tensorrt": "gpu"}
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread as KeyboardInterrupt is for SIGINT, so every clean-up runs."""
+
+
+def _on_sigterm(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the clean-up finish
+    raise Terminated()
+
+
+def _catch_sigterm():
+    """Install the SIGTERM handler (main thread only); -> the previous handler, to restore, or None."""
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main thread (e.g. embedded): leave signals alone
+        return None
+
+
 def _friendly(command):
     """Run a command; turn BeitDeployError (and anything unexpected) into one line and an exit code."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        previous = _catch_sigterm()
         try:
             return command(*args, **kwargs)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+        except (KeyboardInterrupt, Terminated) as stop:
+            terminated = isinstance(stop, Terminated)
+            click.echo("terminated" if terminated else "interrupted", err=True)
+            sys.exit(143 if terminated else 130)
         except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, traceback on request
-            exc = _missing_extra(exc, command.__name__) or exc
+            exc = _missing_extra(exc, command.__name__) or _environment(exc, command.__name__) or exc
             if isinstance(exc, BeitDeployError):
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(exc.exit_code)
@@ -36,7 +62,29 @@ def _friendly(command):
             click.echo(f"internal error: {type(exc).__name__}: {describe(exc)} "
                        "(set BEIT_DEPLOY_DEBUG=1 for the traceback, and please report it)", err=True)
             sys.exit(70)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     return wrapper
+
+
+def _environment(exc: Exception, command: str) -> EnvironmentProblem | None:
+    """A full or read-only disk, a permission, too little memory: the environment's error, said as such."""
+    if isinstance(exc, MemoryError):
+        return EnvironmentProblem(f"`beit-deploy {command}` ran out of memory: free some memory, or use a smaller "
+                                  "resolution, batch size or image")
+    return environment_error(exc, f"`beit-deploy {command}`")
+
+
+def _json(data, **kwargs) -> str:
+    """JSON text that is always valid JSON: NaN and infinities (never meant, but possible) become null."""
+    def finite(x):
+        if isinstance(x, float):
+            return x if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        return [finite(v) for v in x] if isinstance(x, (list, tuple)) else x
+    return json.dumps(finite(data), allow_nan=False, **kwargs)
 
 
 def _missing_extra(exc: Exception, command: str) -> MissingDependencyError | None:
@@ -61,7 +109,7 @@ def models(as_json):
     rows = [{"name": c.name, "task": c.task, "resolution": c.resolution, "size": c.size, "labels": c.num_labels,
              "hub_id": c.hub_id} for c in CHECKPOINTS.values()]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(_json(rows, indent=2))
         return
     click.echo(f"{'name':36} {'task':22} {'res':>4} {'size':6} {'labels':>6}")
     for r in rows:
@@ -86,21 +134,25 @@ def models(as_json):
 def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, images):
     """Export a BEiT model to ONNX, one validated graph per resolution."""
     from .exporter.loading import ModelSpec
-    from .exporter.pipeline import ExportOptions, export as run_export, parse_resolution
+    from .exporter.pipeline import ExportOptions, export_each, parse_resolution
 
     options = ExportOptions(resolutions=tuple(parse_resolution(r) for r in resolutions), fp16=fp16,
                             out_dir=Path(out_dir), bias_mode=bias_mode, images=Path(images) if images else None)
-    for result in run_export(ModelSpec(model, random_weights, seed), options):
-        m = result.manifest
-        click.echo(f"{result.folder}: {m.task}, {m.resolution[0]}x{m.resolution[1]}, weights {m.weights['kind']}")
-        for precision, figures in m.parity.items():
-            worst = max(figures["outputs"], key=lambda o: o["rel"])
-            top1 = f", top-1 {worst['top1']:.0%}" if worst.get("top1") is not None else ""
-            if worst.get("top1_ties"):
-                top1 += f" ({worst['top1_ties']} tie(s) below fp16 resolution)"
-            click.echo(f"  {precision}: {m.artifacts[precision]} ({m.graph[precision]['nodes']} nodes), "
-                       f"max rel err {worst['rel']:.1e}, min cosine {worst['cosine']:.6f}{top1}: passed")
+    for result in export_each(ModelSpec(model, random_weights, seed), options):  # each said as soon as written
+        _echo_export(result)
     _engines_after_export(result.folder if len(resolutions) <= 1 else result.folder.parent, fp16)
+
+
+def _echo_export(result) -> None:
+    m = result.manifest
+    click.echo(f"{result.folder}: {m.task}, {m.resolution[0]}x{m.resolution[1]}, weights {m.weights['kind']}")
+    for precision, figures in m.parity.items():
+        worst = max(figures["outputs"], key=lambda o: o["rel"])
+        top1 = f", top-1 {worst['top1']:.0%}" if worst.get("top1") is not None else ""
+        if worst.get("top1_ties"):
+            top1 += f" ({worst['top1_ties']} tie(s) below fp16 resolution)"
+        click.echo(f"  {precision}: {m.artifacts[precision]} ({m.graph[precision]['nodes']} nodes), "
+                   f"max rel err {worst['rel']:.1e}, min cosine {worst['cosine']:.6f}{top1}: passed")
 
 
 @main.command()
@@ -146,7 +198,7 @@ def bench(model, random_weights, seed, resolution, backends, batch_sizes, device
     report = run_bench(settings)
     markdown = to_markdown(report)
     if json_file:
-        Path(json_file).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        Path(json_file).write_text(_json(report.to_dict(), indent=2) + "\n")
     if markdown_file:
         Path(markdown_file).write_text(markdown)
     click.echo(markdown)
@@ -201,7 +253,7 @@ def inspect(path, as_json):
     from .trt.inspect import format_report, inspect_path
 
     report = inspect_path(Path(path))
-    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+    click.echo(_json(report, indent=2) if as_json else format_report(report))
 
 
 @main.command()
@@ -216,8 +268,12 @@ def inspect(path, as_json):
 @click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False), default=None,
               help="Segmentation: write each photo with coloured classes and a legend here.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per backend call (default 8).")
+@click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse larger images (checked from the file header, before decoding); 0: no limit of ours.")
+@click.option("--no-hash-check", is_flag=True,
+              help="Check the graph's size but not its sha256 when opening (saves ~1.3 s per GB).")
 @_friendly
-def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, batch_size):
+def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, batch_size, max_pixels, no_hash_check):
     """Run an export (resolution folder, ONNX file or TensorRT engine) on IMAGES (files or folders)."""
     from .core import tasks
     from .core.progress import say
@@ -229,7 +285,8 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
     folder = Path(path)
     source = pick_resolution(folder, None) if folder.is_dir() else folder
     failed, taken = 0, set()
-    with BeitTRTRunner(source, precision=precision, batch_size=batch_size) as runner:
+    with BeitTRTRunner(source, precision=precision, batch_size=batch_size, check_hashes=not no_hash_check,
+                       max_pixels=max_pixels) as runner:
         if (masks_dir or overlay_dir) and tasks.task(runner.task).answer != tasks.LABEL_MAP:
             raise UsageError(f"--masks/--overlay need a segmentation model; this one does {runner.task}")
         for n, p in enumerate(runner.predict_each(files, top_k, keep_rgb=bool(overlay_dir)), 1):
@@ -239,7 +296,7 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
                 click.echo(f"error: {p.error}", err=True)
                 failed += 1
                 continue
-            click.echo(json.dumps({"image": p.image, **p.result.to_dict()}) if as_json
+            click.echo(_json({"image": p.image, **p.result.to_dict()}) if as_json
                        else f"{p.image}\n{p.result.summary()}")
             if masks_dir or overlay_dir:
                 name = output_name(p.image, taken)
@@ -277,7 +334,7 @@ def verify(path, images, random_inputs, reference, json_file):
 
     report = parity_report(Path(path), images=_verify_images(images), random=random_inputs, reference=reference)
     if json_file:
-        Path(json_file).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        Path(json_file).write_text(_json(report.to_dict(), indent=2) + "\n")
     click.echo(report.table())
     if not report.passed:
         raise ParityError("parity failed: " + "; ".join(str(f) for f in report.failures))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ArtifactError, BeitDeployError, require
+from .files import bare_name
 from .manifest import read_versioned
 
 ENGINE_SUFFIXES = (".engine", ".plan")
@@ -47,6 +48,16 @@ class EngineManifest:
     options: dict  # workspace_gb, opt_level, timing_cache
     created: str
     format_version: int = ENGINE_FORMAT_VERSION
+
+    def __post_init__(self):
+        """ValueError for an engine.json that names its source graph by anything but a plain file name (the
+        engine itself is always ENGINE_FILE in the same folder; `source.folder` is only ever shown)."""
+        if not isinstance(self.source, dict) or not isinstance(self.profile, dict):
+            raise ValueError("source and profile must be objects")
+        if "onnx" in self.source:
+            bare_name(self.source["onnx"], "source ONNX")
+        if not isinstance(self.engine_bytes, int) or self.engine_bytes < 0:
+            raise ValueError(f"engine_bytes {self.engine_bytes!r} is not a byte count")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -16,20 +16,25 @@ from beit_deploy.proof.verify import ParityReport, parity_report
 
 
 def planted_copy(folder: Path, dest: Path, zero_bias: bool = False, mean=None) -> Path:
-    """A copy of an export folder with the first baked attention bias zeroed and/or a wrong image_mean."""
+    """A copy of an export folder with the first baked attention bias zeroed and/or a wrong image_mean: a wrong
+    export, consistent with its manifest (bytes and sha256 rewritten), so only the parity check can tell."""
     import onnx
     from onnx import numpy_helper
 
+    from beit_deploy.core.files import file_sha256
+
     shutil.copytree(folder, dest)
+    data = json.loads((dest / "manifest.json").read_text())
     if zero_bias:
         model = onnx.load(str(dest / "model.onnx"))
         init = next(i for i in model.graph.initializer if i.name.endswith("attention.bias"))
         init.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name))
         onnx.save(model, str(dest / "model.onnx"))
+        data["graph"]["fp32"]["bytes"] = (dest / "model.onnx").stat().st_size
+        data["sha256"]["model.onnx"] = file_sha256(dest / "model.onnx")
     if mean is not None:
-        data = json.loads((dest / "manifest.json").read_text())
         data["preprocessing"]["image_mean"] = list(mean)
-        (dest / "manifest.json").write_text(json.dumps(data))
+    (dest / "manifest.json").write_text(json.dumps(data))
     return dest
 
 
