@@ -106,3 +106,31 @@ def test_cli_verify_exit_and_json(tiny_export, tmp_path):
     assert result.exit_code == 1
     assert "fp32/logits/rel" in result.output
     assert json.loads((tmp_path / "r.json").read_text())["passed"] is False
+
+
+def test_exif_rotated_photo_compares_models_not_exif(tiny_export, tmp_path):
+    """Before: the runner turned the photo upright and the eager reference got it sideways, so a correct export
+    failed. Both sides now see the upright photo."""
+    from PIL import Image
+
+    from beit_deploy.exporter.parity import sample_images
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: "rotate 90 CW to display"
+    photo = tmp_path / "sideways.jpg"
+    Image.open(sample_images()[0]).convert("RGB").resize((96, 48)).save(photo, exif=exif, quality=95)
+    report = parity_report(_export(tiny_export, "classification"), images=[photo], random=0)
+    assert report.passed, report.table()
+
+
+def test_an_unreadable_photo_is_one_line(tiny_export, tmp_path):
+    from click.testing import CliRunner
+
+    from beit_deploy.cli import main
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "broken.png").write_bytes(b"\x89PNG not really")
+    result = CliRunner().invoke(main, ["verify", str(_export(tiny_export, "features")), "--images",
+                                       str(tmp_path / "photos")])
+    assert result.exit_code == 1 and "broken.png' is not a readable image" in result.output
+    assert "internal error" not in result.output and "Traceback" not in result.output
