@@ -6,10 +6,7 @@ SIGTERM stops a command like Ctrl-C does (clean-up runs, nothing half-written is
 from __future__ import annotations
 
 import functools
-import json
-import math
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +14,8 @@ import click
 
 from .core.errors import BeitDeployError, EnvironmentProblem, MissingDependencyError, UsageError, describe, \
     environment_error
+from .core.jsontext import dumps as _json
+from .core.signals import Terminated, sigterm_raises
 from .runtime.preprocess import DEFAULT_MAX_PIXELS
 
 # Optional packages -> the extra that installs them, for the one-line hint when a command needs one.
@@ -24,30 +23,13 @@ EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "onnxsc
           "onnx_ir": "export", "polygraphy": "export", "tensorrt": "gpu"}
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread as KeyboardInterrupt is for SIGINT, so every clean-up runs."""
-
-
-def _on_sigterm(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the clean-up finish
-    raise Terminated()
-
-
-def _catch_sigterm():
-    """Install the SIGTERM handler (main thread only); -> the previous handler, to restore, or None."""
-    try:
-        return signal.signal(signal.SIGTERM, _on_sigterm)
-    except (ValueError, OSError):  # not the main thread (e.g. embedded): leave signals alone
-        return None
-
-
 def _friendly(command):
     """Run a command; turn BeitDeployError (and anything unexpected) into one line and an exit code."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        previous = _catch_sigterm()
         try:
-            return command(*args, **kwargs)
+            with sigterm_raises():
+                return command(*args, **kwargs)
         except (KeyboardInterrupt, Terminated) as stop:
             terminated = isinstance(stop, Terminated)
             click.echo("terminated" if terminated else "interrupted", err=True)
@@ -62,9 +44,6 @@ def _friendly(command):
             click.echo(f"internal error: {type(exc).__name__}: {describe(exc)} "
                        "(set BEIT_DEPLOY_DEBUG=1 for the traceback, and please report it)", err=True)
             sys.exit(70)
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
     return wrapper
 
 
@@ -74,17 +53,6 @@ def _environment(exc: Exception, command: str) -> EnvironmentProblem | None:
         return EnvironmentProblem(f"`beit-deploy {command}` ran out of memory: free some memory, or use a smaller "
                                   "resolution, batch size or image")
     return environment_error(exc, f"`beit-deploy {command}`")
-
-
-def _json(data, **kwargs) -> str:
-    """JSON text that is always valid JSON: NaN and infinities (never meant, but possible) become null."""
-    def finite(x):
-        if isinstance(x, float):
-            return x if math.isfinite(x) else None
-        if isinstance(x, dict):
-            return {k: finite(v) for k, v in x.items()}
-        return [finite(v) for v in x] if isinstance(x, (list, tuple)) else x
-    return json.dumps(finite(data), allow_nan=False, **kwargs)
 
 
 def _missing_extra(exc: Exception, command: str) -> MissingDependencyError | None:

@@ -51,9 +51,9 @@ def test_a_manifest_with_std_zero_is_refused_not_turned_into_nan(tiny_export, tm
 
 
 def test_json_output_is_always_json():
-    from beit_deploy.cli import _json
+    from beit_deploy.core.jsontext import dumps
 
-    text = _json({"score": float("nan"), "rows": [1.0, float("inf"), np.float64(-np.inf)], "ok": 0.5})
+    text = dumps({"score": float("nan"), "rows": [1.0, float("inf"), np.float64(-np.inf)], "ok": 0.5})
     assert json.loads(text) == {"score": None, "rows": [1.0, None, None], "ok": 0.5}
 
 

@@ -219,19 +219,23 @@ def artifact_bytes(folder: Path, name: str) -> int:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of one file, read in 16 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of one file."""
+    return _sha256([Path(path)])
 
 
 def artifact_sha256(path: Path) -> str:
     """sha256 of an artifact file followed by its external data file (`<file>.data`), if it has one."""
-    digest = hashlib.sha256()
-    for file in artifact_files(Path(path).parent, Path(path).name):
-        with file.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                digest.update(block)
+    return _sha256(artifact_files(Path(path).parent, Path(path).name))
+
+
+def _sha256(paths: list[Path]) -> str:
+    """sha256 of the files' bytes one after the other, read into one reused 1 MiB buffer: reading in fresh
+    large blocks instead raises glibc's mmap threshold, and ONNX Runtime, loading the graph next, then peaked
+    230 MB higher (measured on beit-base@224)."""
+    digest, buffer = hashlib.sha256(), bytearray(1 << 20)
+    view = memoryview(buffer)
+    for path in paths:
+        with path.open("rb") as f:
+            while n := f.readinto(buffer):
+                digest.update(view[:n])
     return digest.hexdigest()

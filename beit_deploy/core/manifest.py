@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import ArtifactError, UsageError
@@ -157,7 +157,11 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
-        d = dict(d)
+        """From manifest.json's dict. Keys this version does not know are ignored, so that a later beit-deploy
+        can add optional fields without breaking this reader (this one added `sha256`, which readers before it
+        refuse)."""
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
         d["resolution"] = tuple(d["resolution"])
         d["inputs"] = tuple(TensorSpec.from_dict(t) for t in d["inputs"])
         d["outputs"] = tuple(TensorSpec.from_dict(t) for t in d["outputs"])
