@@ -19,6 +19,7 @@ exceed 255 comes out mostly white, so scale it to 8 bits yourself (e.g. `array >
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..core.errors import ArtifactError, UsageError, describe
 from ..core.manifest import Preprocessing
 
-ImageLike = Union[str, Path, Image.Image, np.ndarray]
+ImageLike = Union[str, Path, Image.Image, np.ndarray, bytes]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 # Images above this many pixels are refused from their header, before decoding (a 12000x12000 PNG can be a
 # 140 KB file and 0.6 GB of memory decoded). 64 MP takes 48-50 MP phone photos and 8K frames (33 MP).
@@ -79,12 +80,15 @@ def check_max_pixels(max_pixels: int | None) -> int | None:
 
 def open_image(image: ImageLike, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
                ) -> tuple[str, Image.Image]:
-    """One input (path, PIL image, HWC/HW uint8 array) -> (name, upright RGB PIL image). Paths are checked
-    against `max_pixels` from the file header, before anything is decoded; ImageError for an unreadable,
-    empty or too large image."""
+    """One input (path, encoded file bytes, PIL image, HWC/HW uint8 array) -> (name, upright RGB PIL image).
+    Files and bytes are checked against `max_pixels` from their header, before anything is decoded; ImageError
+    for an unreadable, empty or too large image."""
     max_pixels = check_max_pixels(max_pixels)
     if isinstance(image, (str, Path)):
         return name or str(image), _open(Path(image), max_pixels)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        name = name or "<image bytes>"
+        return name, _decode(io.BytesIO(bytes(image)), name, max_pixels)
     if isinstance(image, Image.Image):
         name = name or getattr(image, "filename", "") or "<PIL image>"
         _check_size(image.size, name, max_pixels)
@@ -98,13 +102,14 @@ def open_image(image: ImageLike, name: str | None = None, max_pixels: int | None
         array = _checked_array(image)
         _check_size(array.shape[1::-1], name, max_pixels)
         return name, _upright_rgb(_from_array(array), name)
-    raise UsageError(f"cannot use a {type(image).__name__} as an image: pass a path, a PIL image or an (H, W, 3) "
-                     "uint8 array")
+    raise UsageError(f"cannot use a {type(image).__name__} as an image: pass a path, encoded bytes, a PIL image or "
+                     "an (H, W, 3) uint8 array")
 
 
 def load_image(image: ImageLike, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
                ) -> LoadedImage:
-    """One input (path, PIL image, HWC/HW uint8 array) -> RGB uint8 (H, W, 3), EXIF orientation applied."""
+    """One input (path, encoded bytes, PIL image, HWC/HW uint8 array) -> RGB uint8 (H, W, 3), EXIF orientation
+    applied."""
     name, rgb = open_image(image, name, max_pixels)
     return LoadedImage(name, np.asarray(rgb, dtype=np.uint8))
 
@@ -129,32 +134,38 @@ def _check_size(size: tuple[int, int], name: str, max_pixels: int | None) -> Non
 
 
 def _open(path: Path, max_pixels: int | None) -> Image.Image:
-    """A decoded, upright RGB image from a regular file, its size checked from the header before decoding."""
+    """A decoded, upright RGB image from a regular file (never a FIFO or device, which could block)."""
     if not path.is_file():
         raise ImageError(_not_a_file(path))
+    return _decode(path, str(path), max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> Image.Image:
+    """An encoded image (a file or its bytes) decoded in full now, so truncated data fails here, upright RGB; its
+    size is checked from the header before decoding."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, said once
-            im = Image.open(path)
+            im = Image.open(source)
         try:
-            _check_size(im.size, str(path), max_pixels)
+            _check_size(im.size, name, max_pixels)
             im.load()  # read now, so truncated files fail here and not later
-            rgb = _upright_rgb(im, str(path))
+            rgb = _upright_rgb(im, name)
         except BaseException:
             im.close()
             raise
-        if getattr(im, "fp", None) is not None:  # multi-frame formats keep their file open: keep a copy, close it
-            rgb = rgb.copy() if rgb is im else rgb
+        if isinstance(source, Path) and getattr(im, "fp", None) is not None:  # multi-frame formats keep the file
+            rgb = rgb.copy() if rgb is im else rgb  # open: keep a copy, close it
             im.close()
         return rgb
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"'{path}' is larger than Pillow's own limit against decompression bombs ({exc}): shrink "
+        raise ImageError(f"'{name}' is larger than Pillow's own limit against decompression bombs ({exc}): shrink "
                          "it") from exc
     except MemoryError as exc:
-        raise ImageError(f"'{path}': not enough memory to decode it; lower the pixel limit (--max-pixels) or "
+        raise ImageError(f"'{name}': not enough memory to decode it; lower the pixel limit (--max-pixels) or "
                          "shrink it") from exc
     except _DECODE_ERRORS as exc:
-        raise ImageError(f"'{path}' is not a readable image ({describe(exc)}): remove it or replace it") from exc
+        raise ImageError(f"'{name}' is not a readable image ({describe(exc)}): remove it or replace it") from exc
 
 
 def _not_a_file(path: Path) -> str:

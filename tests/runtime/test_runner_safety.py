@@ -141,3 +141,13 @@ def test_fifo_and_looping_symlinks_are_reported_not_waited_on(tiny_export, tmp_p
     errors = {Path(p.image).name: str(p.error) for p in out if p.error is not None}
     assert set(errors) == {"broken.png", "folder.jpg", "loop.png", "pipe.jpg"}
     assert "leads nowhere (broken or looping)" in errors["loop.png"] and "not a regular file" in errors["pipe.jpg"]
+
+
+def test_encoded_bytes_get_the_same_limit(tiny_export, bombs):
+    """Bytes off the network (a server's requests) are where a bomb costs most: refused from the header too."""
+    with BeitTRTRunner(tiny_export("classification")) as runner:
+        bomb, photo = bombs[0].read_bytes(), PHOTOS[0].read_bytes()
+        out = list(runner.predict_each([bomb, photo, b"not an image"]))
+        assert [p.error is None for p in out] == [False, True, False]
+        assert "<image bytes>' is 12000x12000" in str(out[0].error) and "not a readable image" in str(out[2].error)
+        np.testing.assert_allclose(runner.preprocess(photo), runner.preprocess(PHOTOS[0]), atol=0)
