@@ -3,11 +3,13 @@
 `atomic_folder(dest)` is how export and build write a resolution folder: a hidden `.<name>.partial-*` folder
 beside the destination, renamed into place only once complete, so a failure leaves nothing behind and never
 touches an earlier folder of the same name. The swap with an earlier folder renames it aside to a hidden
-`.<name>.old-*` folder first; only a folder beit-deploy wrote (it holds our manifest) or an empty one is ever
-replaced. A process killed outright (SIGKILL, power loss) can leave either kind of hidden folder behind: the next
-write into the same model folder removes those no running process holds, and puts back an earlier export that
-was hidden aside when the new one never arrived. "Held" is an advisory lock (flock) on the folder, which the
-kernel drops when its process dies; swaps in one model folder are serialised by a lock on that folder.
+`.<name>.old-*` folder first; only a folder beit-deploy wrote (it holds our manifest; callers may say otherwise)
+or an empty one is ever replaced. A process killed outright (SIGKILL, power loss) can leave either kind of hidden
+folder behind: the next write into the same parent folder removes those no running process holds, and puts back
+an earlier export that was hidden aside when the new one never arrived. Only folders carrying our mark file are
+ever touched that way, never a user's folder that happens to have a similar name. "Held" is an advisory lock
+(flock) on the folder, which the kernel drops when its process dies; swaps in one parent folder are serialised by
+a lock on that folder.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ except ImportError:  # pragma: no cover - Windows
 
 MARKER = "manifest.json"  # a folder holding a beit-deploy manifest was written by beit-deploy
 _MARKER_LIMIT = 64 * 2**20  # a manifest is kilobytes; a bigger file of that name is not ours
-LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-[A-Za-z0-9_]+$")
+LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-[a-z0-9_]{8}$")  # tempfile.mkdtemp's suffix
+MARKS = {"partial": ".beit-deploy-partial", "old": ".beit-deploy-old"}  # inside each hidden folder we make
 SAFE_CHARS = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -77,15 +80,15 @@ def written_by_us(folder: Path) -> bool:
     return isinstance(data, dict) and "format_version" in data and "artifacts" in data
 
 
-def check_replaceable(folder: Path) -> None:
-    """UsageError unless `folder` is absent, empty, or a real folder beit-deploy wrote, i.e. one that an export
-    or build may replace."""
+def check_replaceable(folder: Path, ours=written_by_us) -> None:
+    """UsageError unless `folder` is absent, empty, or a real folder (not a link) that `ours(folder)` says
+    beit-deploy wrote (default: it holds a beit-deploy manifest), i.e. one that an export or build may replace."""
     folder = Path(folder)
     if not folder.exists() and not folder.is_symlink():
         return
-    if folder.is_symlink() or not folder.is_dir() or (any(folder.iterdir()) and not written_by_us(folder)):
-        raise UsageError(f"'{folder}' exists and was not written by beit-deploy (no beit-deploy {MARKER} in it); "
-                         "it is left as it is: move it away or choose another output folder")
+    if folder.is_symlink() or not folder.is_dir() or (any(folder.iterdir()) and not ours(folder)):
+        raise UsageError(f"'{folder}' exists and was not written by beit-deploy; it is left as it is: move it away "
+                         "or choose another output folder")
 
 
 # --- locks ---------------------------------------------------------------------------------------------------
@@ -123,48 +126,51 @@ def locked(folder: Path):
 
 
 # --- writing a folder atomically ------------------------------------------------------------------------------
-def replace_folder(tmp: Path, folder: Path) -> None:
+def replace_folder(tmp: Path, folder: Path, ours=written_by_us) -> None:
     """Move the finished `tmp` to `folder`, replacing an earlier one (ours or empty) only once the new one is
-    complete. One swap per model folder at a time; if the second rename fails, the earlier folder is put back."""
+    complete. One swap per parent folder at a time; if the second rename fails, the earlier folder is put back."""
     with locked(folder.parent):
-        _swap(Path(tmp), Path(folder))
+        _swap(Path(tmp), Path(folder), ours)
 
 
-def _swap(tmp: Path, folder: Path) -> None:
-    if not folder.exists() and not folder.is_symlink():
+def _swap(tmp: Path, folder: Path, ours) -> None:
+    if folder.exists() or folder.is_symlink():
+        check_replaceable(folder, ours)
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        (old / MARKS["old"]).touch()
+        os.replace(folder, old / folder.name)
+        try:
+            os.replace(tmp, folder)
+        except BaseException:
+            os.replace(old / folder.name, folder)  # the export is never missing: the earlier one goes back
+            shutil.rmtree(old, ignore_errors=True)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
         os.replace(tmp, folder)
-        return
-    check_replaceable(folder)
-    old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-    os.replace(folder, old / folder.name)
-    try:
-        os.replace(tmp, folder)
-    except BaseException:
-        os.replace(old / folder.name, folder)  # the export is never missing: the earlier one goes back
-        os.rmdir(old)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    (folder / MARKS["partial"]).unlink(missing_ok=True)  # in place: no longer a leftover
 
 
 @contextlib.contextmanager
-def atomic_folder(folder: Path):
+def atomic_folder(folder: Path, ours=written_by_us):
     """`with atomic_folder(dest) as tmp:` write into `tmp`; on success it becomes `dest` (replacing an older
-    one that beit-deploy wrote, or an empty one), on any error it is removed. Refuses up front to replace a
-    folder beit-deploy did not write. Cleans up leftovers of killed runs beside `dest` first. The parent folder
-    is created, and removed again if this call created it and it stays empty."""
+    one that `ours(older)` says beit-deploy wrote, by default one holding its manifest, or an empty one), on any
+    error it is removed. Refuses up front to replace any other folder. Cleans up leftovers of killed runs beside
+    `dest` first. The parent folder is created, and removed again if this call created it and it stays empty."""
     folder = Path(folder)
     created = not folder.parent.exists()
     folder.parent.mkdir(parents=True, exist_ok=True)
-    check_replaceable(folder)
+    check_replaceable(folder, ours)
     with locked(folder.parent) as can_lock:
         if can_lock:
             clean_leftovers(folder.parent)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
         hold = _lock(tmp, blocking=True)  # tells a later clean-up that this folder is in use
+        (tmp / MARKS["partial"]).touch()  # and that it is ours to clean up if its process dies
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; an artifact folder is an ordinary folder
         yield tmp
-        replace_folder(tmp, folder)
+        replace_folder(tmp, folder, ours)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         _unlock(hold)
@@ -174,13 +180,13 @@ def atomic_folder(folder: Path):
 
 
 def clean_leftovers(parent: Path) -> list[str]:
-    """Remove the hidden `.<name>.partial-*` / `.<name>.old-*` folders of killed runs in `parent` that no
-    running process holds; an `.old-*` one whose export never got replaced is put back first. Call with
-    `locked(parent)` held. -> what was done, one line each (also said on stderr)."""
+    """Remove the hidden `.<name>.partial-*` / `.<name>.old-*` folders of killed runs in `parent` (those with
+    our mark inside) that no running process holds; an `.old-*` one whose export never got replaced is put back
+    first. Call with `locked(parent)` held. -> what was done, one line each (also said on stderr)."""
     done = []
     for entry in sorted(Path(parent).iterdir()):
         match = LEFTOVER.match(entry.name)
-        if not match or entry.is_symlink() or not entry.is_dir():
+        if not match or entry.is_symlink() or not (entry / MARKS[match["kind"]]).is_file():
             continue
         if match["kind"] == "partial":
             fd = _lock(entry, blocking=False)

@@ -23,6 +23,13 @@ def ours(folder, tag="x"):
     return folder
 
 
+def leftover(path, kind, tag="x"):
+    """A hidden folder as a killed run leaves it: `path` with our mark; for "old", its export inside."""
+    folder = ours(path / path.name.split(".")[1], tag) if kind == "old" else ours(path, tag)
+    (path / files.MARKS[kind]).touch()
+    return folder
+
+
 def write(folder, tag):
     with atomic_folder(folder) as tmp:
         ours(tmp, tag)
@@ -100,18 +107,17 @@ def test_swap_failure_restores_the_earlier_folder(tmp_path, monkeypatch):
 def test_leftovers_are_cleaned_and_a_hidden_export_recovered(tmp_path):
     model = tmp_path / "m"
     write(model / "64x64", "a")
-    ours(model / ".64x64.partial-abc123", "killed after its manifest was written")
-    ours(model / ".32x32.old-xyz" / "32x32", "hidden by a killed swap")  # 32x32 itself is missing
-    ours(model / ".64x64.old-qqq" / "64x64", "stale: 64x64 is there")
+    leftover(model / ".64x64.partial-abc12345", "partial", "killed after its manifest was written")
+    leftover(model / ".32x32.old-xyz_1234", "old", "hidden by a killed swap")  # 32x32 itself is missing
+    leftover(model / ".64x64.old-qqq_1234", "old", "stale: 64x64 is there")
     assert list(resolution_folders(model)) == ["64x64"]  # hidden folders are never resolutions
-    busy = model / ".16x16.partial-live"
-    busy.mkdir()
+    busy = leftover(model / ".16x16.partial-live1234", "partial")
     held = files._lock(busy, blocking=True)  # as a running export holds its folder
     try:
         done = clean_leftovers(model)
     finally:
         files._unlock(held)
-    assert sorted(p.name for p in model.iterdir()) == [".16x16.partial-live", "32x32", "64x64"]
+    assert sorted(p.name for p in model.iterdir()) == [".16x16.partial-live1234", "32x32", "64x64"]
     assert (model / "32x32" / "tag").read_text() == "hidden by a killed swap"
     assert (model / "64x64" / "tag").read_text() == "a"
     assert any("recovered 32x32" in line for line in done)
@@ -119,8 +125,8 @@ def test_leftovers_are_cleaned_and_a_hidden_export_recovered(tmp_path):
 
 def test_next_write_cleans_up(tmp_path):
     model = tmp_path / "m"
-    ours(model / ".64x64.partial-abc123", "killed")
-    ours(model / ".64x64.old-xyz" / "64x64", "hidden")
+    leftover(model / ".64x64.partial-abc12345", "partial", "killed")
+    leftover(model / ".64x64.old-xyz_1234", "old", "hidden")
     write(model / "96x96", "b")  # another resolution of the same model: cleans and recovers all
     assert sorted(p.name for p in model.iterdir()) == ["64x64", "96x96"]
 
@@ -137,6 +143,27 @@ def _swapper(root, tag, barrier, swaps):
         except OSError as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
     return errors
+
+
+def test_look_alike_folders_of_the_user_are_left_alone(tmp_path):
+    """Only hidden folders with our mark inside are leftovers: a user's `.vim.old-20240101` is not."""
+    home = tmp_path / "home"
+    for name in (".vim.old-20240101", ".notes.partial-abcdefgh"):
+        (home / name / "vim").mkdir(parents=True)
+        (home / name / "vim" / "manifest.json").write_text('{"format_version": 1, "artifacts": {}}')
+    write(home / "repository", "ours")
+    assert sorted(p.name for p in home.iterdir()) == [".notes.partial-abcdefgh", ".vim.old-20240101", "repository"]
+
+
+def test_callers_say_which_folders_are_theirs(tmp_path):
+    repository = tmp_path / "repository"
+    (repository / "model").mkdir(parents=True)
+    (repository / "model" / "config.pbtxt").write_text("name: 'model'")
+    with pytest.raises(UsageError, match="not written by beit-deploy"):
+        write(repository, "new")
+    with atomic_folder(repository, ours=lambda f: any(f.glob("*/config.pbtxt"))) as tmp:
+        (tmp / "README.md").write_text("new")
+    assert [p.name for p in repository.iterdir()] == ["README.md"]
 
 
 def test_concurrent_swaps_of_one_folder(tmp_path):
