@@ -47,7 +47,8 @@ def test_a_manifest_with_std_zero_is_refused_not_turned_into_nan(tiny_export, tm
     (copy / "manifest.json").write_text(json.dumps(data))
     result = predict(copy, PHOTOS[0], "--json")
     assert result.exit_code == 1 and result.stdout == ""
-    assert result.stderr.count("\n") == 1 and "image_std [0.0, 0.0, 0.0] is not 3 finite non-zero numbers" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "image_std [0.0, 0.0, 0.0] is not 3 finite non-zero numbers" in result.stderr
 
 
 def test_json_output_is_always_json():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 FILENAME = "data_loader.py"
 
-TEMPLATE = '''"""Polygraphy data loader for a BEiT export by beit-deploy: what it feeds comes from manifest.json beside it.
+TEMPLATE = '''"""Polygraphy data loader for a BEiT export by beit-deploy: it feeds what manifest.json beside it says.
 
     polygraphy run model.onnx --onnxrt --data-loader-script data_loader.py
 
