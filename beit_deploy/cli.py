@@ -1,16 +1,22 @@
-"""`beit-deploy`: a thin click layer over the library. Errors become one line on stderr and a non-zero exit."""
+"""`beit-deploy`: a thin click layer over the library. Errors become one line on stderr and a non-zero exit.
+
+SIGTERM stops a command like Ctrl-C does (clean-up runs, nothing half-written is left): exit 143, 130 for SIGINT.
+"""
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from .core.errors import BeitDeployError, MissingDependencyError, UsageError, describe
+from .core.errors import BeitDeployError, EnvironmentProblem, MissingDependencyError, UsageError, describe, \
+    environment_error
+from .core.jsontext import dumps as _json
+from .core.signals import Terminated, sigterm_raises
+from .runtime.preprocess import DEFAULT_MAX_PIXELS
 
 # Optional packages -> the extra that installs them, for the one-line hint when a command needs one.
 EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "onnxscript": "export",
@@ -23,12 +29,14 @@ def _friendly(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+            with sigterm_raises():
+                return command(*args, **kwargs)
+        except (KeyboardInterrupt, Terminated) as stop:
+            terminated = isinstance(stop, Terminated)
+            click.echo("terminated" if terminated else "interrupted", err=True)
+            sys.exit(143 if terminated else 130)
         except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, traceback on request
-            exc = _missing_extra(exc, command.__name__) or exc
+            exc = _missing_extra(exc, command.__name__) or _environment(exc, command.__name__) or exc
             if isinstance(exc, BeitDeployError):
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(exc.exit_code)
@@ -38,6 +46,14 @@ def _friendly(command):
                        "(set BEIT_DEPLOY_DEBUG=1 for the traceback, and please report it)", err=True)
             sys.exit(70)
     return wrapper
+
+
+def _environment(exc: Exception, command: str) -> EnvironmentProblem | None:
+    """A full or read-only disk, a permission, too little memory: the environment's error, said as such."""
+    if isinstance(exc, MemoryError):
+        return EnvironmentProblem(f"`beit-deploy {command}` ran out of memory: free some memory, or use a smaller "
+                                  "resolution, batch size or image")
+    return environment_error(exc, f"`beit-deploy {command}`")
 
 
 def _missing_extra(exc: Exception, command: str) -> MissingDependencyError | None:
@@ -62,7 +78,7 @@ def models(as_json):
     rows = [{"name": c.name, "task": c.task, "resolution": c.resolution, "size": c.size, "labels": c.num_labels,
              "hub_id": c.hub_id} for c in CHECKPOINTS.values()]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(_json(rows, indent=2))
         return
     click.echo(f"{'name':36} {'task':22} {'res':>4} {'size':6} {'labels':>6}")
     for r in rows:
@@ -100,7 +116,7 @@ def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, a
            calibration, int8_method, quantizer):
     """Export a BEiT model to ONNX, one validated graph per resolution."""
     from .exporter.loading import ModelSpec
-    from .exporter.pipeline import ExportOptions, export as run_export, parse_resolution
+    from .exporter.pipeline import ExportOptions, export_each, parse_resolution
     from .exporter.quantize import QuantizeOptions
 
     quantize = QuantizeOptions(int8=int8, fp8=fp8, int8_cpu=int8_cpu, method=int8_method, tool=quantizer,
@@ -108,18 +124,22 @@ def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, a
     options = ExportOptions(resolutions=tuple(parse_resolution(r) for r in resolutions), fp16=fp16,
                             out_dir=Path(out_dir), bias_mode=bias_mode, attention=attention,
                             images=Path(images) if images else None, quantize=quantize)
-    for result in run_export(ModelSpec(model, random_weights, seed), options):
-        m = result.manifest
-        click.echo(f"{result.folder}: {m.task}, {m.resolution[0]}x{m.resolution[1]}, weights {m.weights['kind']}")
-        for precision, figures in m.parity.items():
-            worst = max(figures["outputs"], key=lambda o: o["rel"])
-            top1 = f", top-1 {worst['top1']:.0%}" if worst.get("top1") is not None else ""
-            if worst.get("top1_ties"):
-                top1 += f" ({worst['top1_ties']} tie(s) below fp16 resolution)"
-            click.echo(f"  {precision}: {m.artifacts[precision]} ({m.graph[precision]['nodes']} nodes), "
-                       f"max rel err {worst['rel']:.1e}, min cosine {worst['cosine']:.6f}{top1}: passed"
-                       + _how_quantized(m.quantization.get(precision)))
+    for result in export_each(ModelSpec(model, random_weights, seed), options):  # each said as soon as written
+        _echo_export(result)
     _engines_after_export(result.folder if len(resolutions) <= 1 else result.folder.parent, fp16)
+
+
+def _echo_export(result) -> None:
+    m = result.manifest
+    click.echo(f"{result.folder}: {m.task}, {m.resolution[0]}x{m.resolution[1]}, weights {m.weights['kind']}")
+    for precision, figures in m.parity.items():
+        worst = max(figures["outputs"], key=lambda o: o["rel"])
+        top1 = f", top-1 {worst['top1']:.0%}" if worst.get("top1") is not None else ""
+        if worst.get("top1_ties"):
+            top1 += f" ({worst['top1_ties']} tie(s) below fp16 resolution)"
+        click.echo(f"  {precision}: {m.artifacts[precision]} ({m.graph[precision]['nodes']} nodes), "
+                   f"max rel err {worst['rel']:.1e}, min cosine {worst['cosine']:.6f}{top1}: passed"
+                   + _how_quantized(m.quantization.get(precision)))
 
 
 @main.command()
@@ -165,7 +185,7 @@ def bench(model, random_weights, seed, resolution, backends, batch_sizes, device
     report = run_bench(settings)
     markdown = to_markdown(report)
     if json_file:
-        Path(json_file).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        Path(json_file).write_text(_json(report.to_dict(), indent=2) + "\n")
     if markdown_file:
         Path(markdown_file).write_text(markdown)
     click.echo(markdown)
@@ -236,7 +256,7 @@ def inspect(path, as_json):
     from .trt.inspect import format_report, inspect_path
 
     report = inspect_path(Path(path))
-    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+    click.echo(_json(report, indent=2) if as_json else format_report(report))
 
 
 @main.command()
@@ -257,9 +277,13 @@ def inspect(path, as_json):
 @click.option("--model", "served_model", default=None, help="With --server: the served ensemble's name.")
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True,
               help="With --server: the endpoint's protocol.")
+@click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse larger images (checked from the file header, before decoding); 0: no limit of ours.")
+@click.option("--no-hash-check", is_flag=True,
+              help="Check the graph's size but not its sha256 when opening (saves ~1.3 s per GB).")
 @_friendly
 def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, batch_size, server, served_model,
-            protocol):
+            protocol, max_pixels, no_hash_check):
     """Run an export (resolution folder, ONNX file or TensorRT engine) on IMAGES (files or folders), or, with
     --server URL --model NAME, ask a Triton server about PATH and IMAGES."""
     from .core import tasks
@@ -273,7 +297,8 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
         raise UsageError("give an export (PATH) and at least one image, or --server URL --model NAME with images")
     files = collect_images((path, *images) if server else images)
     failed, taken = 0, set()
-    with _predictor(path, server, served_model, protocol, precision, batch_size) as runner:
+    with _predictor(path, server, served_model, protocol, precision, batch_size, max_pixels,
+                    not no_hash_check) as runner:
         if (masks_dir or overlay_dir) and tasks.task(runner.task).answer != tasks.LABEL_MAP:
             raise UsageError(f"--masks/--overlay need a segmentation model; this one does {runner.task}")
         for n, p in enumerate(runner.predict_each(files, top_k, keep_rgb=bool(overlay_dir)), 1):
@@ -283,7 +308,7 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
                 click.echo(f"error: {p.error}", err=True)
                 failed += 1
                 continue
-            click.echo(json.dumps({"image": p.image, **p.result.to_dict()}) if as_json
+            click.echo(_json({"image": p.image, **p.result.to_dict()}) if as_json
                        else f"{p.image}\n{p.result.summary()}")
             if masks_dir or overlay_dir:
                 name = output_name(p.image, taken)
@@ -296,7 +321,7 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
         sys.exit(1)
 
 
-def _predictor(path, server, served_model, protocol, precision, batch_size):
+def _predictor(path, server, served_model, protocol, precision, batch_size, max_pixels, check_hashes):
     """The in-process runner of an export, or a client of a served ensemble: the same predict_each."""
     if server:
         from .runtime.triton_client import BeitTritonClient
@@ -306,7 +331,7 @@ def _predictor(path, server, served_model, protocol, precision, batch_size):
 
     folder = Path(path)
     return BeitTRTRunner(pick_resolution(folder, None) if folder.is_dir() else folder, precision=precision,
-                         batch_size=batch_size)
+                         batch_size=batch_size, check_hashes=check_hashes, max_pixels=max_pixels)
 
 
 # --- Triton: triton (repository), serve (server) -----------------------------------------------------------------
@@ -407,7 +432,7 @@ def verify(path, images, random_inputs, reference, engine, json_file):
     report = parity_report(Path(path), images=_verify_images(images), random=random_inputs, reference=reference,
                            engine=Path(engine) if engine else None)
     if json_file:
-        Path(json_file).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        Path(json_file).write_text(_json(report.to_dict(), indent=2) + "\n")
     click.echo(report.table())
     if not report.passed:
         raise ParityError("parity failed: " + "; ".join(str(f) for f in report.failures))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ArtifactError, BeitDeployError, UsageError, require
-from .files import artifact_sha256
+from .files import artifact_sha256, bare_name
 from .manifest import Manifest, read_versioned
 
 ENGINE_SUFFIXES = (".engine", ".plan")
@@ -53,6 +53,16 @@ class EngineManifest:
     created: str
     format_version: int = ENGINE_FORMAT_VERSION
     tf32: bool | None = None  # TF32 allowed for fp32 layers; None: not recorded (engine.json before it was)
+
+    def __post_init__(self):
+        """ValueError for an engine.json that names its source graph by anything but a plain file name (the
+        engine itself is always ENGINE_FILE in the same folder; `source.folder` is only ever shown)."""
+        if not isinstance(self.source, dict) or not isinstance(self.profile, dict):
+            raise ValueError("source and profile must be objects")
+        if "onnx" in self.source:
+            bare_name(self.source["onnx"], "source ONNX")
+        if not isinstance(self.engine_bytes, int) or self.engine_bytes < 0:
+            raise ValueError(f"engine_bytes {self.engine_bytes!r} is not a byte count")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

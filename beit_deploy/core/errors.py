@@ -3,6 +3,8 @@
 Every message says what went wrong, where, and what to do about it.
 """
 
+import errno
+
 
 class BeitDeployError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -30,6 +32,34 @@ class ParityError(BeitDeployError):
 
 class ArtifactError(BeitDeployError):
     """An artifact on disk is missing, truncated, or does not match its manifest."""
+
+
+class EnvironmentProblem(BeitDeployError):
+    """The machine, not the input, stopped a step: a read-only or full disk, no permission, too little memory."""
+
+
+# errno -> what to do about it, for errors the environment causes (not bugs of ours)
+ENVIRONMENT_ERRNOS = {
+    errno.EACCES: "check the permissions, or choose another folder",
+    errno.EPERM: "check the permissions, or choose another folder",
+    errno.EROFS: "choose a folder on a writable file system",
+    errno.ENOSPC: "free some disk space, or choose a folder on another disk",
+    errno.EDQUOT: "free some space within your disk quota, or choose another folder",
+    errno.EMFILE: "raise the open-file limit (ulimit -n)",
+    errno.ENAMETOOLONG: "choose a shorter path",
+    errno.ENOMEM: "free some memory, or use a smaller resolution or batch",
+}
+
+
+def environment_error(exc: BaseException, doing: str, after: str = "") -> "EnvironmentProblem | None":
+    """The one-line error for an OSError the environment caused while `doing` something (None for any other
+    exception): what failed, on which path, what to do. `after` is appended (e.g. "nothing was written")."""
+    if not isinstance(exc, OSError) or exc.errno not in ENVIRONMENT_ERRNOS:
+        return None
+    where = f" ('{exc.filename}')" if exc.filename else ""
+    tail = f"; {after}" if after else ""
+    return EnvironmentProblem(f"{doing} failed: {exc.strerror or describe(exc)}{where}: "
+                              f"{ENVIRONMENT_ERRNOS[exc.errno]}{tail}")
 
 
 class MissingDependencyError(BeitDeployError):

@@ -1,7 +1,8 @@
 """data_loader.py for an export folder: feeds for `polygraphy run <folder>/model.onnx --onnxrt
 --data-loader-script <folder>/data_loader.py` (and for `polygraphy run ... --trt` on a GPU machine).
 
-The script reads the manifest next to it at run time, so one static text serves every export. It needs numpy and
+The script reads the manifest next to it at run time, so one static text serves every export: nothing of the
+export (its model or folder name, which a user chooses) is ever pasted into the code. It needs numpy and
 the manifest only; photos are preprocessed with `beit_deploy.preprocess` when beit-deploy is importable (photos
 from $BEIT_DEPLOY_IMAGES, else beit-deploy's sample photos), otherwise it says so on stderr and feeds random
 inputs only.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 FILENAME = "data_loader.py"
 
-TEMPLATE = '''"""Polygraphy data loader for the BEiT export {model} at {height}x{width} ({task}), by beit-deploy.
+TEMPLATE = '''"""Polygraphy data loader for a BEiT export by beit-deploy: it feeds what manifest.json beside it says.
 
     polygraphy run model.onnx --onnxrt --data-loader-script data_loader.py
 
@@ -54,7 +55,7 @@ def _photos(manifest):
 
 
 def load_data():
-    """Yield {{input name: array}} feed dicts matching manifest.json's inputs (batch first)."""
+    """Yield {input name: array} feed dicts matching manifest.json's inputs (batch first)."""
     manifest = json.loads((HERE / "manifest.json").read_text())
     inputs = manifest["inputs"]
     rng = np.random.default_rng(SEED)
@@ -65,16 +66,16 @@ def load_data():
     shape = inputs[0]["shape"][1:]
     stacks += [rng.uniform(-1, 1, size=(1, *shape)).astype(np.float32) for _ in range(RANDOM)]
     for stack in stacks:
-        feeds = {{inputs[0]["name"]: stack}}
+        feeds = {inputs[0]["name"]: stack}
         for spec in inputs[1:]:
             feeds[spec["name"]] = rng.random((len(stack), spec["shape"][1])) < 0.4
         yield feeds
 '''
 
 
-def write_data_loader(folder: Path, manifest) -> Path:
-    """Write data_loader.py into export folder `folder` (manifest: its Manifest, for the header). -> its path."""
+def write_data_loader(folder: Path, manifest=None) -> Path:
+    """Write data_loader.py, always the same text, into export folder `folder`. -> its path. (`manifest` is
+    accepted for compatibility and not used: the script reads manifest.json when it runs.)"""
     path = Path(folder) / FILENAME
-    path.write_text(TEMPLATE.format(model=manifest.model, height=manifest.resolution[0],
-                                    width=manifest.resolution[1], task=manifest.task))
+    path.write_text(TEMPLATE)
     return path

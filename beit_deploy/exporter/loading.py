@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..core import registry, tasks
 from ..core.errors import ModelLoadError, UsageError, describe
+from ..core.files import safe_name
 from ..core.manifest import Preprocessing
 from ..core.progress import step
 
@@ -92,8 +93,15 @@ def load_model(spec: ModelSpec, resolved: Resolved | None = None) -> LoadedModel
         model.eval()
     names = config.id2label or {}
     labels = {int(k): str(v) for k, v in names.items()} if tasks.task(task).has_labels else {}
-    name = Path(spec.model).name if source == "local" else spec.model.split("/")[-1]
-    return LoadedModel(model, spec, name, source, task, preprocessing, labels)
+    return LoadedModel(model, spec, model_name(spec.model, source), source, task, preprocessing, labels)
+
+
+def model_name(model: str, source: str) -> str:
+    """The folder-safe name of a model, which names its folder under the export root: a local folder's own
+    name (of its real path, so '.', '..' and trailing slashes give the folder's name), the last part of a hub
+    id, a registered short name as it is; see `files.safe_name` for what is kept."""
+    text = Path(model).expanduser().resolve().name if source == "local" else model.rstrip("/").split("/")[-1]
+    return safe_name(text)
 
 
 def task_of(config) -> str:
@@ -176,9 +184,18 @@ def _check_beit(config, where: str) -> None:
 
 
 def _local_preprocessing(path: Path) -> Preprocessing:
+    """The folder's preprocessor_config.json as Preprocessing (BEiT's defaults without one); ModelLoadError
+    naming the file when it is not JSON or its values cannot be used."""
     file = path / "preprocessor_config.json"
-    data = json.loads(file.read_text()) if file.is_file() else None
-    return _preprocessing_from(data, _local_config(path))
+    config = _local_config(path)
+    try:
+        data = json.loads(file.read_text()) if file.is_file() else None
+        if data is not None and not isinstance(data, dict):
+            raise ValueError("it is not a JSON object")
+        return _preprocessing_from(data, config)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ModelLoadError(f"'{file}' cannot be used ({describe(exc, 160)}): fix it, re-save it with the "
+                             "image processor's save_pretrained, or delete it to use BEiT's defaults") from exc
 
 
 def _preprocessing_from(data: dict | None, config) -> Preprocessing:

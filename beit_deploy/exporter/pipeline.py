@@ -2,24 +2,28 @@
 
 Each resolution is built in a hidden temporary folder beside its destination and renamed into place only when
 every graph passed its parity check, so a failed export leaves nothing behind and never touches an earlier
-export of the same model and resolution.
+export of the same model and resolution. The destination is always `<out>/<model>/<H>x<W>` with a folder-safe
+model name, and a resolution whose eager check cannot fit in this machine's memory is refused before any
+weights are loaded.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from ..core import tasks
-from ..core.errors import ParityError, UsageError
-from ..core.files import artifact_bytes, atomic_folder
-from ..core.manifest import Manifest, versions
+from ..core.errors import ParityError, UsageError, environment_error
+from ..core.files import artifact_bytes, atomic_folder, safe_name
+from ..core.manifest import Manifest, artifact_hashes, versions
 from ..core.progress import say, step
 from . import bake, fp16, graph_files, onnx_graph, parity
 from .quantize import QuantizeOptions, choose_tools, quantize_graphs
 from .data_loader import write_data_loader
-from .loading import LoadedModel, ModelSpec, Resolved, load_model, resolve
+from .loading import LoadedModel, ModelSpec, Resolved, load_model, native_resolution, resolve
 
 FP32_FILE, FP16_FILE = "model.onnx", "model.fp16.onnx"
 
@@ -64,21 +68,88 @@ def check_resolution(resolution: tuple[int, int], patch_size: int) -> None:
 def export(spec: ModelSpec, options: ExportOptions, resolved: Resolved | None = None) -> list[ExportResult]:
     """Load the model once and export every requested resolution. Returns one result per resolution.
     `resolved`: `loading.resolve(spec)` when the caller has it already."""
+    return list(export_each(spec, options, resolved))
+
+
+def export_each(spec: ModelSpec, options: ExportOptions, resolved: Resolved | None = None) -> Iterator[ExportResult]:
+    """`export`, one result at a time as each resolution is written (so a later failure leaves the earlier
+    results reported). Every resolution is checked (whole patches, memory) before the weights load."""
     resolved = resolved or resolve(spec)
-    for resolution in options.resolutions:  # fail on a bad resolution before loading weights
+    photos = _checked_photos(options.images)
+    for resolution in options.resolutions or (native_resolution(resolved.config),):
         check_resolution(resolution, resolved.config.patch_size)
+        check_memory(resolved.config, resolution, max(len(photos), 2))
     choose_tools(options.quantize)  # and on a quantizer that is not installed
     loaded = load_model(spec, resolved)
-    resolutions = options.resolutions or (loaded.native_resolution,)
-    return [export_resolution(loaded, resolution, options) for resolution in resolutions]
+    for resolution in options.resolutions or (loaded.native_resolution,):
+        yield export_resolution(loaded, resolution, options)
 
 
 def export_resolution(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOptions) -> ExportResult:
-    folder = Path(options.out_dir) / loaded.name / f"{resolution[0]}x{resolution[1]}"
+    folder = Path(options.out_dir) / safe_name(loaded.name) / f"{resolution[0]}x{resolution[1]}"
     say(f"exporting {loaded.name} at {resolution[0]}x{resolution[1]} -> {folder}")
-    with atomic_folder(folder) as tmp:
-        manifest = _build(loaded, resolution, options, tmp)
+    try:
+        with atomic_folder(folder) as tmp:
+            manifest = _build(loaded, resolution, options, tmp)
+    except OSError as exc:  # a read-only or full disk, no permission: say so in one line
+        raise environment_error(exc, f"writing {folder}", "nothing was written") or exc
     return ExportResult(folder, manifest)
+
+
+def _checked_photos(images: Path | None) -> list[Path]:
+    """The parity photos, each decoded once now so an unreadable one is named before any work is done."""
+    from ..runtime.preprocess import ImageError, open_image
+
+    photos = parity.sample_images(images)
+    for photo in photos:
+        try:
+            open_image(photo)
+        except ImageError as exc:
+            raise UsageError(f"parity photo {exc}; remove it from the --images folder") from None
+    return photos
+
+
+def estimated_bytes(config, resolution: tuple[int, int], batch: int) -> int:
+    """A lower bound of the memory an export at `resolution` needs: the captured bias of every layer, the
+    eager check's attention (scores, softmax and bias, batch x heads x T^2 floats each, T = patches + 1) and
+    about three copies of the weights (eager, baked, traced)."""
+    heads, layers, hidden = config.num_attention_heads, config.num_hidden_layers, config.hidden_size
+    tokens = (resolution[0] // config.patch_size) * (resolution[1] // config.patch_size) + 1
+    return bake.bias_bytes(config, resolution) + 3 * batch * heads * tokens**2 * 4 + 3 * 12 * layers * hidden**2 * 4
+
+
+def check_memory(config, resolution: tuple[int, int], batch: int) -> None:
+    """UsageError when an export at `resolution` cannot fit in this machine's memory at all (before any
+    allocation); a warning when it does not fit in the memory free now."""
+    need, total, free = estimated_bytes(config, resolution, batch), *_memory()
+    gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
+    if total and need > total:
+        raise UsageError(f"resolution {resolution[0]}x{resolution[1]} needs at least {gib(need)} of memory to "
+                         f"export and check (the attention bias grows with the 4th power of the side), and this "
+                         f"machine has {gib(total)}: choose a smaller resolution")
+    if free and need > free:
+        say(f"warning: resolution {resolution[0]}x{resolution[1]} needs at least {gib(need)} of memory and "
+            f"{gib(free)} is free now; the export may run out of memory")
+
+
+def _memory() -> tuple[int | None, int | None]:
+    """(total, available) bytes of memory for this process: physical memory or its cgroup limit if lower,
+    and MemAvailable; None where the system does not say."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if "SC_PHYS_PAGES" in getattr(
+        os, "sysconf_names", {}) else None
+    limit = _read("/sys/fs/cgroup/memory.max")
+    if limit.isdigit():
+        total = min(total or int(limit), int(limit))
+    free = [int(line.split()[1]) * 1024 for line in _read("/proc/meminfo").splitlines()
+            if line.startswith("MemAvailable:")]
+    return total, free[0] if free else None
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
 
 
 def _build(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOptions, tmp: Path) -> Manifest:
@@ -180,4 +251,4 @@ def _manifest(loaded, resolution, mode, inputs, outputs, preprocessing, artifact
         task=loaded.task, resolution=tuple(resolution), patch_size=loaded.config.patch_size, bias_mode=mode,
         inputs=tuple(inputs), outputs=tuple(outputs), preprocessing=preprocessing, labels=loaded.labels,
         artifacts=artifacts, parity={p: r.to_dict() for p, r in results.items()}, graph=graphs,
-        attention=attention, quantization=quantization, versions=versions())
+        attention=attention, quantization=quantization, versions=versions(), sha256=artifact_hashes(tmp, artifacts))

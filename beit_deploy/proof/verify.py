@@ -5,7 +5,9 @@ random weights) fed by transformers' own image processor with the *source* model
 of the export (model.onnx, model.fp16.onnx, and the TensorRT engine `build` made from one of them, where TensorRT
 and a GPU exist: see `core.engine_manifest.find_engine`) is fed by
 beit-deploy's numpy preprocessing with the *manifest's* settings, so a wrong normalisation written into a
-manifest shows up as well as a wrong graph. Random inputs go to both sides unchanged.
+manifest shows up as well as a wrong graph. Both sides get each photo turned upright by its EXIF orientation
+first, as the runner sees it, so a sideways phone photo compares models, not EXIF handling. Random inputs go to
+both sides unchanged. Every artifact's size and sha256 are checked against the manifest before it runs.
 
 Figures per artifact and output come from `parity.measure` (max abs, max|diff|/max|ref|, mean abs, lowest
 per-sample cosine) and `parity.agreement` (top-1/top-5 for classification, label-map pixels for segmentation);
@@ -23,7 +25,7 @@ import numpy as np
 from ..core import tasks
 from ..core.engine_manifest import FoundEngine, find_engine, unavailable_reason
 from ..core.errors import ModelLoadError, UsageError, describe
-from ..core.manifest import Manifest, read_manifest
+from ..core.manifest import Manifest, check_artifact, read_manifest
 from ..exporter import parity
 
 Images = Union[None, str, Path, Sequence[Union[str, Path]]]
@@ -202,8 +204,17 @@ def feed_dicts(manifest: Manifest, photos: list[Path], random: int = 2, seed: in
 def _feeds(manifest: Manifest, loaded, photos: list[Path], random: int, seed: int):
     """(eager feeds, artifact feeds): the same photos through each side's preprocessing, same random inputs."""
     source_pp = loaded.preprocessing.at_resolution(manifest.resolution)
-    ref_px = parity.reference_pixels(photos, source_pp) if photos else _no_pixels(manifest)
+    ref_px = _reference_pixels(photos, source_pp) if photos else _no_pixels(manifest)
     return parity.parity_feeds(manifest.inputs, ref_px, random, seed), feed_dicts(manifest, photos, random, seed)
+
+
+def _reference_pixels(photos: list[Path], preprocessing) -> np.ndarray:
+    """(N, 3, H, W) from transformers' processor, fed the photos upright (EXIF applied) as the runner reads them."""
+    from ..runtime.preprocess import open_image
+
+    upright = [open_image(photo)[1] for photo in photos]
+    return np.asarray(parity.reference_processor(preprocessing)(images=upright, return_tensors="np")["pixel_values"],
+                      dtype=np.float32)
 
 
 def _no_pixels(manifest: Manifest) -> np.ndarray:
@@ -225,8 +236,10 @@ def _artifacts(folder: Path, manifest: Manifest, engine: Path | None = None):
         file = manifest.artifacts.get(name)
         if file is None:
             continue
-        path = folder / file
-        yield name, file, name, (_onnx_runner(path) if path.is_file() else f"{file} is not in this folder")
+        if not (folder / file).is_file() and not (folder / file).is_symlink():
+            yield name, file, name, f"{file} is not in this folder"
+            continue
+        yield name, file, name, _onnx_runner(check_artifact(folder, manifest, name, hashes=True))
     found, passed_over = find_engine(folder, manifest, engine)
     if found is not None:
         yield "engine", str(found.path), found.info.precision, _engine_runner(found, manifest, unavailable_reason())

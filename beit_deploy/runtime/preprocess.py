@@ -20,6 +20,7 @@ exceed 255 comes out mostly white, so scale it to 8 bits yourself (e.g. `array >
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -27,15 +28,18 @@ from typing import Any, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..core.errors import ArtifactError, UsageError
+from ..core.errors import ArtifactError, UsageError, describe
 from ..core.manifest import Preprocessing
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray, bytes]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+# Images above this many pixels are refused from their header, before decoding (a 12000x12000 PNG can be a
+# 140 KB file and 0.6 GB of memory decoded). 64 MP takes 48-50 MP phone photos and 8K frames (33 MP).
+DEFAULT_MAX_PIXELS = 64_000_000
 
 
 class ImageError(ArtifactError):
-    """One input image could not be read (missing, corrupt, not an image, unsupported array)."""
+    """One input image could not be read (missing, corrupt, not an image, too large, unsupported array)."""
 
 
 @dataclass(frozen=True)
@@ -51,62 +55,170 @@ class LoadedImage:
         return self.rgb.shape[0], self.rgb.shape[1]
 
 
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """An input ready for the model: its name, (height, width) upright, pixel values (3, h, w) float32, and the
+    full-size RGB uint8 (H, W, 3) only when asked for (overlays), so a batch holds no full-size copies."""
+
+    name: str
+    size: tuple[int, int]
+    pixels: np.ndarray
+    rgb: np.ndarray | None = None
+
+
 def is_batch(images: Any) -> bool:
     """True for a list/tuple of images; False for one path, PIL image or (H, W[, C]) array."""
     return isinstance(images, (list, tuple))
 
 
-def load_image(image: ImageLike, name: str | None = None) -> LoadedImage:
-    """One input (path, PIL image, HWC/HW uint8 array, or an encoded file's bytes) -> RGB uint8 (H, W, 3), EXIF
-    orientation applied."""
+def check_max_pixels(max_pixels: int | None) -> int | None:
+    """A pixel limit as given (None or 0: none of beit-deploy's own); UsageError for a negative one."""
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 0):
+        raise UsageError(f"max_pixels must be a pixel count (0 or None: no limit), got {max_pixels!r}")
+    return max_pixels or None
+
+
+def open_image(image: ImageLike, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+               ) -> tuple[str, Image.Image]:
+    """One input (path, encoded file bytes, PIL image, HWC/HW uint8 array) -> (name, upright RGB PIL image).
+    Files and bytes are checked against `max_pixels` from their header, before anything is decoded; ImageError
+    for an unreadable, empty or too large image."""
+    max_pixels = check_max_pixels(max_pixels)
     if isinstance(image, (str, Path)):
-        return LoadedImage(name or str(image), _rgb(_open(Path(image))))
+        return name or str(image), _open(Path(image), max_pixels)
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return LoadedImage(name or "<image bytes>", _rgb(_decode(io.BytesIO(bytes(image)), name or "image bytes")))
+        name = name or "<image bytes>"
+        return name, _decode(io.BytesIO(bytes(image)), name, max_pixels)
     if isinstance(image, Image.Image):
-        return LoadedImage(name or getattr(image, "filename", "") or "<PIL image>", _rgb(image))
+        name = name or getattr(image, "filename", "") or "<PIL image>"
+        _check_size(image.size, name, max_pixels)
+        try:
+            image.load()  # a lazily opened image decodes now: a broken one fails here, as one image's error
+        except _DECODE_ERRORS as exc:
+            raise ImageError(f"'{name}' is not a readable image ({describe(exc)}): remove it or replace it") from exc
+        return name, _upright_rgb(image, name)
     if isinstance(image, np.ndarray):
-        return LoadedImage(name or "<array>", _rgb(_from_array(image)))
+        name = name or "<array>"
+        array = _checked_array(image)
+        _check_size(array.shape[1::-1], name, max_pixels)
+        return name, _upright_rgb(_from_array(array), name)
     raise UsageError(f"cannot use a {type(image).__name__} as an image: pass a path, encoded bytes, a PIL image or "
                      "an (H, W, 3) uint8 array")
 
 
-def _open(path: Path) -> Image.Image:
-    if not path.exists():
-        raise ImageError(f"image '{path}' does not exist")
-    return _decode(path, str(path))
+def load_image(image: ImageLike, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+               ) -> LoadedImage:
+    """One input (path, encoded bytes, PIL image, HWC/HW uint8 array) -> RGB uint8 (H, W, 3), EXIF orientation
+    applied."""
+    name, rgb = open_image(image, name, max_pixels)
+    return LoadedImage(name, np.asarray(rgb, dtype=np.uint8))
 
 
-def _decode(source: Path | io.BytesIO, name: str) -> Image.Image:
-    """An encoded image (a file or its bytes) decoded in full now, so truncated data fails here, turned upright."""
+def prepare(image: ImageLike, p: Preprocessing, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+            keep_rgb: bool = False) -> Prepared:
+    """One input -> Prepared: resized and normalised right away, the full-size image dropped unless kept."""
+    name, rgb = open_image(image, max_pixels=max_pixels)
+    return Prepared(name, (rgb.height, rgb.width), _pixels(rgb, p),
+                    np.asarray(rgb, dtype=np.uint8) if keep_rgb else None)
+
+
+def _check_size(size: tuple[int, int], name: str, max_pixels: int | None) -> None:
+    """size is (width, height), as PIL gives it."""
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"'{name}' is empty ({height}x{width} pixels): pass an image with pixels in it")
+    if max_pixels and width * height > max_pixels:
+        raise ImageError(f"'{name}' is {height}x{width} = {width * height / 1e6:.1f} megapixels, above the limit "
+                         f"of {max_pixels / 1e6:g} megapixels (a guard against decompression bombs): shrink it, or "
+                         "raise the limit (max_pixels, --max-pixels) if you trust it")
+
+
+def _open(path: Path, max_pixels: int | None) -> Image.Image:
+    """A decoded, upright RGB image from a regular file (never a FIFO or device, which could block)."""
+    if not path.is_file():
+        raise ImageError(_not_a_file(path))
+    return _decode(path, str(path), max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> Image.Image:
+    """An encoded image (a file or its bytes) decoded in full now, so truncated data fails here, upright RGB; its
+    size is checked from the header before decoding."""
     try:
-        with Image.open(source) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, said once
+            im = Image.open(source)
+        try:
+            _check_size(im.size, name, max_pixels)
             im.load()  # read now, so truncated files fail here and not later
-            return ImageOps.exif_transpose(im)  # a loaded copy, turned upright
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"'{name}' is not a readable image ({exc}): remove it or replace it") from exc
+            rgb = _upright_rgb(im, name)
+        except BaseException:
+            im.close()
+            raise
+        if isinstance(source, Path) and getattr(im, "fp", None) is not None:  # multi-frame formats keep the file
+            rgb = rgb.copy() if rgb is im else rgb  # open: keep a copy, close it
+            im.close()
+        return rgb
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"'{name}' is larger than Pillow's own limit against decompression bombs ({exc}): shrink "
+                         "it") from exc
+    except MemoryError as exc:
+        raise ImageError(f"'{name}': not enough memory to decode it; lower the pixel limit (--max-pixels) or "
+                         "shrink it") from exc
+    except _DECODE_ERRORS as exc:
+        raise ImageError(f"'{name}' is not a readable image ({describe(exc)}): remove it or replace it") from exc
 
 
-def _from_array(array: np.ndarray) -> Image.Image:
+def _not_a_file(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return f"image '{path}' is a symbolic link that leads nowhere (broken or looping): fix or remove it"
+    if not path.exists():
+        return f"image '{path}' does not exist"
+    return f"image '{path}' is not a regular file (a folder, FIFO or device): pass image files"
+
+
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says (a new image), or itself when it is upright already."""
+    return ImageOps.exif_transpose(image) if image.getexif().get(0x0112, 1) != 1 else image
+
+
+def _upright_rgb(image: Image.Image, name: str) -> Image.Image:
+    """EXIF-oriented RGB PIL image, converted exactly as `image.convert("RGB")`."""
+    try:
+        image = _upright(image)
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except _DECODE_ERRORS as exc:
+        raise ImageError(f"'{name}' is not a readable image ({describe(exc)}): remove it or replace it") from exc
+
+
+def _checked_array(array: np.ndarray) -> np.ndarray:
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise UsageError(f"image arrays must be uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got "
                          f"{array.dtype} {array.shape}")
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[:, :, 0]
+    return array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
     mode = {2: "L", 3: "RGB", 4: "RGBA"}[array.ndim if array.ndim == 2 else array.shape[2]]
     return Image.fromarray(np.ascontiguousarray(array), mode=mode)
 
 
 def _rgb(image: Image.Image) -> np.ndarray:
     """EXIF-oriented RGB uint8 (H, W, 3), converted exactly as `image.convert("RGB")`."""
-    image = ImageOps.exif_transpose(image) if image.getexif().get(0x0112, 1) != 1 else image
-    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    return np.asarray(_upright_rgb(image, "<image>"), dtype=np.uint8)
 
 
 def preprocess_one(rgb: np.ndarray, p: Preprocessing) -> np.ndarray:
     """RGB uint8 (H, W, 3) -> float32 (3, h, w) with the processor's resize, crop, rescale, normalise."""
+    return _pixels(Image.fromarray(rgb, "RGB"), p)
+
+
+def _pixels(rgb: Image.Image, p: Preprocessing) -> np.ndarray:
+    """RGB PIL image -> float32 (3, h, w): resize in uint8 with the manifest's filter, crop, rescale, normalise."""
     height, width = p.size
-    resized = np.asarray(Image.fromarray(rgb, "RGB").resize((width, height), resample=p.resample))
+    resized = np.asarray(rgb.resize((width, height), resample=p.resample))
     if p.crop_size is not None:
         resized = center_crop(resized, p.crop_size)
     x = (resized.astype(np.float64) * p.rescale_factor).astype(np.float32)
@@ -127,23 +239,26 @@ def center_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return canvas[max(0, top):top + crop_h, max(0, left):left + crop_w]
 
 
-def preprocess(images: ImageLike | Sequence[ImageLike], p: Preprocessing) -> np.ndarray:
+def preprocess(images: ImageLike | Sequence[ImageLike], p: Preprocessing,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """One image or a list -> float32 (N, 3, H, W) pixel values, N = 1 for a single image."""
     items = list(images) if is_batch(images) else [images]
     if not items:
         return np.zeros((0, 3, *(p.crop_size or p.size)), dtype=np.float32)
-    return np.stack([preprocess_one(load_image(i).rgb, p) for i in items])
+    return np.stack([prepare(i, p, max_pixels).pixels for i in items])
 
 
 def collect_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Files as given, folders as their image files (by suffix, sorted, not recursive). A missing path or a
-    folder without images is a UsageError; unreadable files are left for the runner to report one by one."""
+    """Files as given, folders as their entries named like images (by suffix, sorted, not recursive), whatever
+    they are: a FIFO, a looping symbolic link or a folder named `x.jpg` is then reported by the runner as that
+    image's error rather than skipped without a word. A missing path or a folder without images is a
+    UsageError; unreadable files are left for the runner to report one by one."""
     found: list[Path] = []
     for path in map(Path, paths):
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             raise UsageError(f"'{path}' does not exist: check the image path")
         if path.is_dir():
-            inside = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            inside = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not inside:
                 raise UsageError(f"folder '{path}' has no images ({', '.join(IMAGE_SUFFIXES)}): pass image files")
             found += inside

@@ -20,11 +20,11 @@ import numpy as np
 from ..core import tasks
 from ..core.engine_manifest import ENGINE_FILE, ENGINE_MANIFEST, ENGINE_SUFFIXES, read_engine_manifest
 from ..core.errors import ArtifactError, BeitDeployError, MissingDependencyError, UsageError
-from ..core.files import artifact_bytes
-from ..core.manifest import FILENAME, Manifest, read_manifest, resolution_folders
+from ..core.files import contained
+from ..core.manifest import FILENAME, Manifest, check_artifact, read_manifest, resolution_folders
 from . import postprocess as post
 from .backends import Backend, OnnxRuntimeBackend, available_providers, has_gpu_provider
-from .preprocess import ImageLike, LoadedImage, is_batch, load_image, preprocess, preprocess_one
+from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, Prepared, check_max_pixels, is_batch, prepare, preprocess
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8cpu", "fp8")
 # "int8" asks for int8 in the form this machine runs best: ONNX Runtime's dynamic graph (int8cpu) on CPU, the Q/DQ
@@ -60,16 +60,24 @@ class BeitTRTRunner:
     backend: None (ONNX Runtime on the best provider installed: TensorRT, CUDA, then CPU), one of "cpu", "cuda",
     "tensorrt" to choose the ONNX Runtime provider, or a ready Backend instance.
     batch_size: largest batch sent to the backend at once (default 8, and never above the backend's max_batch).
+    check_hashes: check the ONNX files' sha256 against the manifest when opening (default; their sizes are
+    checked always). About 1.3 s per GB here; False skips it for very large graphs on slow disks.
+    max_pixels: images with more pixels are refused (from the file header, before decoding); None or 0: no
+    limit of beit-deploy's own (Pillow's decompression-bomb limit still applies).
     """
 
     def __init__(self, path, precision: str | None = None, backend: Backend | str | None = None,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, check_hashes: bool = True,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.path = Path(path)
         self.manifest, artifact, self.precision = _resolve(self.path, precision)
         if batch_size is not None and batch_size < 1:
             raise UsageError(f"batch size must be at least 1, got {batch_size}")
         self.batch_size = batch_size or DEFAULT_BATCH
-        self.backend = backend if isinstance(backend, Backend) else _open_backend(artifact, self.manifest, backend)
+        self.max_pixels = check_max_pixels(max_pixels)
+        self._closed = False
+        self.backend = backend if isinstance(backend, Backend) else _open_backend(artifact, self.manifest, backend,
+                                                                                  check_hashes)
         _check_matches(self.backend, self.manifest, artifact)
 
     @classmethod
@@ -98,7 +106,7 @@ class BeitTRTRunner:
     # -- the three steps --------------------------------------------------------------------------------------
     def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> np.ndarray:
         """Image(s) -> float32 (N, 3, H, W) pixel values exactly as BeitImageProcessorPil makes them."""
-        return preprocess(images, self.manifest.preprocessing)
+        return preprocess(images, self.manifest.preprocessing, self.max_pixels)
 
     def run(self, pixel_values: np.ndarray, **extra: np.ndarray) -> dict[str, np.ndarray]:
         """(N, 3, H, W) pixel values [+ extra inputs by name] -> raw outputs by name, each (N, ...).
@@ -108,6 +116,7 @@ class BeitTRTRunner:
         smallest batch (a TensorRT profile's MIN) is padded up to it by repeating its last image, and the padded
         rows are dropped from the outputs (every image is computed independently, so the others are unchanged).
         """
+        self._check_open()
         pixels = np.asarray(pixel_values, dtype=np.float32)
         expected = tuple(self.manifest.inputs[0].shape[1:])
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
@@ -140,20 +149,29 @@ class BeitTRTRunner:
     def predict_each(self, images: Sequence[ImageLike], top_k: int = 5, keep_rgb: bool = False
                      ) -> Iterator[Prediction]:
         """One Prediction per input, in order, a batch at a time; an image that cannot be read gives a
-        Prediction with `error` set and the others still run. keep_rgb: attach the photo (for overlays)."""
+        Prediction with `error` set and the others still run. keep_rgb: attach the photo (for overlays).
+
+        Each image is resized as soon as it is decoded, so a batch holds its model inputs and not full-size
+        copies (with keep_rgb it holds those too)."""
+        self._check_open()
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise UsageError(f"top_k must be a positive number of classes, got {top_k!r}")
         items = list(images)
         for start in range(0, len(items), self.batch_size):
-            loaded: list[LoadedImage | Prediction] = [_try_load(i) for i in items[start:start + self.batch_size]]
-            good = [x for x in loaded if isinstance(x, LoadedImage)]
+            loaded = [self._try_prepare(i, keep_rgb) for i in items[start:start + self.batch_size]]
+            good = [x for x in loaded if isinstance(x, Prepared)]
             results = iter(self._answer(good, top_k)) if good else iter(())
             for x in loaded:
-                if isinstance(x, Prediction):
-                    yield x
-                else:
-                    yield Prediction(x.name, next(results), rgb=x.rgb if keep_rgb else None)
+                yield x if isinstance(x, Prediction) else Prediction(x.name, next(results), rgb=x.rgb)
 
-    def _answer(self, images: list[LoadedImage], top_k: int) -> list[Result]:
-        pixels = np.stack([preprocess_one(i.rgb, self.manifest.preprocessing) for i in images])
+    def _try_prepare(self, image: ImageLike, keep_rgb: bool) -> Prepared | Prediction:
+        try:
+            return prepare(image, self.manifest.preprocessing, self.max_pixels, keep_rgb)
+        except BeitDeployError as exc:
+            return Prediction(str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__}>", error=exc)
+
+    def _answer(self, images: list[Prepared], top_k: int) -> list[Result]:
+        pixels = np.stack([i.pixels for i in images])
         task = tasks.task(self.task)
         raw = self.run(pixels)[task.answer_from]
         return [post.answer(task, raw[k], post.Context(image.size, self.manifest.grid, self.labels, top_k))
@@ -176,7 +194,13 @@ class BeitTRTRunner:
 
     def close(self) -> None:
         """Release the backend (ONNX Runtime session, TensorRT engine and device memory). Safe to call twice."""
+        self._closed = True
         self.backend.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(f"this runner of {self.path} is closed: open a new BeitTRTRunner (or use it inside its "
+                             "`with` block)")
 
     def __enter__(self) -> "BeitTRTRunner":
         return self
@@ -192,13 +216,6 @@ def _run_padded(backend: Backend, feeds: dict[str, np.ndarray], low: int) -> dic
         return backend.run(feeds)
     padded = {k: np.concatenate([v, np.repeat(v[-1:], low - n, axis=0)]) for k, v in feeds.items()}
     return {k: v[:n] for k, v in backend.run(padded).items()}
-
-
-def _try_load(image: ImageLike) -> LoadedImage | Prediction:
-    try:
-        return load_image(image)
-    except BeitDeployError as exc:
-        return Prediction(str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__}>", error=exc)
 
 
 def _resolve(path: Path, precision: str | None) -> tuple[Manifest, Path, str]:
@@ -221,7 +238,7 @@ def _resolve(path: Path, precision: str | None) -> tuple[Manifest, Path, str]:
             flag = {"int8": "--int8 or --int8-cpu", "int8cpu": "--int8-cpu"}.get(chosen, f"--{chosen}")
             raise UsageError(f"{path} has no {chosen} graph (it has: {', '.join(manifest.artifacts)}): "
                              f"export with {flag}, or choose another precision")
-        return manifest, path / manifest.artifacts[chosen], chosen
+        return manifest, contained(path, manifest.artifacts[chosen]), chosen
     manifest = read_manifest(path.parent)
     if path.suffix.lower() in ENGINE_SUFFIXES:
         return manifest, path, _engine_precision(path, precision)
@@ -245,12 +262,13 @@ def _engine_precision(path: Path, precision: str | None) -> str:
     return built or precision or "fp16"
 
 
-def _open_backend(artifact: Path, manifest: Manifest, choice: str | None) -> Backend:
+def _open_backend(artifact: Path, manifest: Manifest, choice: str | None, hashes: bool = True) -> Backend:
     if artifact.suffix.lower() in ENGINE_SUFFIXES:
         return _tensorrt_backend(artifact, manifest)
     if choice is not None and choice not in _PROVIDER_ALIASES:
         raise UsageError(f"backend '{choice}' is not one of {', '.join(_PROVIDER_ALIASES)} (or a Backend instance)")
-    _check_size(artifact, manifest)
+    precision = next(p for p, f in manifest.artifacts.items() if f == artifact.name)
+    artifact = check_artifact(artifact.parent, manifest, precision, hashes)
     providers = None
     if choice is not None:
         providers = [p for p in _PROVIDER_ALIASES[choice] if p in available_providers()]
@@ -269,18 +287,6 @@ def _tensorrt_backend(engine: Path, manifest: Manifest) -> Backend:
     except ImportError as exc:
         raise MissingDependencyError("tensorrt", "gpu", purpose) from exc
     return TensorRTBackend(engine, manifest)
-
-
-def _check_size(artifact: Path, manifest: Manifest) -> None:
-    """Catch truncated or swapped ONNX files before ONNX Runtime does, with a clearer message."""
-    if not artifact.is_file():
-        raise ArtifactError(f"'{artifact}' is missing (its manifest lists it): export the model again")
-    precision = next((p for p, f in manifest.artifacts.items() if f == artifact.name), None)
-    expected = manifest.graph.get(precision, {}).get("bytes")
-    actual = artifact_bytes(artifact.parent, artifact.name)
-    if expected is not None and actual != expected:
-        raise ArtifactError(f"'{artifact}' holds {actual} bytes but its manifest says {expected}: the file is "
-                            "truncated or from another export; export the model again")
 
 
 def _check_matches(backend: Backend, manifest: Manifest, artifact: Path) -> None:

@@ -121,7 +121,7 @@ def write_repository(paths: list[Path], options: TritonOptions) -> list[ServedMo
                          " serve them in separate repositories or choose other names")
     _check_out(Path(options.out), found)
     served = []
-    with atomic_folder(Path(options.out)) as tmp:
+    with atomic_folder(Path(options.out), ours=_is_repository) as tmp:
         for source, name in zip(found, names):
             served.append(_write_models(tmp, source, name, options))
         (tmp / "README.md").write_text(repository_readme(served, Path(options.out)))
@@ -137,9 +137,14 @@ def _check_out(out: Path, found: list[Source]) -> None:
         if target == folder or target in folder.parents or folder in target.parents:
             raise UsageError(f"--out {out} would replace or sit inside {source.folder}, which it serves: write the "
                              "repository elsewhere, e.g. --out model_repository")
-    if out.exists() and any(out.iterdir()) and not any(out.glob("*/config.pbtxt")):
+    if out.exists() and any(out.iterdir()) and not _is_repository(out):
         raise UsageError(f"'{out}' exists and is not a model repository (it would be replaced as a whole): choose "
                          "another --out, or remove it first")
+
+
+def _is_repository(folder: Path) -> bool:
+    """A model repository (this command's or another's): folders with a config.pbtxt in them."""
+    return any(Path(folder).glob("*/config.pbtxt"))
 
 
 def _default_name(source: Source, several: bool) -> str:

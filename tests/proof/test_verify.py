@@ -16,20 +16,25 @@ from beit_deploy.proof.verify import ParityReport, parity_report
 
 
 def planted_copy(folder: Path, dest: Path, zero_bias: bool = False, mean=None) -> Path:
-    """A copy of an export folder with the first baked attention bias zeroed and/or a wrong image_mean."""
+    """A copy of an export folder with the first baked attention bias zeroed and/or a wrong image_mean: a wrong
+    export, consistent with its manifest (bytes and sha256 rewritten), so only the parity check can tell."""
     import onnx
     from onnx import numpy_helper
 
+    from beit_deploy.core.files import file_sha256
+
     shutil.copytree(folder, dest)
+    data = json.loads((dest / "manifest.json").read_text())
     if zero_bias:
         model = onnx.load(str(dest / "model.onnx"))
         init = next(i for i in model.graph.initializer if i.name.endswith("attention.bias"))
         init.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name))
         onnx.save(model, str(dest / "model.onnx"))
+        data["graph"]["fp32"]["bytes"] = (dest / "model.onnx").stat().st_size
+        data["sha256"]["model.onnx"] = file_sha256(dest / "model.onnx")
     if mean is not None:
-        data = json.loads((dest / "manifest.json").read_text())
         data["preprocessing"]["image_mean"] = list(mean)
-        (dest / "manifest.json").write_text(json.dumps(data))
+    (dest / "manifest.json").write_text(json.dumps(data))
     return dest
 
 
@@ -101,3 +106,31 @@ def test_cli_verify_exit_and_json(tiny_export, tmp_path):
     assert result.exit_code == 1
     assert "fp32/logits/rel" in result.output
     assert json.loads((tmp_path / "r.json").read_text())["passed"] is False
+
+
+def test_exif_rotated_photo_compares_models_not_exif(tiny_export, tmp_path):
+    """Before: the runner turned the photo upright and the eager reference got it sideways, so a correct export
+    failed. Both sides now see the upright photo."""
+    from PIL import Image
+
+    from beit_deploy.exporter.parity import sample_images
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: "rotate 90 CW to display"
+    photo = tmp_path / "sideways.jpg"
+    Image.open(sample_images()[0]).convert("RGB").resize((96, 48)).save(photo, exif=exif, quality=95)
+    report = parity_report(_export(tiny_export, "classification"), images=[photo], random=0)
+    assert report.passed, report.table()
+
+
+def test_an_unreadable_photo_is_one_line(tiny_export, tmp_path):
+    from click.testing import CliRunner
+
+    from beit_deploy.cli import main
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "broken.png").write_bytes(b"\x89PNG not really")
+    result = CliRunner().invoke(main, ["verify", str(_export(tiny_export, "features")), "--images",
+                                       str(tmp_path / "photos")])
+    assert result.exit_code == 1 and "broken.png' is not a readable image" in result.output
+    assert "internal error" not in result.output and "Traceback" not in result.output

@@ -161,7 +161,7 @@ def test_untrusted_names_are_refused(tiny_export, tmp_path):
     for name in ("../up", "a/b", "..", "", "x" * 101, "bad name"):
         with pytest.raises(UsageError, match="cannot name a Triton model"):
             write_repository([export], TritonOptions(out=tmp_path / "repo", name=name))
-    for field, value, error in (("model", "../../evil", UsageError), ("artifacts", {"fp32": "../model.onnx"},
+    for field, value, error in (("model", "../../evil", ArtifactError), ("artifacts", {"fp32": "../model.onnx"},
                                                                         ArtifactError)):
         bad = tmp_path / f"bad-{field}"
         shutil.copytree(export, bad)
