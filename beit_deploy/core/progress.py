@@ -8,6 +8,7 @@ figures in the README were measured.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -16,6 +17,19 @@ from pathlib import Path
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str | None = None, level: int = logging.ERROR):
+    """`with quiet_logger("huggingface_hub"):` a library's logger (the root logger for None) says only what
+    reaches `level` while the block runs; our own error message then says what matters once."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 @contextlib.contextmanager

@@ -7,9 +7,7 @@ every code path of the model is exercised; the result says `weights="random"` an
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from ..core import registry, tasks
 from ..core.errors import ModelLoadError, UsageError, describe
 from ..core.files import safe_name
 from ..core.manifest import Preprocessing
-from ..core.progress import step
+from ..core.progress import quiet_logger, step
 
 DEFAULT_SEED = 0
 
@@ -154,7 +152,7 @@ def _resolve(spec: ModelSpec):
         raise UsageError(f"unknown model '{spec.model}': {hint}see `beit-deploy models`, or pass a hub id "
                          "(org/name) or a local folder")
     try:
-        with _quiet_hub():
+        with quiet_logger("huggingface_hub"):
             config = transformers.AutoConfig.from_pretrained(spec.model)
     except Exception as exc:  # noqa: BLE001 - transformers raises several types for the same cause
         raise ModelLoadError(_hub_message(spec.model, exc)) from exc
@@ -219,23 +217,11 @@ def _preprocessing_from(data: dict | None, config) -> Preprocessing:
                          crop_size=crop)
 
 
-@contextlib.contextmanager
-def _quiet_hub():
-    """huggingface_hub logs a warning per failed retry; our error message says it once, with the way out."""
-    logger = logging.getLogger("huggingface_hub")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def _from_pretrained(cls, model: str, source: str):
     if source == "registry":
         model = registry.lookup(model).hub_id
     try:
-        with _quiet_hub():
+        with quiet_logger("huggingface_hub"):
             return cls.from_pretrained(model)
     except Exception as exc:  # noqa: BLE001
         if source == "local":

@@ -4,7 +4,7 @@ Pipeline: `bake.bake()` (constant bias) -> TorchScript exporter without its own 
 expand the gathered bias back into full tensors) -> onnxscript's constant folding and onnx_ir's clean-up passes,
 told to leave the bias Gathers alone -> saved with external data when the weights pass ONNX's 2 GB protobuf limit.
 
-The fused attention form traces each layer's attention as a `beit_deploy::Attention` node (bake.FusedAttention),
+The fused attention form traces each layer's attention as a `beit_deploy::Attention` node (attention.FusedAttention),
 converts the graph to opset 23 with ONNX's version converter (ReduceMean's axes become an input, ...), and then
 makes those nodes the standard ONNX `Attention` op: 4D q, k, v (B, heads, T, d), the bias as the additive
 `attn_mask`, `scale` = d^-0.5 and `softmax_precision` = FLOAT. Opset 23 because it is the first with Attention:
@@ -132,7 +132,7 @@ def fused_attention_graph(raw: Path, path: Path) -> Path:
     import onnx
     from onnx import version_converter
 
-    from .bake import FUSED_DOMAIN, FUSED_OP
+    from .attention import FUSED_DOMAIN, FUSED_OP
 
     model = onnx.load(str(raw), load_external_data=False)
     model = version_converter.convert_version(model, FUSED_OPSET)

@@ -200,7 +200,7 @@ class _Judge:
         from ..runtime.backends import CPU, OnnxRuntimeBackend
 
         with step(f"validating {path.name} against eager transformers"):
-            with OnnxRuntimeBackend(path, providers=CPU) as backend:
+            with OnnxRuntimeBackend(path, providers=CPU, memory_arena=False) as backend:
                 gots = [backend.run(feeds) for feeds in self.batches]
             release_memory()
             result = parity.measure(precision, self.loaded.task, self.refs, gots)

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
-import contextlib
 import functools
 import importlib.util
 import multiprocessing
-import logging
 import re
 import shutil
 import tempfile
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ExportError, MissingDependencyError, describe, require
+from ..core.progress import quiet_logger
 from . import fp16
 from .graph_files import load_graph, needs_external_data, qdq_summary, weight_bytes
 
@@ -82,8 +81,8 @@ def dynamic_int8(fp32_path: Path, out: Path, keep: list[str]) -> dict:
     """ONNX Runtime's dynamic quantization: int8 weights (per tensor) on every linear MatMul but the head's, uint8
     activations quantized per call (DynamicQuantizeLinear -> MatMulInteger); attention MatMuls stay fp32."""
     q = require("onnxruntime.quantization", "export", ORT_PURPOSE)
-    with _quiet_root_logger():
-            q.quantize_dynamic(str(fp32_path), str(out), op_types_to_quantize=["MatMul"], per_channel=False,
+    with quiet_logger():  # ONNX Runtime's quantizer logs advice on the root logger
+        q.quantize_dynamic(str(fp32_path), str(out), op_types_to_quantize=["MatMul"], per_channel=False,
                            reduce_range=False, weight_type=q.QuantType.QInt8, nodes_to_exclude=list(keep),
                            use_external_data_format=_external(fp32_path), extra_options={"MatMulConstBOnly": True})
     return {"tool": "onnxruntime", "version": _version("onnxruntime"), "method": "dynamic (per-call activation range)",
@@ -234,19 +233,7 @@ def qdq(tool: str, mode: str, fp32_path: Path, out: Path, calibration, method: s
     """A Q/DQ graph of precision `mode` (int8/fp8) from `tool` (modelopt/onnxruntime) at `out`."""
     if out.exists():
         out.unlink()
-    with _quiet_root_logger():
+    with quiet_logger():  # ONNX Runtime's quantizer logs advice on the root logger
         if tool == "modelopt":
             return _modelopt(mode, fp32_path, out, calibration, method, keep, attention)
         return _ort_static(fp32_path, out, calibration, method, keep, attention)
-
-
-@contextlib.contextmanager
-def _quiet_root_logger():
-    """ONNX Runtime's quantizer logs advice ("consider pre-processing") on the root logger: not for our users."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)

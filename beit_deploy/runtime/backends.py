@@ -82,10 +82,12 @@ class OnnxRuntimeBackend(Backend):
     Inputs are cast to the dtypes the graph declares (so a graph with fp16 inputs takes float32 feeds);
     outputs come back as float32 (bool/int outputs unchanged). The batch axis is dynamic: no max_batch.
     `providers=CPU` gives the plain CPU session every stage uses to check a graph; `options` an
-    onnxruntime.SessionOptions of the caller's (the benchmark's).
+    onnxruntime.SessionOptions of the caller's (the benchmark's); `memory_arena=False` hands activation memory
+    back after every run (a one-off check on large graphs) instead of keeping it for the next (serving).
     """
 
-    def __init__(self, onnx_path, providers: list[str] | None = None, threads: int | None = None, options=None):
+    def __init__(self, onnx_path, providers: list[str] | None = None, threads: int | None = None, options=None,
+                 memory_arena: bool = True):
         from ..core.errors import ArtifactError, describe, require
 
         ort = require("onnxruntime", "gpu", _ORT_PURPOSE)
@@ -94,6 +96,7 @@ class OnnxRuntimeBackend(Backend):
             options.log_severity_level = 3  # warnings about fallbacks belong to ORT's logs, not our stderr
         if threads:
             options.intra_op_num_threads = threads
+        options.enable_cpu_mem_arena = memory_arena
         try:
             self._session = ort.InferenceSession(str(onnx_path), options, providers=providers or available_providers())
         except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidProtobuf/... types

@@ -11,7 +11,6 @@ transformers' BeitImageProcessorPil (see preprocess.py), runs the backend in bat
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -24,7 +23,8 @@ from ..core.files import contained
 from ..core.manifest import FILENAME, Manifest, check_artifact, read_manifest, resolution_folders
 from . import postprocess as post
 from .backends import Backend, OnnxRuntimeBackend, available_providers, has_gpu_provider
-from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, Prepared, check_max_pixels, is_batch, prepare, preprocess
+from .predictor import Prediction, Predictor  # noqa: F401 - Prediction: also importable from here
+from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, Prepared, check_max_pixels, prepare, preprocess
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8cpu", "fp8")
 # "int8" asks for int8 in the form this machine runs best: ONNX Runtime's dynamic graph (int8cpu) on CPU, the Q/DQ
@@ -36,18 +36,7 @@ _PROVIDER_ALIASES = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionPro
 Result = post.Result
 
 
-@dataclass(frozen=True, eq=False)
-class Prediction:
-    """One input of `predict_each`: its name and either a result or the error that stopped it. `rgb` is the
-    photo as the model saw it before resizing (H, W, 3), for overlays."""
-
-    image: str
-    result: Result | None = None
-    error: BeitDeployError | None = None
-    rgb: np.ndarray | None = field(default=None, repr=False)
-
-
-class BeitTRTRunner:
+class BeitTRTRunner(Predictor):
     """An exported BEiT model, ready to predict.
 
     path: a resolution folder written by `beit-deploy export` (export/<model>/<H>x<W>), an ONNX file in such a
@@ -134,17 +123,6 @@ class BeitTRTRunner:
         chunks = [_run_padded(self.backend, {k: v[i:i + step] for k, v in feeds.items()}, low)
                   for i in range(0, len(pixels), step)]
         return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
-
-    def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5):
-        """One image -> one result; a list -> a list of results (classification: top-k classes; segmentation:
-        label map at the image's size; masked image modeling: visual token per patch; features: embedding).
-        A bad image raises its error; use `predict_each` to carry on past it."""
-        results = []
-        for p in self.predict_each(images if is_batch(images) else [images], top_k):
-            if p.error is not None:
-                raise p.error
-            results.append(p.result)
-        return results if is_batch(images) else results[0]
 
     def predict_each(self, images: Sequence[ImageLike], top_k: int = 5, keep_rgb: bool = False
                      ) -> Iterator[Prediction]:

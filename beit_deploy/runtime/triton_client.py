@@ -22,8 +22,8 @@ import numpy as np
 
 from ..core.errors import BeitDeployError, UsageError, describe, require
 from . import wire
-from .preprocess import ImageError, ImageLike, is_batch, load_image
-from .runner import Prediction
+from .predictor import Prediction, Predictor
+from .preprocess import ImageError, ImageLike, load_image
 
 PROTOCOLS = ("http", "grpc")
 _PURPOSE = "talking to a Triton server"
@@ -33,7 +33,7 @@ class TritonServerError(BeitDeployError):
     """The server cannot be reached, does not serve the model, or answered a request with an error."""
 
 
-class BeitTritonClient:
+class BeitTritonClient(Predictor):
     """A served BEiT ensemble, ready to predict.
 
     url: host:port of the server's HTTP (default 8000) or gRPC (8001) endpoint; a http:// or grpc:// prefix is
@@ -99,16 +99,6 @@ class BeitTritonClient:
         return f"BeitTritonClient({self.url!r}, {self.model!r}, protocol={self.protocol!r}, task={self.task!r})"
 
     # -- predict, as BeitTRTRunner ----------------------------------------------------------------------------
-    def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 5):
-        """One image -> one result; a list -> a list of results, as `BeitTRTRunner.predict` gives them. A bad
-        image raises its error; use `predict_each` to carry on past it."""
-        results = []
-        for p in self.predict_each(images if is_batch(images) else [images], top_k):
-            if p.error is not None:
-                raise p.error
-            results.append(p.result)
-        return results if is_batch(images) else results[0]
-
     def predict_each(self, images: Sequence[ImageLike], top_k: int = 5, keep_rgb: bool = False
                      ) -> Iterator[Prediction]:
         """One Prediction per input, in order; an image the server (or this machine) cannot read gives a

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from beit_deploy.exporter import bake
+from beit_deploy.exporter import attention, bake
 from conftest import TASKS, tiny_model
 
 RESOLUTIONS = [(64, 64), (96, 96), (80, 48)]  # native, larger square, non-square
@@ -58,7 +58,7 @@ def test_table_round_trip_is_exact():
     model = tiny_model("classification")
     bias = bake.capture_biases(model, (96, 64))[0]
     index = bake._shared_index(model.config, (96, 64))
-    table = bake.table_from_bias(bias, index)
+    table = attention.table_from_bias(bias, index)
     assert table.shape == ((2 * 6 - 1) * (2 * 4 - 1) + 3, 2)
     assert torch.equal(table[index].reshape(25, 25, 2).permute(2, 0, 1).unsqueeze(0), bias)
 

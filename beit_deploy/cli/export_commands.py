@@ -1,0 +1,162 @@
+"""`models`, `export` and `bench`: the registry, the export stage and the benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..core.errors import UsageError
+from ..core.jsontext import dumps as _json
+from .common import friendly
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+@friendly
+def models(as_json):
+    """List the registered microsoft/beit-* checkpoints."""
+    from ..core.registry import CHECKPOINTS
+
+    rows = [{"name": c.name, "task": c.task, "resolution": c.resolution, "size": c.size, "labels": c.num_labels,
+             "hub_id": c.hub_id} for c in CHECKPOINTS.values()]
+    if as_json:
+        click.echo(_json(rows, indent=2))
+        return
+    click.echo(f"{'name':36} {'task':22} {'res':>4} {'size':6} {'labels':>6}")
+    for r in rows:
+        click.echo(f"{r['name']:36} {r['task']:22} {r['resolution']:>4} {r['size']:6} {r['labels']:>6}")
+
+
+@click.command()
+@click.option("--model", "-m", required=True,
+              help="Registered short name (see `models`), hub id (org/name) or local save_pretrained folder.")
+@click.option("--resolution", "-r", "resolutions", multiple=True,
+              help="N or HxW, multiples of the patch size; repeat for several. Default: the model's native one.")
+@click.option("--fp16", is_flag=True, help="Also write the mixed-precision fp16 graph.")
+@click.option("--random-weights", is_flag=True, help="Seeded random weights instead of pretrained ones.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --random-weights.")
+@click.option("--out", "out_dir", default="export", show_default=True, type=click.Path(file_okay=False),
+              help="Artifact folder; results go to OUT/<model>/<H>x<W>/.")
+@click.option("--bias-mode", type=click.Choice(["materialised", "gathered"]), default=None,
+              help="How the relative position bias is stored. Default: chosen by size.")
+@click.option("--attention", type=click.Choice(["decomposed", "fused"]), default="decomposed", show_default=True,
+              help="Attention as MatMul/Add/Softmax/MatMul ops (every TensorRT 10.x), or as one ONNX Attention op "
+                   "per layer (opset 23; TensorRT 10.14+).")
+@click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of photos for the parity check. Default: samples/images.")
+@click.option("--int8", is_flag=True, help="Also write the int8 Q/DQ graph for TensorRT (model.int8.onnx).")
+@click.option("--fp8", is_flag=True, help="Also write the fp8 Q/DQ graph for TensorRT (model.fp8.onnx; ModelOpt).")
+@click.option("--int8-cpu", is_flag=True, help="Also write the dynamic int8 graph for ONNX Runtime on CPU.")
+@click.option("--calibration", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of photos to calibrate --int8/--fp8 on (64+ advised). Default: the parity photos.")
+@click.option("--int8-method", type=click.Choice(["max", "entropy", "percentile"]), default="max", show_default=True,
+              help="Activation calibration of the Q/DQ graphs.")
+@click.option("--quantizer", type=click.Choice(["auto", "modelopt", "onnxruntime"]), default="auto",
+              show_default=True, help="Q/DQ tool. auto: ModelOpt when installed, else ONNX Runtime (int8 only).")
+@friendly
+def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, attention, images, int8, fp8, int8_cpu,
+           calibration, int8_method, quantizer):
+    """Export a BEiT model to ONNX, one validated graph per resolution."""
+    from ..exporter.loading import ModelSpec
+    from ..exporter.pipeline import ExportOptions, export_each, parse_resolution
+    from ..exporter.quantize import QuantizeOptions
+
+    quantize = QuantizeOptions(int8=int8, fp8=fp8, int8_cpu=int8_cpu, method=int8_method, tool=quantizer,
+                               calibration=Path(calibration) if calibration else None)
+    options = ExportOptions(resolutions=tuple(parse_resolution(r) for r in resolutions), fp16=fp16,
+                            out_dir=Path(out_dir), bias_mode=bias_mode, attention=attention,
+                            images=Path(images) if images else None, quantize=quantize)
+    for result in export_each(ModelSpec(model, random_weights, seed), options):  # each said as soon as written
+        _echo_export(result)
+    _engines_after_export(result.folder if len(resolutions) <= 1 else result.folder.parent, fp16)
+
+
+def _echo_export(result) -> None:
+    m = result.manifest
+    click.echo(f"{result.folder}: {m.task}, {m.resolution[0]}x{m.resolution[1]}, weights {m.weights['kind']}")
+    for precision, figures in m.parity.items():
+        worst = max(figures["outputs"], key=lambda o: o["rel"])
+        top1 = f", top-1 {worst['top1']:.0%}" if worst.get("top1") is not None else ""
+        if worst.get("top1_ties"):
+            top1 += f" ({worst['top1_ties']} tie(s) below fp16 resolution)"
+        click.echo(f"  {precision}: {m.artifacts[precision]} ({m.graph[precision]['nodes']} nodes), "
+                   f"max rel err {worst['rel']:.1e}, min cosine {worst['cosine']:.6f}{top1}: passed"
+                   + _how_quantized(m.quantization.get(precision)))
+
+
+@click.command()
+@click.option("--model", "-m", required=True, help="Registered short name, hub id or local save_pretrained folder.")
+@click.option("--random-weights", is_flag=True, help="Seeded random weights instead of pretrained ones.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --random-weights.")
+@click.option("--resolution", "-r", default=None, help="N or HxW. Default: the model's native one.")
+@click.option("--backends", default="eager,sdpa,onnxruntime,onnxruntime-fp16,tensorrt", show_default=True,
+              help="Comma-separated: eager, sdpa, onnxruntime, onnxruntime-fp16, onnxruntime-fused, onnxruntime-int8 "
+                   "(CPU form), onnxruntime-int8-qdq, onnxruntime-plain, tensorrt. eager is always measured.")
+@click.option("--batch-sizes", default="1,4,16,32", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Precision of the torch backends (and of the TensorRT graph).")
+@click.option("--iters", default=10, show_default=True, help="Timed iterations per backend and batch size.")
+@click.option("--warmup", default=2, show_default=True, help="Untimed iterations first.")
+@click.option("--no-end-to-end", is_flag=True, help="Skip the end-to-end predict() row on the sample photos.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Photos for the end-to-end row and the export's parity check. Default: samples/images.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+              help="Where exports for benchmarking are kept. Default: ~/.cache/beit-deploy/bench.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON.")
+@click.option("--markdown", "markdown_file", type=click.Path(dir_okay=False), default=None,
+              help="Write the tables as markdown.")
+@friendly
+def bench(model, random_weights, seed, resolution, backends, batch_sizes, device, dtype, iters, warmup,
+          no_end_to_end, images, cache_dir, json_file, markdown_file):
+    """Benchmark eager and SDPA transformers against the exported graphs; print markdown tables."""
+    from ..bench.report import BenchSettings, default_cache, to_markdown
+    from ..bench.run import run_bench
+    from ..exporter.loading import ModelSpec
+    from ..exporter.pipeline import parse_resolution
+
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
+    except ValueError:
+        raise UsageError(f"--batch-sizes '{batch_sizes}' is not a comma-separated list of integers") from None
+    settings = BenchSettings(
+        spec=ModelSpec(model, random_weights, seed), resolution=parse_resolution(resolution) if resolution else None,
+        backends=tuple(b.strip() for b in backends.split(",") if b.strip()), batch_sizes=sizes, device=device,
+        dtype=dtype, iters=iters, warmup=warmup, end_to_end=not no_end_to_end,
+        cache_dir=Path(cache_dir) if cache_dir else default_cache(), images=Path(images) if images else None)
+    report = run_bench(settings)
+    markdown = to_markdown(report)
+    if json_file:
+        Path(json_file).write_text(_json(report.to_dict(), indent=2) + "\n")
+    if markdown_file:
+        Path(markdown_file).write_text(markdown)
+    click.echo(markdown)
+
+
+def _how_quantized(info: dict | None) -> str:
+    """' (modelopt 0.47.0, max on 64 images, attention Q/DQ on)' for a quantized graph's line; '' otherwise."""
+    if not info:
+        return ""
+    parts = [f"{info['tool']} {info['version']}"]
+    if "calibration" in info:
+        parts.append(f"{info['method']} on {info['calibration']['images']} images")
+    placement = info.get("placement") or {}
+    if "attention_qdq" in placement:
+        parts.append(f"attention Q/DQ {'on' if placement['attention_qdq'] else 'off'}"
+                     + (f", decoder {placement['decoder']}" if placement.get("decoder") else ""))
+    return f" ({', '.join(parts)})"
+
+
+def _engines_after_export(folder: Path, fp16: bool) -> None:
+    """Build engines for a fresh export where TensorRT and a GPU are present; else say how to build them later."""
+    from ..core.engine_manifest import unavailable_reason
+    from ..trt.build import BuildOptions, build as build_engines
+
+    reason = unavailable_reason()
+    if reason:
+        click.echo(f"TensorRT engines: skipped ({reason}); build them later on a GPU machine with "
+                   f"`beit-deploy build {folder}`")
+        return
+    for engine in build_engines(folder, BuildOptions(precision="fp16" if fp16 else "fp32")):
+        click.echo(f"TensorRT engine: {engine}")

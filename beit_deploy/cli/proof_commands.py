@@ -1,0 +1,81 @@
+"""`verify` and `compare`: parity of an export against the eager model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..core.jsontext import dumps as _json
+from .common import friendly
+
+
+def _verify_images(images):
+    """--images given once as a folder -> that folder; several files -> the list; none -> None (sample photos)."""
+    if not images:
+        return None
+    return images[0] if len(images) == 1 and Path(images[0]).is_dir() else list(images)
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--images", multiple=True, type=click.Path(exists=True),
+              help="A folder of photos, or photo files (repeat). Default: samples/images.")
+@click.option("--random", "random_inputs", default=2, show_default=True, help="Random inputs besides the photos.")
+@click.option("--reference", default=None,
+              help="Model to compare with instead of the manifest's source (folder, short name or hub id).")
+@click.option("--engine", type=click.Path(exists=True), default=None,
+              help="TensorRT engine (file or folder) to include. Default: the one `build` made from this export "
+                   "under engines/<model>/<H>x<W>, if any.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None,
+              help="Also write the report as JSON to this file.")
+@friendly
+def verify(path, images, random_inputs, reference, engine, json_file):
+    """Prove every artifact of an export answers like the eager model (exit 1 naming each failed check)."""
+    from ..core.errors import ParityError
+    from ..proof.verify import parity_report
+
+    report = parity_report(Path(path), images=_verify_images(images), random=random_inputs, reference=reference,
+                           engine=Path(engine) if engine else None)
+    if json_file:
+        Path(json_file).write_text(_json(report.to_dict(), indent=2) + "\n")
+    click.echo(report.table())
+    if not report.passed:
+        raise ParityError("parity failed: " + "; ".join(str(f) for f in report.failures))
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--runners", default="onnxrt-fp32,onnxrt-fp16,torch,trt", show_default=True,
+              help="Comma-separated: onnxrt-fp32, onnxrt-fp16, onnxrt-int8, onnxrt-fp8, onnxrt-int8cpu, torch, trt. "
+                   "Each is compared with torch.")
+@click.option("--images", multiple=True, type=click.Path(exists=True),
+              help="A folder of photos, or photo files (repeat). Default: samples/images.")
+@click.option("--random", "random_inputs", default=2, show_default=True, help="Random inputs besides the photos.")
+@click.option("--atol", type=float, default=None, help="Absolute tolerance. Default: per precision.")
+@click.option("--rtol", type=float, default=None, help="Relative tolerance. Default: per precision.")
+@click.option("--cosine", type=float, default=None, help="Minimum cosine similarity. Default: per precision.")
+@click.option("--reference", default=None, help="Model for the torch runner instead of the manifest's source.")
+@click.option("--save-inputs", type=click.Path(dir_okay=False), default=None, help="Polygraphy JSON of the feeds.")
+@click.option("--save-outputs", type=click.Path(dir_okay=False), default=None,
+              help="Polygraphy RunResults JSON of every runner's outputs.")
+@click.option("--engine", type=click.Path(exists=True), default=None,
+              help="TensorRT engine (file or folder) for the trt runner. Default: the one `build` made from this "
+                   "export under engines/<model>/<H>x<W>, else one Polygraphy builds from the ONNX.")
+@friendly
+def compare(path, runners, images, random_inputs, atol, rtol, cosine, reference, save_inputs, save_outputs, engine):
+    """Compare runners on an export with Polygraphy's Comparator; its PASSED/FAILED report, its exit status."""
+    from ..core.errors import ParityError
+    from ..proof.compare import CompareOptions, compare as run_compare
+
+    options = CompareOptions(
+        runners=tuple(r.strip() for r in runners.split(",") if r.strip()), images=_verify_images(images),
+        random=random_inputs, atol=atol, rtol=rtol, cosine=cosine, reference=reference,
+        save_inputs=Path(save_inputs) if save_inputs else None,
+        save_outputs=Path(save_outputs) if save_outputs else None, engine=Path(engine) if engine else None)
+    outcome = run_compare(Path(path), options)
+    for name, reason in outcome.skipped.items():
+        click.echo(f"skipped {name}: {reason}")
+    if not outcome.passed:
+        raise ParityError("comparison FAILED: " + ", ".join(outcome.failed()))
+    click.echo("comparison PASSED: " + ", ".join(f"{a} vs {b}" for a, b, _ in outcome.pairs))

@@ -1,0 +1,88 @@
+"""`predict`: an export (or a served ensemble) on images."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..core.errors import UsageError
+from ..core.jsontext import dumps as _json
+from ..runtime.preprocess import DEFAULT_MAX_PIXELS
+from .common import friendly
+
+
+@click.command()
+@click.argument("path", type=click.Path())
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8cpu", "fp8"]), default=None,
+              help="ONNX graph to run. Default: fp16 with a GPU provider (and an fp16 graph), else fp32. int8: the "
+                   "CPU form (int8cpu) on CPU, the Q/DQ graph on a GPU provider.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
+@click.option("--masks", "masks_dir", type=click.Path(file_okay=False), default=None,
+              help="Segmentation: write each label map as a PNG of class ids here.")
+@click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False), default=None,
+              help="Segmentation: write each photo with coloured classes and a legend here.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per backend call (default 8).")
+@click.option("--server", default=None, help="Ask a Triton server (host:port) instead; then every argument is an "
+              "image. See `beit-deploy serve`.")
+@click.option("--model", "served_model", default=None, help="With --server: the served ensemble's name.")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True,
+              help="With --server: the endpoint's protocol.")
+@click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS, show_default=True,
+              help="Refuse larger images (checked from the file header, before decoding); 0: no limit of ours.")
+@click.option("--no-hash-check", is_flag=True,
+              help="Check the graph's size but not its sha256 when opening (saves ~1.3 s per GB).")
+@friendly
+def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, batch_size, server, served_model,
+            protocol, max_pixels, no_hash_check):
+    """Run an export (resolution folder, ONNX file or TensorRT engine) on IMAGES (files or folders), or, with
+    --server URL --model NAME, ask a Triton server about PATH and IMAGES."""
+    from ..core import tasks
+    from ..core.progress import say
+    from ..runtime.palette import output_name, save_mask, save_overlay
+    from ..runtime.preprocess import collect_images
+
+    if server and not served_model:
+        raise UsageError("--server needs --model NAME, the served ensemble (`beit-deploy serve` prints it)")
+    if not server and not images:
+        raise UsageError("give an export (PATH) and at least one image, or --server URL --model NAME with images")
+    files = collect_images((path, *images) if server else images)
+    failed, taken = 0, set()
+    with _predictor(path, server, served_model, protocol, precision, batch_size, max_pixels,
+                    not no_hash_check) as runner:
+        if (masks_dir or overlay_dir) and tasks.task(runner.task).answer != tasks.LABEL_MAP:
+            raise UsageError(f"--masks/--overlay need a segmentation model; this one does {runner.task}")
+        for n, p in enumerate(runner.predict_each(files, top_k, keep_rgb=bool(overlay_dir)), 1):
+            if len(files) >= 10:
+                say(f"[{n}/{len(files)}] {p.image}")
+            if p.error is not None:
+                click.echo(f"error: {p.error}", err=True)
+                failed += 1
+                continue
+            click.echo(_json({"image": p.image, **p.result.to_dict()}) if as_json
+                       else f"{p.image}\n{p.result.summary()}")
+            if masks_dir or overlay_dir:
+                name = output_name(p.image, taken)
+                if masks_dir:
+                    save_mask(p.result.label_map, Path(masks_dir) / name)
+                if overlay_dir:
+                    save_overlay(p.rgb, p.result.label_map, runner.labels, Path(overlay_dir) / name)
+    if failed:
+        click.echo(f"error: {failed} of {len(files)} images could not be read", err=True)
+        sys.exit(1)
+
+
+def _predictor(path, server, served_model, protocol, precision, batch_size, max_pixels, check_hashes):
+    """The in-process runner of an export, or a client of a served ensemble: the same predict_each."""
+    if server:
+        from ..runtime.triton_client import BeitTritonClient
+
+        return BeitTritonClient(server, served_model, protocol=protocol)
+    from ..runtime.runner import BeitTRTRunner, pick_resolution
+
+    folder = Path(path)
+    return BeitTRTRunner(pick_resolution(folder, None) if folder.is_dir() else folder, precision=precision,
+                         batch_size=batch_size, check_hashes=check_hashes, max_pixels=max_pixels)
