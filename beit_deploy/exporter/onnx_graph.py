@@ -77,12 +77,13 @@ def onnx_from_model(baked: nn.Module, task: str, resolution: tuple[int, int], pa
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         raw = Path(tmp) / "traced.onnx"
+        module = GraphModule(baked, task, resolution).eval()
         with step("tracing to ONNX"):
-            try:  # no_grad: tracing then records no autograd state (a third less memory at base@224)
+            try:  # no_grad: tracing records no autograd state; no params: the weights are attached below
                 with torch.no_grad():
-                    torch.onnx.export(GraphModule(baked, task, resolution).eval(), example, str(raw), dynamo=False,
-                                      input_names=[s.name for s in specs], output_names=list(names),
-                                      dynamic_axes=axes, opset_version=OPSET, do_constant_folding=False)
+                    torch.onnx.export(module, example, str(raw), dynamo=False, input_names=[s.name for s in specs],
+                                      output_names=list(names), dynamic_axes=axes, opset_version=OPSET,
+                                      do_constant_folding=False, export_params=False)
             except Exception as exc:  # noqa: BLE001 - the exporter raises many types
                 raise ExportError(f"tracing {task} at {resolution[0]}x{resolution[1]} failed: "
                                   f"{describe(exc, 300)}") from exc
@@ -91,9 +92,28 @@ def onnx_from_model(baked: nn.Module, task: str, resolution: tuple[int, int], pa
                 raw = fused_attention_graph(raw, Path(tmp) / "fused.onnx")
         with step("folding shapes and constants"):
             model = ir.load(raw)
+            attach_weights(model, module.state_dict(), {s.name for s in specs})
             fold(model)
             save_ir(model, path)
     return path
+
+
+def attach_weights(model, state: dict, inputs: set[str]) -> None:
+    """Make the weights of a graph traced without them (`export_params=False`) its initializers, in place.
+
+    The exporter then names each weight's graph input after its state-dict entry; every such input becomes an
+    initializer holding that tensor's own memory (a numpy view, no copy). Traced with its weights, the exporter
+    would hold two more copies of them at once (its ModelProto and the serialised bytes).
+    """
+    import onnx_ir as ir
+
+    for value in [v for v in model.graph.inputs if v.name not in inputs]:
+        if value.name not in state:
+            raise ExportError(f"the traced graph takes '{value.name}', which is neither an input nor a weight of "
+                              "the model: this is a beit-deploy bug, please report it with the model")
+        model.graph.inputs.remove(value)
+        value.const_value = ir.Tensor(state[value.name].detach().contiguous().numpy(), name=value.name)
+        model.graph.register_initializer(value)
 
 
 def fold(model) -> None:
