@@ -112,11 +112,11 @@ def _checked_photos(images: Path | None) -> list[Path]:
 
 def estimated_bytes(config, resolution: tuple[int, int], batch: int) -> int:
     """A lower bound of the memory an export at `resolution` needs: the captured bias of every layer, the
-    eager check's attention (scores, softmax and bias, batch x heads x T^2 floats each, T = patches + 1) and
-    about three copies of the weights (eager, baked, traced)."""
+    eager check's attention (scores, softmax and bias, batch x heads x T^2 floats each, T = patches + 1) and two
+    copies of the weights (the eager model's, which the baked model shares, and the graph's working copy)."""
     heads, layers, hidden = config.num_attention_heads, config.num_hidden_layers, config.hidden_size
     tokens = (resolution[0] // config.patch_size) * (resolution[1] // config.patch_size) + 1
-    return bake.bias_bytes(config, resolution) + 3 * batch * heads * tokens**2 * 4 + 3 * 12 * layers * hidden**2 * 4
+    return bake.bias_bytes(config, resolution) + 3 * batch * heads * tokens**2 * 4 + 2 * 12 * layers * hidden**2 * 4
 
 
 def check_memory(config, resolution: tuple[int, int], batch: int) -> None:
