@@ -115,9 +115,9 @@ def load_image(image: ImageLike, name: str | None = None, max_pixels: int | None
 
 
 def prepare(image: ImageLike, p: Preprocessing, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-            keep_rgb: bool = False) -> Prepared:
+            keep_rgb: bool = False, name: str | None = None) -> Prepared:
     """One input -> Prepared: resized and normalised right away, the full-size image dropped unless kept."""
-    name, rgb = open_image(image, max_pixels=max_pixels)
+    name, rgb = open_image(image, name, max_pixels)
     return Prepared(name, (rgb.height, rgb.width), _pixels(rgb, p),
                     np.asarray(rgb, dtype=np.uint8) if keep_rgb else None)
 

@@ -21,7 +21,7 @@ from ..core.errors import BeitDeployError, UsageError, describe
 from ..core.manifest import read_manifest
 from ..runtime import postprocess as post, wire
 from ..runtime.backends import OnnxRuntimeBackend
-from ..runtime.preprocess import load_image, preprocess_one
+from ..runtime.preprocess import prepare
 from .configs import MODEL, POSTPROCESS, PREPROCESS, STAGE
 
 Feeds = dict[str, np.ndarray]
@@ -39,12 +39,12 @@ class Preprocess:
 
     def _one(self, feeds: Feeds) -> Answer:
         blobs = feeds[wire.IMAGE].reshape(-1)
-        try:
-            images = [load_image(_blob(b), name=f"image {k}" if len(blobs) > 1 else "image")
+        try:  # each image resized as soon as it is decoded: a request holds no full-size copies
+            images = [prepare(_blob(b), self.manifest.preprocessing, name=f"image {k}" if len(blobs) > 1 else "image")
                       for k, b in enumerate(blobs)]
         except BeitDeployError as exc:
             return exc
-        pixels = np.stack([preprocess_one(i.rgb, self.manifest.preprocessing) for i in images])
+        pixels = np.stack([i.pixels for i in images])
         extras = {s.name: np.zeros((len(images), *s.shape[1:]), dtype=bool) for s in self.manifest.inputs[1:]}
         return {self.manifest.inputs[0].name: pixels, **extras,
                 wire.IMAGE_SIZE: np.array([i.size for i in images], dtype=np.int64)}
