@@ -138,7 +138,7 @@ def machine(device: str) -> dict:
     """CPU model and cores, GPU (when benchmarking on CUDA), OS, Python and package versions."""
     from ..core.manifest import versions
 
-    info = {"cpu": _cpu_model(), "physical_cores": physical_cores(), "logical_cpus": os.cpu_count(),
+    info = {"cpu": cpu_model(), "physical_cores": physical_cores(), "logical_cpus": os.cpu_count(),
             "os": platform.platform(), "python": platform.python_version(), "gpu": None,
             "versions": versions(), "torch_threads": None}
     try:
@@ -152,7 +152,8 @@ def machine(device: str) -> dict:
     return info
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` says."""
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):

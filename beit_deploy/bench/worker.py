@@ -25,6 +25,7 @@ import numpy as np
 from ..core import tasks
 from ..core.errors import describe
 from ..core.manifest import TensorSpec
+from ..core.progress import status_gb
 from .report import physical_cores
 
 
@@ -211,12 +212,9 @@ def _peak_mb(job: dict) -> float | None:
         return peak
     if job["device"] == "cuda":
         return None  # memory outside torch's allocator is not measured
-    try:  # VmHWM restarts at exec; ru_maxrss would keep the parent's peak from before the spawn
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    peak = status_gb("VmHWM")  # VmHWM restarts at exec; ru_maxrss would keep the parent's peak from the spawn
+    if peak is not None:
+        return peak * 1024
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 

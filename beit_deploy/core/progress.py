@@ -39,13 +39,13 @@ def step(what: str):
     measure = bool(os.environ.get("BEIT_DEPLOY_MEMORY"))
     if measure:
         _reset_peak()
-        before = _status("VmRSS")
+        before = status_gb("VmRSS")
     start = time.perf_counter()
     yield
     say(f"{what}: done in {time.perf_counter() - start:.1f} s" + (_memory(before) if measure else ""))
 
 
-def _status(key: str) -> float | None:
+def status_gb(key: str) -> float | None:
     """A /proc/self/status field in GB (None where there is no /proc)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -64,5 +64,5 @@ def _reset_peak() -> None:
 
 
 def _memory(before: float | None) -> str:
-    rss, peak = _status("VmRSS"), _status("VmHWM")
+    rss, peak = status_gb("VmRSS"), status_gb("VmHWM")
     return "" if rss is None else f", RSS {before:.2f} -> {rss:.2f} GB, peak {peak:.2f} GB"

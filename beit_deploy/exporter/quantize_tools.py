@@ -14,12 +14,12 @@ import multiprocessing
 import re
 import shutil
 import tempfile
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import ExportError, MissingDependencyError, describe, require
+from ..core.manifest import versions
 from ..core.progress import quiet_logger
 from . import fp16
 from .graph_files import load_graph, needs_external_data, qdq_summary, weight_bytes
@@ -40,10 +40,7 @@ def modelopt_available() -> bool:
 
 
 def _version(package: str) -> str:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "not installed"
+    return versions((package,))[package]
 
 
 def float_nodes(fp32_path: Path, task: str) -> list[str]:

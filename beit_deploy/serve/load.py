@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bench.report import cpu_model
 from ..core.errors import UsageError
 from ..core.manifest import versions
 from ..runtime.runner import BeitTRTRunner
@@ -97,11 +98,7 @@ def in_process(folder: Path, images: list[bytes], count: int, batch_size: int = 
 
 def machine_line(load: float | None = None) -> str:
     """CPU, cores, the load average before the run (`load`, else now), Python and the versions that matter."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     v = versions(("beit-deploy", "onnxruntime", "numpy", "tritonclient", "nvidia-pytriton"))
     load = load if load is not None else os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     load = f", 1-min load average {load:.1f} before the run" if load is not None else ""
