@@ -17,8 +17,10 @@ from .common import friendly
 @click.option("--backend", type=click.Choice(["python", "onnxruntime", "tensorrt"]), default=None,
               help="Model stage. Default: tensorrt for an engine folder, python (ONNX Runtime in beit-deploy) for "
                    "an export.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="The ONNX graph of a python or onnxruntime stage.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8cpu", "fp8"]), default="fp32",
+              show_default=True,
+              help="The ONNX graph of a python or onnxruntime stage, one the export has: int8cpu is ONNX Runtime's "
+                   "dynamic int8 (the fastest CPU form), int8 and fp8 the Q/DQ graphs for TensorRT.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="Largest batch. Default: 8, or the engine profile's MAX.")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Instances per stage.")

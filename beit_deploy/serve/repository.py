@@ -18,6 +18,7 @@ from ..core.engine_manifest import ENGINE_FILE, ENGINE_MANIFEST, EngineManifest,
 from ..core.errors import ArtifactError, UsageError
 from ..core.files import artifact_files, atomic_folder
 from ..core.manifest import FILENAME, Manifest, read_manifest, resolution_folders
+from ..runtime.runner import PRECISIONS
 from . import configs
 from .configs import MODEL, POSTPROCESS, PREPROCESS, Batching
 from .pbtxt import to_pbtxt
@@ -46,7 +47,7 @@ class TritonOptions:
     out: Path = Path("model_repository")
     name: str | None = None  # the ensemble's name; default: the manifest's model (+ _<H>x<W> for several)
     backend: str | None = None  # tensorrt for an engine folder, python for an export
-    precision: str = "fp32"  # the ONNX graph of the python and onnxruntime stages
+    precision: str = "fp32"  # the ONNX graph of the python and onnxruntime stages (a manifest artifact's key)
     max_batch: int | None = None  # default 8, or the engine profile's MAX
     instances: int = 1
     instance_kind: str | None = None  # "gpu" | "cpu"; default gpu for tensorrt/onnxruntime
@@ -58,8 +59,11 @@ class TritonOptions:
     def __post_init__(self):
         if self.backend is not None and self.backend not in BACKENDS:
             raise UsageError(f"backend '{self.backend}' is not one of {', '.join(BACKENDS)}")
-        if self.precision not in ("fp32", "fp16"):
-            raise UsageError(f"precision '{self.precision}' is not fp32 or fp16")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
+        if self.ort_tensorrt and self.precision == "int8cpu":
+            raise UsageError("--ort-tensorrt with --precision int8cpu: the dynamic int8 graph is ONNX Runtime's CPU "
+                             "form; for TensorRT serve the Q/DQ graph (--precision int8)")
         if self.instance_kind not in (None, "gpu", "cpu"):
             raise UsageError(f"instance kind '{self.instance_kind}' is not gpu or cpu")
         for label, value in (("--max-batch", self.max_batch), ("--instances", self.instances),
@@ -219,8 +223,9 @@ def _model_file(source: Source, backend: str, precision: str) -> Path:
     if backend == "tensorrt":
         return _inside(source.folder, ENGINE_FILE)
     if precision not in source.manifest.artifacts:
+        flag = {"int8cpu": "--int8-cpu"}.get(precision, f"--{precision}")
         raise UsageError(f"{source.folder} has no {precision} graph (it has: "
-                         f"{', '.join(source.manifest.artifacts)}): export with --fp16, or pass --precision fp32")
+                         f"{', '.join(source.manifest.artifacts)}): export with {flag}, or pass --precision fp32")
     return _inside(source.folder, source.manifest.artifacts[precision])
 
 

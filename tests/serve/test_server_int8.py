@@ -1,0 +1,50 @@
+"""The int8 CPU form served: `--precision int8cpu` puts ONNX Runtime's dynamic int8 graph (and only it) in the
+model stage, and the real server (CPU, python stage) answers like BeitTRTRunner on that graph."""
+
+from __future__ import annotations
+
+import pytest
+
+from beit_deploy import BeitTritonClient, BeitTRTRunner
+from beit_deploy.core.errors import UsageError
+from beit_deploy.serve.configs import MODEL, stage_names
+from beit_deploy.serve.repository import TritonOptions, write_repository
+
+from serving import PHOTOS, needs_server, serving
+from test_server import assert_same
+
+
+@pytest.fixture(scope="module")
+def int8cpu_export(tiny_dir, tmp_path_factory):
+    from beit_deploy.exporter.loading import ModelSpec
+    from beit_deploy.exporter.pipeline import ExportOptions, export
+    from beit_deploy.exporter.quantize import QuantizeOptions
+
+    options = ExportOptions(out_dir=tmp_path_factory.mktemp("export"), quantize=QuantizeOptions(int8_cpu=True))
+    return export(ModelSpec(str(tiny_dir("classification"))), options)[0].folder
+
+
+@needs_server
+def test_int8cpu_is_served_like_the_runner(int8cpu_export, tmp_path):
+    repo = tmp_path / "repo"
+    with serving({"classification": int8cpu_export}, repo, precision="int8cpu", name="cls") as served:
+        # one image per batch on both sides: dynamic int8 scales each call's activations over the whole batch, so
+        # an image's scores move (by ~1e-3 here) with the images batched beside it
+        with BeitTritonClient(served.server.http_url, "cls", concurrency=1) as client:
+            remote = client.predict(PHOTOS, top_k=3)
+    stage = repo / stage_names("cls")[MODEL] / "1"
+    assert sorted(p.name for p in stage.glob("*.*")) == ["manifest.json", "model.int8cpu.onnx", "model.py"]
+    assert 'string_value: "int8cpu"' in (stage.parent / "config.pbtxt").read_text()
+    with BeitTRTRunner(int8cpu_export, precision="int8cpu", batch_size=1) as runner:
+        local = runner.predict(PHOTOS, top_k=3)
+    assert runner.precision == "int8cpu"
+    for a, b in zip(local, remote, strict=True):
+        assert_same("classification", a, b)
+
+
+def test_a_precision_the_export_lacks_is_refused(tiny_export, tmp_path):
+    with pytest.raises(UsageError, match="has no int8cpu graph .* export with --int8-cpu"):
+        write_repository([tiny_export("classification")], TritonOptions(out=tmp_path / "r", precision="int8cpu"))
+    with pytest.raises(UsageError, match="CPU form"):
+        TritonOptions(precision="int8cpu", ort_tensorrt=True)
+    assert TritonOptions().precision == "fp32"  # a quantized form is never chosen for you
