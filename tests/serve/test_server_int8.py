@@ -8,6 +8,7 @@ import pytest
 from beit_deploy import BeitTritonClient, BeitTRTRunner
 from beit_deploy.core.errors import UsageError
 from beit_deploy.serve.configs import MODEL, stage_names
+from beit_deploy.serve.load import LoadReport, run_load, to_markdown
 from beit_deploy.serve.repository import TritonOptions, write_repository
 
 from serving import PHOTOS, needs_server, serving
@@ -32,6 +33,12 @@ def test_int8cpu_is_served_like_the_runner(int8cpu_export, tmp_path):
         # an image's scores move (by ~1e-3 here) with the images batched beside it
         with BeitTritonClient(served.server.http_url, "cls", concurrency=1) as client:
             remote = client.predict(PHOTOS, top_k=3)
+        report = run_load(served.server.http_url, "cls", [p.read_bytes() for p in PHOTOS], clients=2, requests=2)
+    fp32 = LoadReport(2, 2, 4, 0, 1.0, 4.0, 1.0, 1.0, 1.0, 2.0, 2)
+    table = to_markdown(fp32, 5.0, "tiny", 1.0, "fp32", (("int8cpu", report, 6.0),))
+    assert report.answered == 4 and report.failed == 0
+    assert "| Triton ensemble | fp32 | 2 x 2 |" in table and "| Triton ensemble | int8cpu | 2 x 2 |" in table
+    assert "| in-process BeitTRTRunner.predict (batch 8) | int8cpu | 1 x 4 | 6.00 |" in table
     stage = repo / stage_names("cls")[MODEL] / "1"
     assert sorted(p.name for p in stage.glob("*.*")) == ["manifest.json", "model.int8cpu.onnx", "model.py"]
     assert 'string_value: "int8cpu"' in (stage.parent / "config.pbtxt").read_text()
