@@ -16,9 +16,10 @@ from pathlib import Path
 from ..exporter.loading import ModelSpec
 
 BACKENDS = ("eager", "sdpa", "onnxruntime", "onnxruntime-fp16", "onnxruntime-fused", "onnxruntime-int8",
-            "onnxruntime-int8-qdq", "onnxruntime-plain", "tensorrt")
+            "onnxruntime-int8-qdq", "onnxruntime-plain", "tensorrt", "eager-bf16")
 DEFAULT_BACKENDS = ("eager", "sdpa", "onnxruntime", "onnxruntime-fp16", "tensorrt")
 BASELINE = "eager"
+BF16 = "eager-bf16"  # the eager model under torch's bf16 autocast, on CPUs with native bf16 (worker._bf16_runner)
 E2E_OURS, E2E_TRANSFORMERS = "beit-deploy runner", "transformers"
 
 
@@ -173,6 +174,24 @@ def settings_dict(settings: BenchSettings, info: dict) -> dict:
                        else "CPU: peak RSS (VmHWM) of the backend's process"),
             "ort_session": "bench.worker.ort_session_options(): ORT_ENABLE_ALL, sequential, threads = physical cores",
             "inputs": INPUTS_POLICY} | info
+
+
+# CPU flags of a native bf16 matrix unit: Intel AMX tiles, or AVX-512 BF16 dot products (Cooper Lake, Zen 4+)
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16() -> str | None:
+    """The CPU's native bf16 instruction set ("amx_bf16" or "avx512_bf16", from /proc/cpuinfo), None without.
+
+    Without one, torch emulates bf16 matmuls through fp32 and they run slower than fp32 itself."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return next((flag for flag in BF16_FLAGS if flag in flags), None)
+    except OSError:
+        pass
+    return None
 
 
 def machine_line(m: dict) -> str:

@@ -18,7 +18,7 @@ from ..core import tasks
 from ..core.errors import BeitDeployError, UsageError, describe
 from ..core.progress import say, step
 from . import report as bench_report
-from .report import BACKENDS, BASELINE, E2E_OURS, E2E_TRANSFORMERS, BenchReport, BenchSettings, Skipped
+from .report import BACKENDS, BASELINE, BF16, E2E_OURS, E2E_TRANSFORMERS, BenchReport, BenchSettings, Skipped
 
 # ONNX Runtime backends -> the export artifact (precision) each one runs
 ORT_ARTIFACTS = {"onnxruntime": "fp32", "onnxruntime-fp16": "fp16", "onnxruntime-int8": "int8cpu",
@@ -79,6 +79,12 @@ def _jobs(settings, backends, resolution, task, inputs, resolved):
     for name in backends:
         if name in ("eager", "sdpa"):
             jobs[name] = base | {"kind": "torch", "attention": name, "spec": settings.spec.to_dict()}
+        elif name == BF16:
+            reason = bf16_refusal(settings.device)
+            if reason:
+                skipped.append(Skipped(name, reason))
+            else:
+                jobs[name] = base | {"kind": "torch-bf16", "attention": "eager", "spec": settings.spec.to_dict()}
         elif name in ORT_ARTIFACTS and folder is not None:
             file = json.loads((folder / "manifest.json").read_text())["artifacts"][ORT_ARTIFACTS[name]]
             jobs[name] = base | {"kind": "onnxruntime", "path": str(folder / file)}
@@ -100,6 +106,16 @@ def _jobs(settings, backends, resolution, task, inputs, resolved):
             except BeitDeployError as exc:
                 skipped.append(Skipped(name, str(exc)))
     return jobs, skipped, folder
+
+
+def bf16_refusal(device: str) -> str | None:
+    """Why the eager bf16 backend cannot run here (None: it can): a CPU without native bf16, or a GPU run."""
+    if device != "cpu":
+        return "eager-bf16 is a CPU backend (on a GPU, export with --fp16 and build a TensorRT engine)"
+    if bench_report.cpu_bf16() is None:
+        return (f"this CPU ({bench_report.cpu_model()}) has neither AMX nor AVX-512 BF16 (/proc/cpuinfo flags "
+                f"{' or '.join(bench_report.BF16_FLAGS)}): torch would emulate bf16, slower than fp32")
+    return None
 
 
 def cached_engine(settings: BenchSettings, folder: Path) -> Path:

@@ -25,8 +25,10 @@ import numpy as np
 from ..core import tasks
 from ..core.errors import describe
 from ..core.manifest import TensorSpec
-from ..core.progress import status_gb
+from ..core.progress import say, status_gb
 from .report import physical_cores
+
+BF16_COSINE = 0.9999  # eager bf16 against eager fp32, per output, lowest over the samples
 
 
 def ort_session_options(threads: int | None = None, spinning: bool = True):
@@ -86,7 +88,7 @@ def _time(runner, batch: int, iterations: int, job: dict) -> list[float]:
 def _load(job: dict):
     """A function batch_size -> (no-argument call running one iteration on a batch of that size)."""
     loaders = {"torch": _torch_runner, "onnxruntime": _ort_runner, "tensorrt": _trt_runner,
-               "e2e-runner": _e2e_runner, "e2e-transformers": _e2e_transformers}
+               "torch-bf16": _bf16_runner, "e2e-runner": _e2e_runner, "e2e-transformers": _e2e_transformers}
     return loaders[job["kind"]](job)
 
 
@@ -113,6 +115,44 @@ def _torch_runner(job: dict):
         feeds = {k: v.to(dtype) if v.is_floating_point() else v for k, v in feeds.items()}
         return lambda: model(**feeds)
     return runner
+
+
+def _bf16_runner(job: dict):
+    """The eager model under torch's CPU bf16 autocast (matmuls and convs in bf16, LayerNorm and Softmax in fp32),
+    parity-checked first: its output's cosine against the same model in fp32 on two seeded images must reach
+    BF16_COSINE, or the backend is refused (and the bench says why)."""
+    import torch
+
+    runner = _torch_runner(job | {"dtype": "fp32"})
+    reference = runner(2)()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        candidate = runner(2)()
+    cosine = min(_cosine(a, b) for a, b in zip(_floats(reference), _floats(candidate)))
+    if cosine < BF16_COSINE:
+        raise RuntimeError(f"bf16 autocast misses parity: cosine {cosine:.6f} < {BF16_COSINE} against fp32")
+    say(f"eager-bf16: cosine {cosine:.6f} against fp32 eager on 2 seeded images (needs >= {BF16_COSINE})")
+
+    def timed(batch):
+        call = runner(batch)
+
+        def once():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return call()
+        return once
+    return timed
+
+
+def _floats(output) -> list:
+    """Each float output of a transformers ModelOutput as (batch, -1)."""
+    return [v.double().reshape(len(v), -1) for v in output.values()
+            if hasattr(v, "is_floating_point") and v.is_floating_point()]
+
+
+def _cosine(a, b) -> float:
+    """The lowest per-sample cosine similarity of two (batch, -1) tensors."""
+    import torch
+
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=1).min())
 
 
 def _ort_runner(job: dict):
