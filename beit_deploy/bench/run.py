@@ -31,6 +31,7 @@ def run_bench(settings: BenchSettings) -> BenchReport:
     from ..exporter.pipeline import check_resolution
 
     _check(settings)
+    load_before = _load_average()
     resolved = resolve(settings.spec)
     resolution = settings.resolution or native_resolution(resolved.config)
     check_resolution(resolution, resolved.config.patch_size)
@@ -41,9 +42,14 @@ def run_bench(settings: BenchSettings) -> BenchReport:
     e2e_jobs, e2e_skipped, photos = _end_to_end_jobs(settings, folder, inputs) if settings.end_to_end else ({}, [], 0)
     results, e2e, more = _measure(jobs, e2e_jobs, photos, settings)
     info = {"resolution": list(resolution), "task": task, "backends": list(backends),
-            "export": str(folder) if folder else None}
+            "export": str(folder) if folder else None, "load_average_1min": [load_before, _load_average()]}
     return BenchReport(bench_report.machine(settings.device), bench_report.settings_dict(settings, info),
                        tuple(bench_report.compare(results)), tuple(e2e), tuple(skipped + more + e2e_skipped))
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none): other work on the machine, said beside the figures."""
+    return round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
 
 
 def _check(settings: BenchSettings) -> None:
