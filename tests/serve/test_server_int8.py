@@ -55,3 +55,14 @@ def test_a_precision_the_export_lacks_is_refused(tiny_export, tmp_path):
     with pytest.raises(UsageError, match="CPU form"):
         TritonOptions(precision="int8cpu", ort_tensorrt=True)
     assert TritonOptions().precision == "fp32"  # a quantized form is never chosen for you
+
+
+def test_the_onnxruntime_accelerator_runs_the_qdq_graph_in_int8(tiny_export):
+    from beit_deploy.core.manifest import read_manifest
+    from beit_deploy.serve.configs import Batching, model_config
+
+    manifest, batching = read_manifest(tiny_export("classification")), Batching(8, 1, "KIND_GPU", 0)
+    for precision, mode in (("int8", "INT8"), ("fp16", "FP16"), ("fp32", "FP32")):
+        config = model_config("m", manifest, batching, "onnxruntime", "g.onnx", precision, True)
+        accelerator, = config["optimization"]["execution_accelerators"]["gpu_execution_accelerator"]
+        assert accelerator["parameters"] == [{"key": "precision_mode", "value": mode}]
