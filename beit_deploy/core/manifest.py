@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import ArtifactError, UsageError
 from .files import artifact_files, bare_name, contained, file_sha256
+from .machine import versions  # noqa: F401 - the versions an artifact records, importable from here as before
 from .progress import say
 
 FILENAME = "manifest.json"
@@ -245,16 +246,3 @@ def check_artifact(folder: Path, manifest: Manifest, precision: str, hashes: boo
 def artifact_hashes(folder: Path, artifacts: dict[str, str]) -> dict[str, str]:
     """{file name: sha256} of every artifact file in `folder` and its external data file, for a manifest."""
     return {p.name: file_sha256(p) for name in artifacts.values() for p in artifact_files(Path(folder), name)}
-
-
-def versions(packages=("beit-deploy", "torch", "transformers", "onnx", "onnxruntime", "onnxscript")) -> dict[str, str]:
-    """Versions of the packages that made an artifact."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in packages:
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "not installed"
-    return found

@@ -55,6 +55,6 @@ A `tensorrt_plan` stage loads only with the TensorRT version and on the GPU mode
 from beit_deploy import BeitTritonClient
 
 with BeitTritonClient("localhost:8000", "{first}") as client:   # or protocol="grpc" on port 8001
-    print(client.predict("photo.jpg").to_dict())   # the same result types as BeitTRTRunner.predict
+    print(client.predict("photo.jpg").to_dict())   # the same result types as BeitRunner.predict
 ```
 """
