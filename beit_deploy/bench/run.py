@@ -1,6 +1,6 @@
 """`beit-deploy bench`: eager and SDPA transformers against our exported graphs, interleaved, per batch size.
 
-Every backend runs in its own worker process (`bench_worker`), so its peak memory is its own; the parent drives
+Every backend runs in its own worker process (`worker.py`), so its peak memory is its own; the parent drives
 all workers round-robin, one timed iteration at a time, so that load from anything else on the machine falls
 on every backend alike. Artifacts are exported once into a cache folder and reused. Backends that cannot run
 here are reported as skipped, with the reason. Settings, results and their presentation are in `report`, the

@@ -1,6 +1,6 @@
 """One benchmark backend in its own process, so each backend's peak memory is its own.
 
-The parent (`bench.py`) starts one worker per backend with multiprocessing's spawn context and a Pipe, then
+The parent (`run.py`) starts one worker per backend with multiprocessing's spawn context and a Pipe, then
 drives all workers round-robin, one timed iteration at a time, so that every backend sees the same machine
 load (the parent interleaves; a worker never times more than it is asked to). Messages, all plain tuples:
 

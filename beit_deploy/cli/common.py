@@ -36,6 +36,14 @@ class TableChoice(click.Choice):
         return tuple(self._names())
 
 
+def library_choice(module: str, name: str) -> TableChoice:
+    """A library tuple (`name` in beit_deploy.`module`) as a click choice, imported only when the option is used
+    (so `--help` of another command never loads it)."""
+    import importlib
+
+    return TableChoice(lambda: getattr(importlib.import_module(f"beit_deploy.{module}"), name))
+
+
 def precision_choice(**filters) -> TableChoice:
     """The precisions of the table (core.precisions.names(**filters)) as a click choice; tensorrt=True: those
     `build` builds, its default first."""

@@ -10,7 +10,8 @@ from ..core.errors import UsageError
 from ..core.jsontext import dumps as _json
 from ..bench import report as bench_rows
 from ..core import precisions
-from .common import friendly, images_option, json_option, precision_choice, precision_flags
+from ..core.manifest import ATTENTION_FORMS, BIAS_MODES, DECOMPOSED
+from .common import friendly, images_option, json_option, library_choice, precision_choice, precision_flags
 
 
 @click.command()
@@ -39,18 +40,18 @@ def models(as_json):
 @click.option("--seed", default=0, show_default=True, help="Seed for --random-weights.")
 @click.option("--out", "out_dir", default="export", show_default=True, type=click.Path(file_okay=False),
               help="Artifact folder; results go to OUT/<model>/<H>x<W>/.")
-@click.option("--bias-mode", type=click.Choice(["materialised", "gathered"]), default=None,
+@click.option("--bias-mode", type=click.Choice(BIAS_MODES), default=None,
               help="How the relative position bias is stored. Default: chosen by size.")
-@click.option("--attention", type=click.Choice(["decomposed", "fused"]), default="decomposed", show_default=True,
+@click.option("--attention", type=click.Choice(ATTENTION_FORMS), default=DECOMPOSED, show_default=True,
               help="Attention as MatMul/Add/Softmax/MatMul ops (every TensorRT 10.x), or as one ONNX Attention op "
                    "per layer (opset 23; TensorRT 10.14+).")
 @images_option("Folder of photos for the parity check. Default: samples/images.")
 @precision_flags
 @click.option("--calibration", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of photos to calibrate --int8/--fp8 on (64+ advised). Default: the parity photos.")
-@click.option("--int8-method", type=click.Choice(["max", "entropy", "percentile"]), default="max", show_default=True,
+@click.option("--int8-method", type=library_choice("exporter.quantize", "METHODS"), default="max", show_default=True,
               help="Activation calibration of the Q/DQ graphs.")
-@click.option("--quantizer", type=click.Choice(["auto", "modelopt", "onnxruntime"]), default="auto",
+@click.option("--quantizer", type=library_choice("exporter.quantize", "TOOLS"), default="auto",
               show_default=True, help="Q/DQ tool. auto: ModelOpt when installed, else ONNX Runtime (int8 only).")
 @friendly
 def export(model, resolutions, random_weights, seed, out_dir, bias_mode, attention, images, calibration, int8_method,
@@ -92,7 +93,7 @@ def _echo_export(result) -> None:
               help=f"Comma-separated: {', '.join(bench_rows.BACKENDS)}. onnxruntime-<x>: the export's graph of that "
                    "precision (onnxruntime-int8: the CPU form, -int8-qdq: the Q/DQ graph). eager is always measured.")
 @click.option("--batch-sizes", default="1,4,16,32", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=library_choice("bench.run", "DEVICES"), default="cpu", show_default=True)
 @click.option("--dtype", type=precision_choice(making=precisions.FLOAT), default=precisions.REFERENCE,
               show_default=True,
               help="Precision of the torch backends (and of the TensorRT graph).")

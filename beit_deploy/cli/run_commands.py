@@ -10,7 +10,7 @@ import click
 from ..core.errors import UsageError
 from ..core.jsontext import dumps as _json
 from ..runtime.preprocess import DEFAULT_MAX_PIXELS
-from .common import friendly, json_option, precision_choice
+from .common import friendly, json_option, library_choice, precision_choice
 
 
 @click.command()
@@ -29,7 +29,8 @@ from .common import friendly, json_option, precision_choice
 @click.option("--server", default=None, help="Ask a Triton server (host:port) instead; then every argument is an "
               "image. See `beit-deploy serve`.")
 @click.option("--model", "served_model", default=None, help="With --server: the served ensemble's name.")
-@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True,
+@click.option("--protocol", type=library_choice("runtime.triton_client", "PROTOCOLS"), default="http",
+              show_default=True,
               help="With --server: the endpoint's protocol.")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse larger images (checked from the file header, before decoding); 0: no limit of ours.")

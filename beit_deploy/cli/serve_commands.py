@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..core import precisions
-from .common import backend_choice, friendly, precision_choice
+from .common import backend_choice, friendly, library_choice, precision_choice
 
 
 @click.command()
@@ -24,7 +24,7 @@ from .common import backend_choice, friendly, precision_choice
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="Largest batch. Default: 8, or the engine profile's MAX.")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Instances per stage.")
-@click.option("--instance-kind", type=click.Choice(["gpu", "cpu"]), default=None,
+@click.option("--instance-kind", type=library_choice("serve.repository", "INSTANCE_KINDS"), default=None,
               help="Model stage instances. Default: gpu for tensorrt and onnxruntime, cpu for python.")
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
               help="How long the dynamic batcher waits to fill a batch.")

@@ -43,6 +43,7 @@ class Precision:
     torch_dtype: str | None = None  # torch's dtype of that name, for a float graph (bench's --dtype)
     quantizers: tuple[str, ...] = ()  # the tools that make a QDQ graph (exporter.quantize_tools), best first
     about: str = ""  # what the graph is, for the export flag's help ("Also write <about>.")
+    qmax: float | None = None  # a Q/DQ graph's largest quantized magnitude: scale = amax / qmax
 
     @property
     def flag(self) -> str | None:
@@ -62,10 +63,10 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
               gpu_default=True, torch_dtype="float16", about="the mixed-precision fp16 graph"),
     Precision("int8", "model.int8.onnx", "int8", QDQ, {"cosine": 0.999}, _COARSE | {"cosine": 0.999},
               tensorrt=True, device=GPU, family="int8", bench="int8-qdq", quantizers=("modelopt", "onnxruntime"),
-              about="the int8 Q/DQ graph for TensorRT (model.int8.onnx)"),
+              about="the int8 Q/DQ graph for TensorRT (model.int8.onnx)", qmax=127.0),
     Precision("fp8", "model.fp8.onnx", "fp8", QDQ, {"cosine": 0.995}, _COARSE | {"cosine": 0.995},
               tensorrt=True, device=GPU, bench="fp8", quantizers=("modelopt",),
-              about="the fp8 Q/DQ graph for TensorRT (model.fp8.onnx; ModelOpt)"),
+              about="the fp8 Q/DQ graph for TensorRT (model.fp8.onnx; ModelOpt)", qmax=448.0),
     Precision("int8cpu", "model.int8cpu.onnx", "int8_cpu", DYNAMIC, {"cosine": 0.999}, _COARSE | {"cosine": 0.999},
               tensorrt=False, device=CPU, family="int8", bench="int8",
               about="the dynamic int8 graph for ONNX Runtime on CPU"),

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..core.errors import ExportError, MissingDependencyError, describe, require
 from ..core.machine import versions
+from ..core.precisions import PRECISIONS, QDQ, names
 from ..core.progress import quiet_logger
 from . import fp16
 from .graph_files import load_graph, needs_external_data, qdq_summary, weight_bytes
@@ -31,7 +32,7 @@ ORT_PURPOSE = "quantizing graphs with ONNX Runtime"
 # LayerNormalization and residual Add inputs (the residual stream): kept float here, like the fp16 islands.
 LINEAR_OPS = ["MatMul", "Conv", "ConvTranspose", "Gemm"]
 FP8_OPS = ["MatMul", "Conv", "Gemm"]  # ModelOpt 0.47 has no fp8 ConvTranspose
-QMAX = {"int8": 127.0, "fp8": 448.0}  # largest magnitude of the quantized type: scale = amax / QMAX
+QMAX = {p: PRECISIONS[p].qmax for p in names(making=QDQ)}  # largest quantized magnitude: scale = amax / QMAX
 MODELOPT_OPS = {"int8": LINEAR_OPS, "fp8": FP8_OPS}  # what ModelOpt quantizes in each Q/DQ form
 MODELOPT, ORT = "modelopt", "onnxruntime"  # the two quantizers (QuantizeOptions.tool; the rows' `quantizers`)
 CALIBRATION_BATCH = 8

@@ -14,7 +14,8 @@ from ..core.backends import ONNXRUNTIME, provider_device
 
 
 class Backend(abc.ABC):
-    """Runs one inference artifact. Subclasses: onnxruntime (runner), TensorRT (trt_backend)."""
+    """Runs one inference artifact. Subclasses: OnnxRuntimeBackend (here), TensorRTBackend (tensorrt_backend.py).
+    The backend table (core/backends.py) names them and says what each needs."""
 
     #: short name shown to users, e.g. "onnxruntime-cpu", "tensorrt"
     name: str = "backend"

@@ -26,7 +26,7 @@ from .backends import Backend, OnnxRuntimeBackend, available_providers, has_gpu_
 from .predictor import Prediction, Predictor  # Prediction: also importable from here
 from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, Prepared, check_max_pixels, prepare, preprocess
 
-PRECISIONS = tuple(precisions.PRECISIONS)  # the names as they were when this module loaded; the table is the truth
+PRECISIONS = tuple(precisions.PRECISIONS)  # the names when this module loaded; the runner reads the table itself
 DEFAULT_BATCH = 8
 Result = post.Result
 
@@ -37,12 +37,13 @@ class BeitRunner(Predictor):
     path: a resolution folder written by `beit-deploy export` (export/<model>/<H>x<W>), an ONNX file in such a
     folder, an engine folder written by `beit-deploy build` (engines/<model>/<H>x<W>), or a TensorRT engine file
     (.engine/.plan) next to its manifest.
-    precision: "fp32", "fp16", "int8", "int8cpu" or "fp8" (ONNX only; an engine has its own). Default: fp16 when
-    the export has the fp16 graph and ONNX Runtime has a GPU provider (TensorRT or CUDA), else fp32, since fp16 on
-    CPU is slower and less exact; quantized graphs are never chosen for you. "int8": the dynamic CPU graph
-    (int8cpu) on CPU, the Q/DQ graph with a GPU provider (`runner.precision` says which ran).
-    backend: None (ONNX Runtime on the best provider installed: TensorRT, CUDA, then CPU), one of "cpu", "cuda",
-    "tensorrt" to choose the ONNX Runtime provider, or a ready Backend instance.
+    precision: a row of the precision table, core/precisions.py (fp32, fp16, int8, fp8, int8cpu; ONNX only: an
+    engine has its own), chosen by `precisions.choose`. Default: fp16 when the export has the fp16 graph and ONNX
+    Runtime has a GPU provider (TensorRT or CUDA), else fp32, since fp16 on CPU is slower and less exact;
+    quantized graphs are never chosen for you. "int8": the dynamic CPU graph (int8cpu) on CPU, the Q/DQ graph
+    with a GPU provider (`runner.precision` says which ran).
+    backend: None (ONNX Runtime on the best provider installed: TensorRT, CUDA, then CPU), one of the ONNX Runtime
+    device choices of the backend table ("cpu", "cuda", "tensorrt"), or a ready Backend instance.
     batch_size: largest batch sent to the backend at once (default 8, and never above the backend's max_batch).
     check_hashes: check the ONNX files' sha256 against the manifest when opening (default; their sizes are
     checked always). About 1.3 s per GB here; False skips it for very large graphs on slow disks.

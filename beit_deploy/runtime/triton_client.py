@@ -122,7 +122,7 @@ class BeitTritonClient(Predictor):
             error = exc  # `exc` itself is unbound after the except block
             return lambda: error
         inputs = [self._input(wire.IMAGE, np.array([[data]], dtype=object), "BYTES"),
-                  self._input(wire.TOP_K, np.array([[top_k]], dtype=np.int32), "INT32")]
+                  self._input(wire.TOP_K_INPUT, np.array([[top_k]], dtype=np.int32), "INT32")]
         outputs = [self._tc.InferRequestedOutput(name) for name in self._outputs]  # binary on HTTP by default
         if self.protocol == "http":
             request = self._client.async_infer(self.model, inputs, outputs=outputs)

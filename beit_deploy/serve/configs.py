@@ -100,7 +100,7 @@ def _answer_spec(manifest: Manifest) -> TensorSpec:
 
 def postprocess_config(name: str, manifest: Manifest, batching: Batching, top_k: int) -> dict:
     inputs = [_spec(_answer_spec(manifest)), tensor(wire.IMAGE_SIZE, "int64", [2]),
-              tensor(wire.TOP_K, "int32", [1], optional=True)]
+              tensor(wire.TOP_K_INPUT, "int32", [1], optional=True)]
     outputs = [tensor(w.name, w.dtype, w.dims) for w in wire.wire_outputs(manifest)]
     return {"name": name, "backend": "python", "input": inputs, "output": outputs, **_common(batching, "KIND_CPU"),
             "parameters": _params({STAGE: POSTPROCESS, "top_k": top_k})}
@@ -114,14 +114,15 @@ def ensemble_config(name: str, manifest: Manifest, batching: Batching, top_k: in
     steps = [
         _step(stages[PREPROCESS], {wire.IMAGE: wire.IMAGE}, {n: n for n in graph_inputs + [wire.IMAGE_SIZE]}),
         _step(stages[MODEL], {n: n for n in graph_inputs}, {answer: answer}),
-        _step(stages[POSTPROCESS], {n: n for n in (answer, wire.IMAGE_SIZE, wire.TOP_K)}, {n: n for n in answers}),
+        _step(stages[POSTPROCESS], {n: n for n in (answer, wire.IMAGE_SIZE, wire.TOP_K_INPUT)},
+              {n: n for n in answers}),
     ]
     outputs = [tensor(w.name, w.dtype, w.dims) for w in wire.wire_outputs(manifest)]
     params = {"task": manifest.task, "model": manifest.model, "resolution": "x".join(map(str, manifest.resolution)),
               "top_k": top_k, "labels": json.dumps({str(k): v for k, v in sorted(manifest.labels.items())}),
               "beit_deploy": __version__}
     return {"name": name, "platform": "ensemble", "max_batch_size": batching.max_batch,
-            "input": [tensor(wire.IMAGE, "bytes", [1]), tensor(wire.TOP_K, "int32", [1], optional=True)],
+            "input": [tensor(wire.IMAGE, "bytes", [1]), tensor(wire.TOP_K_INPUT, "int32", [1], optional=True)],
             "output": outputs + [tensor(wire.IMAGE_SIZE, "int64", [2])],
             "ensemble_scheduling": {"step": steps}, "parameters": _params(params)}
 

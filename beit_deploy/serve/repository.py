@@ -25,6 +25,7 @@ from .pbtxt import to_pbtxt
 from .readme import repository_readme
 
 BACKENDS = backends.names(served=True)  # as they were when this module loaded; TritonOptions reads the table
+INSTANCE_KINDS = ("gpu", "cpu")  # where Triton runs the model stage's instances
 DEFAULT_MAX_BATCH = 8
 PLAN_FILE = "model.plan"
 MODEL_PY = '''"""A Triton Python-backend model written by `beit-deploy triton`; the same file serves every stage.
@@ -62,8 +63,8 @@ class TritonOptions:
             raise UsageError(f"backend '{self.backend}' is not one of {', '.join(served)}")
         if self.precision not in floats:
             raise UsageError(f"precision '{self.precision}' is not {' or '.join(floats)}")
-        if self.instance_kind not in (None, "gpu", "cpu"):
-            raise UsageError(f"instance kind '{self.instance_kind}' is not gpu or cpu")
+        if self.instance_kind not in (None, *INSTANCE_KINDS):
+            raise UsageError(f"instance kind '{self.instance_kind}' is not {' or '.join(INSTANCE_KINDS)}")
         for label, value in (("--max-batch", self.max_batch), ("--instances", self.instances),
                              ("--top-k", self.top_k), *(("--preferred-batch", b) for b in self.preferred_batch)):
             if value is not None and value < 1:

@@ -26,7 +26,8 @@ from ..core.engine_manifest import ENGINE_FILE, ENGINES_DIR, TRT_PURPOSE, Engine
 from ..core import precisions
 from ..core.errors import ArtifactError, UsageError, require
 from ..core.files import artifact_sha256, atomic_folder
-from ..core.manifest import Manifest, TensorSpec, read_manifest, resolution_folders
+from ..core.manifest import ATTENTION_MIN_TENSORRT, DECOMPOSED, Manifest, TensorSpec, read_manifest, \
+    resolution_folders
 from ..core.progress import say, step
 from ..runtime.tensorrt_backend import trt_object
 from . import timing_cache
@@ -105,9 +106,24 @@ def _instead(name: str) -> str:
     """' (int8cpu is an ONNX Runtime CPU graph; TensorRT builds the int8 Q/DQ graph)' for a precision with a
     TensorRT form in its family; '' otherwise."""
     row = precisions.PRECISIONS.get(name)
-    other = [p for p in precisions.forms(row.family, gpu=True) if p in BUILDABLE] if row and row.family else []
-    return (f" ({name} is an ONNX Runtime {row.device.upper()} graph; TensorRT builds the {other[0]} "
-            f"{'Q/DQ ' if precisions.PRECISIONS[other[0]].making == precisions.QDQ else ''}graph)") if other else ""
+    if row is None or not row.family:
+        return ""
+    other = [p for p in precisions.forms(row.family, gpu=True) if p in BUILDABLE]
+    if not other:
+        return ""
+    qdq = "Q/DQ " if precisions.PRECISIONS[other[0]].making == precisions.QDQ else ""
+    return f" ({name} is an ONNX Runtime {row.device.upper()} graph; TensorRT builds the {other[0]} {qdq}graph)"
+
+
+def check_attention(manifest: Manifest, tensorrt_version: str) -> None:
+    """UsageError when the export's attention form (manifest.attention) needs a newer TensorRT than this one."""
+    need = ATTENTION_MIN_TENSORRT.get(manifest.attention)
+    have = tuple(int(p) for p in tensorrt_version.split(".")[:2] if p.isdigit())
+    if need and have < need:
+        raise UsageError(f"{manifest.model} at {manifest.resolution[0]}x{manifest.resolution[1]} was exported with "
+                         f"{manifest.attention} attention (one ONNX Attention op per layer), which TensorRT "
+                         f"{tensorrt_version} cannot parse (it needs {need[0]}.{need[1]} or newer): export again with "
+                         f"--attention {DECOMPOSED}, or upgrade TensorRT")
 
 
 def build(export_path: Path, options: BuildOptions) -> list[Path]:
@@ -128,6 +144,7 @@ def engine_from_onnx(onnx_path: Path, manifest: Manifest, options: BuildOptions)
     require("tensorrt", "gpu", TRT_PURPOSE)
     import tensorrt as trt
 
+    check_attention(manifest, trt.__version__)
     gpu = current_gpu()
     onnx_path = Path(onnx_path)
     folder = engine_folder(options.out_dir, manifest)

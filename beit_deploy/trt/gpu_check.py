@@ -5,7 +5,7 @@ Parts, each run only where it can (the first lines of the log say which, and why
 2. tests: `pytest -m "gpu or tensorrt" tests/trt/test_gpu.py` (GPU tests need CUDA, TensorRT tests TensorRT);
 3. attention: transformers' own eager vs SDPA attention, CUDA fp16, beit-base-patch16-224 with random weights,
    batch 1/4/16/32, as the transformers docs' table: ms/iter, speedup, peak memory, memory saved;
-4. baked: beit-deploy's baked model (constant bias, bench.py's form) against both, same batches;
+4. baked: beit-deploy's baked model (constant bias, the exporter's bake form) against both, same batches;
 5. parity on CUDA: baked vs eager, fp32 with TF32 off (max rel error) and fp16 (cosine, max rel error);
 6. TensorRT: where TensorRT is installed, a like-for-like row (fp16 engine of the same model, inputs already on
    the GPU, same timing loop), for each attention form the installed TensorRT parses.
@@ -32,6 +32,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 from ..core.machine import module_version
+from ..core.manifest import ATTENTION_MIN_TENSORRT, FUSED
 from ..core.precisions import PRECISIONS
 
 TEST_FILE = Path("tests") / "trt" / "test_gpu.py"
@@ -40,7 +41,7 @@ BATCHES, WARMUP, ITERS = (1, 4, 16, 32), 10, 30
 BENCH_MODEL, RESOLUTION = "beit-base-patch16-224", (224, 224)
 # the export's parity thresholds (core/precisions.py), for the baked model on CUDA
 PARITY = {"fp32_rel": PRECISIONS["fp32"].thresholds["rel"], "fp16_cosine": PRECISIONS["fp16"].thresholds["cosine"]}
-FUSED_FROM = (10, 14)  # the first TensorRT whose ONNX parser reads the Attention op
+FUSED_FROM = ATTENTION_MIN_TENSORRT[FUSED]  # the first TensorRT whose ONNX parser reads the Attention op
 
 
 class Log:
