@@ -59,8 +59,8 @@ def test_table_round_trip_is_exact():
     bias = bake.capture_biases(model, (96, 64))[0]
     index = bake._shared_index(model.config, (96, 64))
     table = attention.table_from_bias(bias, index)
-    assert table.shape == (2, (2 * 6 - 1) * (2 * 4 - 1) + 3)
-    assert torch.equal(table[:, index].reshape(2, 25, 25).unsqueeze(0), bias)
+    assert table.shape == ((2 * 6 - 1) * (2 * 4 - 1) + 3, 2)
+    assert torch.equal(table[index].reshape(25, 25, 2).permute(2, 0, 1).unsqueeze(0), bias)
 
 
 @pytest.mark.parametrize("size, bins", [((20, 20), 3), ((20, 20), 6), ((7, 5), (3, 2)), ((6, 6), 1)])

@@ -76,5 +76,5 @@ def test_gathered_bias_table_stays_fp32(tiny_dir, tmp_path):
     for node in model.graph.node:
         if node.op_type == "Softmax":
             add = producers[node.input[0]]
-            assert [producers[i].op_type for i in add.input] == ["Cast", "Reshape"]  # fp16 scores cast up; the bias
+            assert [producers[i].op_type for i in add.input] == ["Cast", "Transpose"]  # fp16 scores cast up; bias
     assert result.manifest.parity["fp16"]["passed"]
