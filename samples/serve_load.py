@@ -5,7 +5,7 @@
                                  [--server HOST:PORT --model NAME] [--markdown FILE]
 
 Without --server it writes a model repository for EXPORT_FOLDER (python model stage) into a temporary folder,
-starts Triton on free local ports, runs the load, and stops it. Then it measures `BeitTRTRunner.predict` on the
+starts Triton on free local ports, runs the load, and stops it. Then it measures `BeitRunner.predict` on the
 same number of images in this process (while no server runs). Images: the sample photos, one per request.
 Each --precision (a graph the export has; default fp32) gets its own repository, server and in-process run, one
 after another in this one run, as rows of one table.

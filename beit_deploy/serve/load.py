@@ -3,7 +3,7 @@
 Each client is a thread with its own `BeitTritonClient` (tritonclient's clients are not thread-safe) sending its
 M requests one after another; latency is measured per request, throughput over the whole run. The server's
 statistics before and after give the model stage's mean batch size (inferences / executions), i.e. what the
-dynamic batcher made of the load. `in_process` measures `BeitTRTRunner.predict` on the same images, for the
+dynamic batcher made of the load. `in_process` measures `BeitRunner.predict` on the same images, for the
 table beside it. Requests go only to the URL given (a local server in our runs) and the run always ends.
 """
 
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bench.report import cpu_model
+from ..core import precisions
 from ..core.errors import UsageError
-from ..core.manifest import versions
-from ..runtime.runner import BeitTRTRunner
+from ..core.machine import cpu_model, versions
+from ..runtime.runner import BeitRunner
 from ..runtime.triton_client import BeitTritonClient
 from .configs import MODEL, stage_names
 
@@ -86,11 +86,12 @@ def _client(url, model, protocol, timeout, images, k, requests, latencies, failu
                 failures[k] += 1
 
 
-def in_process(folder: Path, images: list[bytes], count: int, batch_size: int = 8, precision: str = "fp32") -> float:
-    """Images per second of `BeitTRTRunner.predict` (ONNX Runtime, the `precision` graph) on `count` images, after
+def in_process(folder: Path, images: list[bytes], count: int, batch_size: int = 8,
+               precision: str = precisions.REFERENCE) -> float:
+    """Images per second of `BeitRunner.predict` (ONNX Runtime, the `precision` graph) on `count` images, after
     one warm-up."""
     items = [images[i % len(images)] for i in range(count)]
-    with BeitTRTRunner(folder, precision=precision, batch_size=batch_size) as runner:
+    with BeitRunner(folder, precision=precision, batch_size=batch_size) as runner:
         runner.predict(items[:batch_size])
         start = time.perf_counter()
         runner.predict(items)
@@ -109,7 +110,7 @@ def machine_line(load: float | None = None) -> str:
 
 
 def to_markdown(report: LoadReport, in_process_ips: float | None, title: str, load: float | None = None,
-                precision: str = "fp32", more: tuple = ()) -> str:
+                precision: str = precisions.REFERENCE, more: tuple = ()) -> str:
     """The run as a markdown table, with the in-process figure beside it. `more`: (precision, report,
     in_process_ips) of further runs of the same load on other graphs, as more rows of the same table."""
     rows = [f"**{title}**", "", f"Machine: {machine_line(load)}", "",
@@ -120,6 +121,6 @@ def to_markdown(report: LoadReport, in_process_ips: float | None, title: str, lo
         rows.append(f"| Triton ensemble | {graph} | {r.clients} x {r.requests_per_client} | {r.images_per_second:.2f} "
                     f"| {r.p50_ms:.0f} | {r.p95_ms:.0f} | {r.p99_ms:.0f} | {batch} | {r.failed} |")
         if ips is not None:
-            rows.append(f"| in-process BeitTRTRunner.predict (batch 8) | {graph} | 1 x {r.answered} | {ips:.2f} | - "
+            rows.append(f"| in-process BeitRunner.predict (batch 8) | {graph} | 1 x {r.answered} | {ips:.2f} | - "
                         "| - | - | 8 | - |")
     return "\n".join(rows) + "\n"

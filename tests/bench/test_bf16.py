@@ -8,7 +8,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from beit_deploy.bench import report, run
+from beit_deploy.bench import run
+from beit_deploy.core import backends, machine
 from beit_deploy.cli import main
 
 
@@ -21,7 +22,7 @@ def _bench(tiny_dir, tmp_path) -> dict:
     return json.loads((tmp_path / "bench.json").read_text())
 
 
-@pytest.mark.skipif(report.cpu_bf16() is None, reason="this CPU has no native bf16 (AMX or AVX-512 BF16)")
+@pytest.mark.skipif(machine.cpu_bf16() is None, reason="this CPU has no native bf16 (AMX or AVX-512 BF16)")
 def test_bf16_row_where_the_cpu_has_it(tiny_dir, tmp_path):
     measured = _bench(tiny_dir, tmp_path)
     rows = {r["backend"] for r in measured["results"]}
@@ -30,12 +31,15 @@ def test_bf16_row_where_the_cpu_has_it(tiny_dir, tmp_path):
 
 
 def test_bf16_refused_without_native_bf16(tiny_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "cpu_bf16", lambda: None)
+    monkeypatch.setattr(machine, "cpu_bf16", lambda: None)
     measured = _bench(tiny_dir, tmp_path)
     assert "eager-bf16" not in {r["backend"] for r in measured["results"]}
     reason = {s["backend"]: s["reason"] for s in measured["skipped"]}["eager-bf16"]
     assert "neither AMX nor AVX-512 BF16" in reason
-    assert "CPU backend" in run.bf16_refusal("cuda")
+    assert "CPU backend" in run.autocast_refusal("eager-bf16", "cuda")
+    assert backends.backend("eager-bf16").autocast == "bfloat16"  # a row of the backend table
+    from beit_deploy.bench.report import DEFAULT_BACKENDS
+    assert "eager-bf16" not in DEFAULT_BACKENDS  # only when asked
 
 
 def test_bf16_flags_from_cpuinfo(monkeypatch, tmp_path):
@@ -44,6 +48,6 @@ def test_bf16_flags_from_cpuinfo(monkeypatch, tmp_path):
     real_open = open
     monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path,
                                                                         *a, **k))
-    assert report.cpu_bf16() == "avx512_bf16"
+    assert machine.cpu_bf16() == "avx512_bf16"
     cpuinfo.write_text("flags\t\t: fpu sse avx512f\n")
-    assert report.cpu_bf16() is None
+    assert machine.cpu_bf16() is None

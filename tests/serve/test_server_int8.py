@@ -1,11 +1,11 @@
 """The int8 CPU form served: `--precision int8cpu` puts ONNX Runtime's dynamic int8 graph (and only it) in the
-model stage, and the real server (CPU, python stage) answers like BeitTRTRunner on that graph."""
+model stage, and the real server (CPU, python stage) answers like BeitRunner on that graph."""
 
 from __future__ import annotations
 
 import pytest
 
-from beit_deploy import BeitTritonClient, BeitTRTRunner
+from beit_deploy import BeitTritonClient, BeitRunner
 from beit_deploy.core.errors import UsageError
 from beit_deploy.serve.configs import MODEL, stage_names
 from beit_deploy.serve.load import LoadReport, run_load, to_markdown
@@ -38,11 +38,11 @@ def test_int8cpu_is_served_like_the_runner(int8cpu_export, tmp_path):
     table = to_markdown(fp32, 5.0, "tiny", 1.0, "fp32", (("int8cpu", report, 6.0),))
     assert report.answered == 4 and report.failed == 0
     assert "| Triton ensemble | fp32 | 2 x 2 |" in table and "| Triton ensemble | int8cpu | 2 x 2 |" in table
-    assert "| in-process BeitTRTRunner.predict (batch 8) | int8cpu | 1 x 4 | 6.00 |" in table
+    assert "| in-process BeitRunner.predict (batch 8) | int8cpu | 1 x 4 | 6.00 |" in table
     stage = repo / stage_names("cls")[MODEL] / "1"
     assert sorted(p.name for p in stage.glob("*.*")) == ["manifest.json", "model.int8cpu.onnx", "model.py"]
     assert 'string_value: "int8cpu"' in (stage.parent / "config.pbtxt").read_text()
-    with BeitTRTRunner(int8cpu_export, precision="int8cpu", batch_size=1) as runner:
+    with BeitRunner(int8cpu_export, precision="int8cpu", batch_size=1) as runner:
         local = runner.predict(PHOTOS, top_k=3)
     assert runner.precision == "int8cpu"
     for a, b in zip(local, remote, strict=True):
