@@ -14,12 +14,14 @@ import numpy as np
 
 from ..core import tasks
 from ..core.manifest import Manifest
-from .postprocess import ClassFraction, Classification, ClassScore, Embedding, Result, Segmentation, VisualTokens
+from .postprocess import (ClassFraction, Classification, ClassScore, Embedding, Result, Segmentation, VisualTokens,
+                          label_dtype, softmax)
 
 IMAGE, TOP_K, IMAGE_SIZE = "IMAGE", "TOP_K", "IMAGE_SIZE"  # ensemble input, optional input, size of each image
 CLASS_IDS, SCORES, LABELS, FRACTIONS = "CLASS_IDS", "SCORES", "LABELS", "FRACTIONS"
 LABEL_MAP, TOKENS, EMBEDDING = "LABEL_MAP", "TOKENS", "EMBEDDING"
-_PAD = {"int64": -1, "float64": 0.0, "float32": 0.0, "bytes": b""}
+PROBABILITIES = "PROBABILITIES"  # classifiers: every class's probability, for the classification extension
+_PAD = {"int64": -1, "int32": -1, "uint16": 65535, "uint8": 255, "float64": 0.0, "float32": 0.0, "bytes": b""}
 
 
 @dataclass(frozen=True)
@@ -35,27 +37,30 @@ class WireTensor:
 def wire_outputs(manifest: Manifest) -> tuple[WireTensor, ...]:
     """The answer tensors of an export's task, per image."""
     answer = tasks.task(manifest.task).answer
+    source = next(s for s in manifest.outputs if s.name == tasks.task(manifest.task).answer_from)
     if answer == tasks.TOP_K:
-        return WireTensor(CLASS_IDS, "int64", (-1,)), WireTensor(SCORES, "float64", (-1,)), \
-            WireTensor(LABELS, "bytes", (-1,))
+        return WireTensor(CLASS_IDS, "int64", (-1,)), WireTensor(SCORES, "float32", (-1,)), \
+            WireTensor(LABELS, "bytes", (-1,)), WireTensor(PROBABILITIES, "float32", (int(source.shape[1]),))
     if answer == tasks.LABEL_MAP:
-        return WireTensor(LABEL_MAP, "int64", (-1, -1)), WireTensor(CLASS_IDS, "int64", (-1,)), \
-            WireTensor(FRACTIONS, "float64", (-1,)), WireTensor(LABELS, "bytes", (-1,))
+        return WireTensor(LABEL_MAP, label_dtype(int(source.shape[1])).name, (-1, -1)), \
+            WireTensor(CLASS_IDS, "int64", (-1,)), WireTensor(FRACTIONS, "float32", (-1,)), \
+            WireTensor(LABELS, "bytes", (-1,))
     if answer == tasks.VISUAL_TOKENS:
         return (WireTensor(TOKENS, "int64", tuple(manifest.grid)),)
-    source = next(s for s in manifest.outputs if s.name == tasks.task(manifest.task).answer_from)
     return (WireTensor(EMBEDDING, "float32", tuple(source.shape[1:])),)
 
 
-def encode(result: Result) -> dict[str, np.ndarray]:
-    """One image's result -> its answer tensors (no batch axis)."""
+def encode(result: Result, logits: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """One image's result -> its answer tensors (no batch axis); a classification's `logits` (the graph's
+    output for that image) add PROBABILITIES."""
     if isinstance(result, Classification):
-        return {CLASS_IDS: np.array([c.id for c in result.top_k], np.int64),
-                SCORES: np.array([c.score for c in result.top_k], np.float64), LABELS: _strings(result.top_k)}
+        out = {CLASS_IDS: np.array([c.id for c in result.top_k], np.int64),
+               SCORES: np.array([c.score for c in result.top_k], np.float32), LABELS: _strings(result.top_k)}
+        return out if logits is None else {**out, PROBABILITIES: softmax(logits).astype(np.float32)}
     if isinstance(result, Segmentation):
-        return {LABEL_MAP: result.label_map.astype(np.int64, copy=False),
+        return {LABEL_MAP: result.label_map,  # already in label_dtype(classes)
                 CLASS_IDS: np.array([c.id for c in result.classes], np.int64),
-                FRACTIONS: np.array([c.fraction for c in result.classes], np.float64),
+                FRACTIONS: np.array([c.fraction for c in result.classes], np.float32),
                 LABELS: _strings(result.classes)}
     if isinstance(result, VisualTokens):
         return {TOKENS: result.tokens.astype(np.int64, copy=False)}
@@ -72,6 +77,9 @@ def stack(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     out = {}
     for name in rows[0]:
         arrays = [row[name] for row in rows]
+        if len(arrays) == 1:  # one image per request (the usual case): no padded copy
+            out[name] = arrays[0][None]
+            continue
         shape = tuple(max(a.shape[d] for a in arrays) for d in range(arrays[0].ndim))
         kind = "bytes" if arrays[0].dtype == object else arrays[0].dtype.name
         batch = np.full((len(arrays), *shape), _PAD[kind], dtype=arrays[0].dtype)
