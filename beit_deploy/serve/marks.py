@@ -118,11 +118,11 @@ def check_python_model(folder: Path, model_py: str = MODEL_PY) -> None:
 
 def check_repository(repository: Path, backends: Path | None, binary: Path) -> None:
     """UsageError for a repository `serve` will not start: a Python model that `beit-deploy triton` did not
-    generate (marks.check_python_model), or a model needing a backend this server lacks (the serve extra's
+    generate (check_python_model), or a model needing a backend this server lacks (the serve extra's
     Triton has the Python backend only)."""
     for config in sorted(Path(repository).glob("*/config.pbtxt")):
         folder, text = config.parent, config.read_text(errors="replace")
-        if marks.is_python_model(folder, text):
+        if is_python_model(folder, text):
             check_python_model(folder)
         needed = _backend_of(text)
         if backends is not None and needed and not (backends / needed).is_dir():

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import __version__
+from ..core import tasks
 from ..runtime import wire
 
 TRITON_CONTAINER = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, the server the serve extra ships
@@ -17,7 +18,7 @@ README_TITLE = "# Triton model repository (written by beit-deploy"
 def repository_readme(served: list, out: Path) -> str:
     """Markdown for a repository serving `served` (repository.ServedModel); `out` as the user named it."""
     mount = out if out.is_absolute() else f"$PWD/{out}"
-    example = next((m for m in served if m.task == "classification"), served[0] if served else None)
+    example = next((m for m in served if _classifier(m)), served[0] if served else None)
     first = example.name if example else "NAME"
     rows = "\n".join(f"| `{m.name}` | {m.task} | {m.backend} | " + ", ".join(f"`{s}`" for s in m.stages.values())
                      + " |" for m in served)
@@ -72,12 +73,16 @@ with BeitTritonClient("localhost:8000", "{first}") as client:   # or protocol="g
 """
 
 
+def _classifier(model) -> bool:
+    return tasks.task(model.task).answer == tasks.TOP_K
+
+
 def _examples(model) -> str:
     """curl, tritonclient and perf_analyzer examples for one ensemble (classification: the classification
     extension on PROBABILITIES; other tasks: every answer tensor)."""
     if model is None:
         return ""
-    name, classify = model.name, model.task == "classification"
+    name, classify = model.name, _classifier(model)
     wanted = f'"outputs":[{{"name":"{wire.PROBABILITIES}","parameters":{{"classification":3}}}}]' if classify else ""
     json_outputs = f",{wanted}" if wanted else ""
     binary_outputs = (f',"outputs":[{{"name":"{wire.PROBABILITIES}","parameters":{{"classification":3,'

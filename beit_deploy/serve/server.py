@@ -219,6 +219,34 @@ class TritonServer:
                                             env=env, start_new_session=True,
                                             preexec_fn=_parent_death_signal())
 
+    def _backends(self) -> Path:
+        """A backend folder of links to nvidia-pytriton's, plus the Python backend stub for this Python."""
+        folder = Path(self._scratch.name) / "backends"
+        shutil.copytree(self.installation.backends, folder, symlinks=True, copy_function=os.symlink)
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = self.installation.stubs / version / "triton_python_backend_stub"
+        if not stub.is_file():
+            raise ServerError(f"this Triton has no Python backend stub for Python {version} (it has "
+                              f"{', '.join(sorted(p.name for p in self.installation.stubs.iterdir()))}): run "
+                              "beit-deploy with one of those Python versions")
+        if ctypes.util.find_library(f"python{version}") is None:
+            raise ServerError(f"the Python backend stub of this Triton needs libpython{version}.so.1.0, which is not "
+                              f"installed: apt-get install libpython{version} (Debian/Ubuntu)")
+        os.symlink(stub, folder / "python" / stub.name)
+        return folder
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.options.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with status {self.process.returncode} while loading "
+                                  f"{self.repository}: {self.log_summary()}")
+            if self.ready():
+                return
+            time.sleep(0.25)
+        raise ServerError(f"tritonserver was not ready after {self.options.startup_timeout:.0f} s: "
+                          f"{self.log_summary()}")
+
     def ready(self) -> bool:
         """True when the server answers that it and every model are ready (HTTP /v2/health/ready)."""
         try:
