@@ -27,6 +27,7 @@ from .preprocess import ImageError, ImageLike, load_image
 
 PROTOCOLS = ("http", "grpc")
 _PURPOSE = "talking to a Triton server"
+_REFUSED = ("400", "StatusCode.INVALID_ARGUMENT")  # HTTP and gRPC statuses of a request the server refused
 
 
 class TritonServerError(BeitDeployError):
@@ -149,6 +150,9 @@ class BeitTritonClient(Predictor):
             return Prediction(name, error=answer)
         if isinstance(answer, BaseException):
             message = answer.message() if hasattr(answer, "message") and callable(answer.message) else describe(answer)
+            status = str(answer.status()) if hasattr(answer, "status") and callable(answer.status) else ""
+            if status in _REFUSED:  # the request's own fault: the only thing it carries is the image
+                return Prediction(name, error=ImageError(f"'{name}': the server could not read it: {message}"))
             return Prediction(name, error=TritonServerError(f"'{name}': the server answered: {message}"))
         row = {o: answer.as_numpy(o)[0] for o in self._outputs}
         size = (int(row[wire.IMAGE_SIZE][0]), int(row[wire.IMAGE_SIZE][1]))

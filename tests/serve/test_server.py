@@ -19,6 +19,7 @@ from beit_deploy import BeitTritonClient, BeitTRTRunner
 from beit_deploy.cli import main
 from beit_deploy.core.errors import UsageError
 from beit_deploy.runtime import wire
+from beit_deploy.runtime.preprocess import ImageError
 from beit_deploy.runtime.triton_client import TritonServerError
 from beit_deploy.serve.configs import MODEL, stage_names
 
@@ -63,12 +64,19 @@ def test_answers_match_the_runner(served, task, protocol):
 
 def test_a_corrupt_image_fails_alone(served, tmp_path):
     corrupt = PHOTOS[-1].read_bytes()[:400]
+    (tmp_path / "bad.png").write_bytes(corrupt)
     with BeitTritonClient(served.server.http_url, served.names["classification"], concurrency=8) as client:
         answers = list(client.predict_each([PHOTOS[0], corrupt, PHOTOS[1], tmp_path / "missing.png", PHOTOS[2]]))
-        with pytest.raises(TritonServerError, match="not a readable image"):
+        with pytest.raises(ImageError, match="not a readable image"):
             client.predict([PHOTOS[0], corrupt])
     assert [a.error is None for a in answers] == [True, False, True, False, True]
     assert "not a readable image" in str(answers[1].error) and "does not exist" in str(answers[3].error)
+    assert isinstance(answers[1].error, ImageError)  # the server refused it (400): the image's fault
+    with BeitTritonClient(served.server.grpc_url, served.names["classification"], protocol="grpc") as client:
+        assert isinstance(next(client.predict_each([corrupt])).error, ImageError)
+    result = CliRunner().invoke(main, ["predict", "--server", served.server.http_url, "--model",
+                                       served.names["classification"], str(PHOTOS[0]), str(tmp_path / "bad.png")])
+    assert result.exit_code == 1 and "error: 1 of 2 images could not be read" in result.stderr
     assert all(a.result.top_k for a in answers if a.error is None)
 
 
