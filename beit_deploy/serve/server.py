@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
-import importlib.util
 import math
 import os
 import re
@@ -39,20 +37,17 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import BeitDeployError, UsageError
+from ..core.errors import UsageError
 from ..core.progress import say
 from . import marks, watch
+from .install import (SERVER_HINT, Installation, ServerError, backend_folder,  # noqa: F401 - SERVER_HINT: API
+                      check_python_environment, find_server)
 
-SERVER_HINT = "pip install 'beit-deploy[serve]' (the tritonserver of nvidia-pytriton), or put Triton's tritonserver " \
-              "on PATH"
+
 
 
 # Errors a CPU-only host always logs (no CUDA driver, NVML or DCGM): not why anything failed.
 _CPU_NOISE = re.compile(r"CUDA|Cuda|NVML|DCGM|pinned memory")
-
-
-class ServerError(BeitDeployError):
-    """The Triton server could not be found, started, or did not become ready."""
 
 
 @dataclass(frozen=True)
@@ -82,27 +77,6 @@ class ServerOptions:
                              "127.0.0.1 (this machine only) or 0.0.0.0 (every address)") from None
 
 
-@dataclass(frozen=True)
-class Installation:
-    """A tritonserver binary, and for nvidia-pytriton's, where its backends and Python backend stubs are."""
-
-    binary: Path
-    backends: Path | None = None  # None: the server's own default (an official install)
-    stubs: Path | None = None
-
-
-def find_server() -> Installation:
-    """The tritonserver on PATH, else nvidia-pytriton's; ServerError naming what to install otherwise."""
-    on_path = shutil.which("tritonserver")
-    if on_path:
-        return Installation(Path(on_path))
-    spec = importlib.util.find_spec("pytriton")  # locates the package without importing it
-    root = Path(spec.origin).parent / "tritonserver" if spec and spec.origin else None
-    if root is None or not (root / "bin" / "tritonserver").is_file():
-        raise ServerError(f"no Triton server found: {SERVER_HINT}")
-    return Installation(root / "bin" / "tritonserver", root / "backends", root / "python_backend_stubs")
-
-
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """`count` distinct TCP ports free on `host` right now."""
     with contextlib.ExitStack() as stack:
@@ -110,16 +84,6 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         for s in socks:
             s.bind((host, 0))
         return [s.getsockname()[1] for s in socks]
-
-
-def check_python_environment() -> None:
-    """The Python-backend models run in this environment: numpy < 2 (Triton 2.51's stub exchanges tensors
-    wrongly with numpy 2) and Pillow + ONNX Runtime (beit-deploy's own dependencies)."""
-    import numpy
-
-    if int(numpy.__version__.split(".")[0]) >= 2:
-        raise ServerError(f"this Python environment has numpy {numpy.__version__}; Triton 2.51's Python backend "
-                          "needs numpy < 2 for its models (which run here): pip install 'numpy<2'")
 
 
 class TritonServer:
@@ -212,28 +176,12 @@ class TritonServer:
                    f"--backend-config=python,shm-region-prefix-name={self._shm}",
                    f"--log-verbose={self.options.log_verbose}"]
         if self.installation.backends is not None:
-            command.append(f"--backend-directory={self._backends()}")
+            command.append(f"--backend-directory={backend_folder(self.installation, Path(self._scratch.name))}")
         env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env=env, start_new_session=True,
                                             preexec_fn=_parent_death_signal())
-
-    def _backends(self) -> Path:
-        """A backend folder of links to nvidia-pytriton's, plus the Python backend stub for this Python."""
-        folder = Path(self._scratch.name) / "backends"
-        shutil.copytree(self.installation.backends, folder, symlinks=True, copy_function=os.symlink)
-        version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        stub = self.installation.stubs / version / "triton_python_backend_stub"
-        if not stub.is_file():
-            raise ServerError(f"this Triton has no Python backend stub for Python {version} (it has "
-                              f"{', '.join(sorted(p.name for p in self.installation.stubs.iterdir()))}): run "
-                              "beit-deploy with one of those Python versions")
-        if ctypes.util.find_library(f"python{version}") is None:
-            raise ServerError(f"the Python backend stub of this Triton needs libpython{version}.so.1.0, which is not "
-                              f"installed: apt-get install libpython{version} (Debian/Ubuntu)")
-        os.symlink(stub, folder / "python" / stub.name)
-        return folder
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.options.startup_timeout

@@ -23,7 +23,7 @@ from serving import PHOTOS, needs_server
 from beit_deploy.cli import main
 from beit_deploy.core.files import file_sha256
 from beit_deploy.serve import server as server_module
-from beit_deploy.serve import watch
+from beit_deploy.serve import install, watch
 from beit_deploy.serve.repository import TritonOptions, write_repository
 
 
@@ -87,8 +87,8 @@ def test_serve_prints_a_working_command_and_stops_on_sigterm(tiny_export, tmp_pa
 def test_missing_server_is_one_line(tmp_path, tiny_export, monkeypatch):
     repo = tmp_path / "repo"
     write_repository([tiny_export("classification")], TritonOptions(out=repo))
-    monkeypatch.setattr(server_module.shutil, "which", lambda name: None)
-    monkeypatch.setattr(server_module.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(install.shutil, "which", lambda name: None)
+    monkeypatch.setattr(install.importlib.util, "find_spec", lambda name: None)
     result = CliRunner().invoke(main, ["serve", str(repo)])
     assert result.exit_code == 1 and result.stderr.count("\n") == 1
     assert "no Triton server found: pip install 'beit-deploy[serve]'" in result.stderr
