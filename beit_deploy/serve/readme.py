@@ -8,8 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import __version__
-from ..core import tasks
-from ..runtime import wire
+from ..runtime import answers as answer_kinds, wire
 
 TRITON_CONTAINER = "nvcr.io/nvidia/tritonserver:24.10-py3"  # Triton 2.51, the server the serve extra ships
 README_TITLE = "# Triton model repository (written by beit-deploy"
@@ -29,12 +28,13 @@ def repository_readme(served: list, out: Path) -> str:
 {rows}
 
 Each ensemble takes encoded images (`{wire.IMAGE}`, TYPE_STRING, shape [N, 1]: any format Pillow reads; as
-base64 text in a JSON request) and, for classifiers, an optional `{wire.TOP_K}` (TYPE_INT32, [N, 1]); it answers
+base64 text in a JSON request) and, for classifiers, an optional `{wire.TOP_K_INPUT}` (TYPE_INT32, [N, 1]); it answers
 with the task's tensors and `{wire.IMAGE_SIZE}` (each image's height and width): classifiers `{wire.CLASS_IDS}`,
 `{wire.SCORES}` (FP32), `{wire.LABELS}` and `{wire.PROBABILITIES}` (FP32, every class, with `labels.txt` as its
 `label_filename`, so Triton's classification extension answers `score:class_id:label`); segmentation a
 `{wire.LABEL_MAP}` at the image's own size in the smallest integer type that holds its classes (UINT8 up to 255
-classes), `{wire.CLASS_IDS}`, `{wire.FRACTIONS}` (FP32) and `{wire.LABELS}`. `*_preprocess` resizes and normalises exactly as the export's manifest says,
+classes), `{wire.CLASS_IDS}`, `{wire.FRACTIONS}` (FP32) and `{wire.LABELS}`. `*_preprocess` resizes and
+normalises exactly as the export's manifest says,
 `*_model` runs the graph, `*_postprocess` turns its output into answers (top-k ids, scores and labels; a label
 map at the image's own size; visual tokens; an embedding). A bad image fails its own request only.
 
@@ -68,13 +68,13 @@ With beit-deploy's own client (the same result types as in process):
 from beit_deploy import BeitTritonClient
 
 with BeitTritonClient("localhost:8000", "{first}") as client:   # or protocol="grpc" on port 8001
-    print(client.predict("photo.jpg").to_dict())   # the same result types as BeitTRTRunner.predict
+    print(client.predict("photo.jpg").to_dict())   # the same result types as BeitRunner.predict
 ```
 """
 
 
 def _classifier(model) -> bool:
-    return tasks.task(model.task).answer == tasks.TOP_K
+    return answer_kinds.of(model.task).top_k
 
 
 def _examples(model) -> str:
@@ -105,7 +105,8 @@ With curl, the image as raw bytes (Triton's binary data extension: a JSON header
 
 ```bash
 N=$(stat -c%s photo.jpg)
-HEADER='{{"inputs":[{{"name":"{wire.IMAGE}","shape":[1,1],"datatype":"BYTES","parameters":{{"binary_data_size":'$((N + 4))'}}}}]{binary_outputs}}}'
+HEADER='{{"inputs":[{{"name":"{wire.IMAGE}","shape":[1,1],"datatype":"BYTES",'\\
+'"parameters":{{"binary_data_size":'$((N + 4))'}}}}]{binary_outputs}}}'
 {{ printf %s "$HEADER"; printf "$(printf '\\\\%03o' $((N & 255)) $((N >> 8 & 255)) $((N >> 16 & 255)) $((N >> 24)))"
   cat photo.jpg; }} > request.bin
 curl -s localhost:8000/v2/models/{name}/infer -H "Inference-Header-Content-Length: ${{#HEADER}}" \\

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
+from ..core import backends, precisions
 from ..core.engine_manifest import ENGINE_FILE, ENGINE_MANIFEST, EngineManifest, read_engine_manifest
 from ..core.errors import ArtifactError, UsageError
 from ..core.files import atomic_folder
@@ -29,7 +30,8 @@ from .marks import MODEL_PY
 from .pbtxt import to_pbtxt
 from .readme import README_TITLE, repository_readme
 
-BACKENDS = ("python", "onnxruntime", "tensorrt")
+BACKENDS = backends.names(served=True)  # as they were when this module loaded; TritonOptions reads the table
+INSTANCE_KINDS = ("gpu", "cpu")  # where Triton runs the model stage's instances
 DEFAULT_MAX_BATCH = 8
 PLAN_FILE = "model.plan"
 MAX_INSTANCES = 64
@@ -44,7 +46,7 @@ class TritonOptions:
     out: Path = Path("model_repository")
     name: str | None = None  # the ensemble's name; default: the manifest's model (+ _<H>x<W> for several)
     backend: str | None = None  # tensorrt for an engine folder, python for an export
-    precision: str = "fp32"  # the ONNX graph of the python and onnxruntime stages
+    precision: str = precisions.REFERENCE  # the ONNX graph of the python and onnxruntime stages (a float one)
     max_batch: int | None = None  # default 8, or the engine profile's MAX
     instances: int = 1
     instance_kind: str | None = None  # "gpu" | "cpu"; default gpu for tensorrt/onnxruntime
@@ -54,12 +56,13 @@ class TritonOptions:
     top_k: int = 5  # classes per image when a request does not send TOP_K
 
     def __post_init__(self):
-        if self.backend is not None and self.backend not in BACKENDS:
-            raise UsageError(f"backend '{self.backend}' is not one of {', '.join(BACKENDS)}")
-        if self.precision not in ("fp32", "fp16"):
-            raise UsageError(f"precision '{self.precision}' is not fp32 or fp16")
-        if self.instance_kind not in (None, "gpu", "cpu"):
-            raise UsageError(f"instance kind '{self.instance_kind}' is not gpu or cpu")
+        served, floats = backends.names(served=True), precisions.names(making=precisions.FLOAT)
+        if self.backend is not None and self.backend not in served:
+            raise UsageError(f"backend '{self.backend}' is not one of {', '.join(served)}")
+        if self.precision not in floats:
+            raise UsageError(f"precision '{self.precision}' is not {' or '.join(floats)}")
+        if self.instance_kind not in (None, *INSTANCE_KINDS):
+            raise UsageError(f"instance kind '{self.instance_kind}' is not {' or '.join(INSTANCE_KINDS)}")
         if self.instances > MAX_INSTANCES:
             raise UsageError(f"--instances {self.instances} is more than {MAX_INSTANCES} per stage (each instance of "
                              "a Python stage is a process with its own copy of the model): use fewer")
@@ -172,18 +175,19 @@ def _default_name(source: Source, several: bool) -> str:
     return check_name(name + suffix, f"the model name in {source.folder / FILENAME}")
 
 
-def _backend(source: Source, options: TritonOptions) -> str:
-    backend = options.backend or ("tensorrt" if source.engine else "python")
-    if backend == "tensorrt" and source.engine is None:
-        raise UsageError(f"--backend tensorrt needs an engine folder and '{source.folder}' is an export: build an "
+def _backend(source: Source, options: TritonOptions) -> backends.Backend:
+    """The model stage's backend: as asked, else TensorRT for an engine folder and python for an export."""
+    row = backends.backend(options.backend or (backends.TENSORRT if source.engine else backends.PYTHON).name)
+    if row.opens == backends.ENGINE and source.engine is None:
+        raise UsageError(f"--backend {row.name} needs an engine folder and '{source.folder}' is an export: build an "
                          f"engine first (beit-deploy build {source.folder}) and pass its folder")
-    if backend != "tensorrt" and source.engine is not None:
-        raise UsageError(f"'{source.folder}' is an engine folder, which holds no ONNX graph for --backend {backend}:"
+    if row.opens != backends.ENGINE and source.engine is not None:
+        raise UsageError(f"'{source.folder}' is an engine folder, which holds no ONNX graph for --backend {row.name}:"
                          " pass the export folder instead")
-    return backend
+    return row
 
 
-def _batching(source: Source, backend: str, options: TritonOptions) -> Batching:
+def _batching(source: Source, backend: backends.Backend, options: TritonOptions) -> Batching:
     """Batch limits: an engine's come from its profile (and may not be exceeded), an ONNX graph's from options."""
     max_batch, preferred = options.max_batch or DEFAULT_MAX_BATCH, options.preferred_batch
     if source.engine is not None:
@@ -195,7 +199,7 @@ def _batching(source: Source, backend: str, options: TritonOptions) -> Batching:
         preferred = preferred or tuple(sorted({min(opt, max_batch), max_batch}))
     if any(b > max_batch for b in preferred):
         raise UsageError(f"--preferred-batch {list(preferred)} goes above the max batch {max_batch}")
-    gpu = (options.instance_kind or ("cpu" if backend == "python" else "gpu")) == "gpu"
+    gpu = (options.instance_kind or backend.instances) == "gpu"
     return Batching(max_batch, options.instances, "KIND_GPU" if gpu else "KIND_CPU", options.max_queue_delay_us,
                     preferred)
 
@@ -219,7 +223,7 @@ class _Plan:
     """What one source's models will be: the model stage's backend, batching, and the files copied into it
     (source file -> (name in the version folder, sha256 it must have, or None where none is recorded))."""
 
-    backend: str
+    backend: backends.Backend
     batching: Batching
     target: str
     files: dict[Path, tuple[str, str | None]]
@@ -234,7 +238,7 @@ def _plan(source: Source, options: TritonOptions) -> _Plan:
             raise ArtifactError(f"{source.folder / FILENAME} names a tensor '{spec.name}', which is not a plain "
                                 "name: export the model again")
     batching = _batching(source, backend, options)
-    if backend == "tensorrt":
+    if backend.opens == backends.ENGINE:
         engine = _inside(source.folder, ENGINE_FILE)
         if engine.stat().st_size != source.engine.engine_bytes:
             raise ArtifactError(f"'{engine}' holds {engine.stat().st_size} bytes but {ENGINE_MANIFEST} says "
@@ -242,7 +246,8 @@ def _plan(source: Source, options: TritonOptions) -> _Plan:
         return _Plan(backend, batching, PLAN_FILE, {engine: (PLAN_FILE, None)})
     if options.precision not in m.artifacts:
         raise UsageError(f"{source.folder} has no {options.precision} graph (it has: {', '.join(m.artifacts)}): "
-                         "export with --fp16, or pass --precision fp32")
+                         f"export with {precisions.precision(options.precision).flag}, or pass --precision "
+                         f"{precisions.REFERENCE}")
     check_artifact(source.folder, m, options.precision, hashes=True)
     files = {_inside(source.folder, name): (name, m.sha256.get(name))
              for name in m.files_of(options.precision, source.folder)}
@@ -253,11 +258,11 @@ def _write_models(root: Path, source: Source, name: str, options: TritonOptions,
     """The four model folders of one source, each written aside and swapped in whole (the model stage, which
     copies and hash-checks the graph, first; the ensemble, which clients call, last)."""
     m, batching, stages = source.manifest, plan.batching, configs.stage_names(name)
-    info = {"ensemble": name, "task": m.task, "backend": plan.backend, "beit_deploy": __version__}
-    python = plan.backend == "python"
-    _model_folder(root / stages[MODEL], configs.model_config(stages[MODEL], m, batching, plan.backend, plan.target,
+    backend = plan.backend
+    info = {"ensemble": name, "task": m.task, "backend": backend.name, "beit_deploy": __version__}
+    _model_folder(root / stages[MODEL], configs.model_config(stages[MODEL], m, batching, backend.name, plan.target,
                                                              options.precision, options.ort_tensorrt),
-                  source, {**info, "stage": MODEL}, python=python, files=plan.files)
+                  source, {**info, "stage": MODEL}, python=backend.ours, files=plan.files)
     _model_folder(root / stages[PREPROCESS], configs.preprocess_config(stages[PREPROCESS], m, batching), source,
                   {**info, "stage": PREPROCESS})
     _model_folder(root / stages[POSTPROCESS], configs.postprocess_config(stages[POSTPROCESS], m, batching,
@@ -265,11 +270,11 @@ def _write_models(root: Path, source: Source, name: str, options: TritonOptions,
                   {**info, "stage": POSTPROCESS})
     _model_folder(root / name, configs.ensemble_config(name, m, batching, options.top_k), source,
                   {**info, "stage": "ensemble"}, python=False, top={configs.LABELS_FILE: configs.labels_text(m)})
-    if plan.backend != "python":
-        say(f"note: {name}'s {plan.backend} model stage needs Triton's {plan.backend} backend, which the bundled "
+    if not backend.ours:  # the bundled server has Triton's Python backend only
+        say(f"note: {name}'s {backend.name} model stage needs Triton's {backend.name} backend, which the bundled "
             "CPU server (the serve extra's Triton 2.51) lacks: serve it with the official container (see "
             f"{root / 'README.md'}), or write it with --backend python to serve it here")
-    return ServedModel(name, m.task, plan.backend, stages)
+    return ServedModel(name, m.task, backend.name, stages)
 
 
 def _inside(folder: Path, name: str) -> Path:

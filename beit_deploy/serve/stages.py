@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import tasks
+from ..core import precisions, tasks
 from ..core.errors import BeitDeployError, UsageError, describe
 from ..core.manifest import read_manifest
-from ..runtime import postprocess as post, wire
+from ..runtime import answers, postprocess as post, wire
 from ..runtime.backends import OnnxRuntimeBackend
 from ..runtime.preprocess import DEFAULT_MAX_PIXELS, prepare
 from .configs import MODEL, POSTPROCESS, PREPROCESS, STAGE
@@ -116,7 +116,7 @@ class Model:
 
     def __init__(self, folder: Path, params: dict[str, str]):
         self.manifest = read_manifest(folder)
-        precision = params.get("precision", "fp32")
+        precision = params.get("precision", precisions.REFERENCE)
         file = self.manifest.artifacts.get(precision, "")
         if Path(file).name != file or not (folder / file).is_file():
             raise BeitDeployError(f"{folder} has no {precision} graph '{file}': generate the repository again")
@@ -156,8 +156,9 @@ class Model:
 
 class Postprocess:
     """The graph's answer output (n, ...), IMAGE_SIZE (n, 2), optional TOP_K (n, 1) -> the task's answer tensors
-    (runtime/wire.py), through runtime/postprocess.py's ANSWERS. A label map is computed in bounded tiles and
-    sent in the smallest integer type, so one request's memory is about its map (1 byte a pixel) and 16 MB."""
+    (runtime/wire.py), through the task's answer kind (runtime/answers.py). A label map is computed in bounded
+    tiles and sent in the smallest integer type, so one request's memory is about its map (1 byte a pixel) and a
+    few MB."""
 
     def __init__(self, folder: Path, params: dict[str, str]):
         self.manifest = read_manifest(folder)
@@ -173,10 +174,9 @@ class Postprocess:
             raw, sizes, top_k = self._inputs(feeds)
         except RequestError as exc:
             return exc
-        probabilities = self.task.answer == tasks.TOP_K
-        rows = [wire.encode(post.answer(self.task, raw[k], post.Context(
+        rows = [wire.encode(answers.answer(self.task, raw[k], post.Context(
             (int(sizes[k][0]), int(sizes[k][1])), self.manifest.grid, self.manifest.labels, int(top_k[k]))),
-            raw[k] if probabilities else None) for k in range(len(raw))]
+            raw[k]) for k in range(len(raw))]
         return wire.stack(rows)
 
     def _inputs(self, feeds: Feeds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -188,11 +188,11 @@ class Postprocess:
                            or sizes.max() > MAX_PIXELS):
             raise RequestError(f"{wire.IMAGE_SIZE} must hold each image's height and width, at least 1 and at "
                                f"most {MAX_PIXELS / 1e6:g} megapixels in all; got {sizes.tolist()[:4]}")
-        if wire.TOP_K not in feeds:
+        if wire.TOP_K_INPUT not in feeds:
             return raw, sizes, np.full(len(raw), self.top_k)
-        top_k = _check(feeds, wire.TOP_K, "int32", (1,), len(raw)).reshape(-1)
+        top_k = _check(feeds, wire.TOP_K_INPUT, "int32", (1,), len(raw)).reshape(-1)
         if (top_k < 1).any():
-            raise RequestError(f"{wire.TOP_K} must be at least 1, got {int(top_k.min())}")
+            raise RequestError(f"{wire.TOP_K_INPUT} must be at least 1, got {int(top_k.min())}")
         return raw, sizes, top_k
 
 
