@@ -113,7 +113,7 @@ def test_free_ports_are_distinct():
 
 
 @needs_server
-def test_a_model_that_cannot_load_fails_with_the_log(tmp_path, tiny_export):
+def test_a_model_that_cannot_load_fails_with_the_log(tmp_path, tiny_export, monkeypatch):
     """A broken repository: the server exits, start() raises with the log's error lines, nothing is left."""
     repo = tmp_path / "repo"
     served, = write_repository([tiny_export("classification")], TritonOptions(out=repo, name="tiny"))
@@ -123,7 +123,8 @@ def test_a_model_that_cannot_load_fails_with_the_log(tmp_path, tiny_export):
     mark = json.loads((onnx.parent.parent / "beit-deploy.json").read_text())  # a broken file we wrote, say
     mark["files"]["1/model.onnx"] = file_sha256(onnx)
     (onnx.parent.parent / "beit-deploy.json").write_text(json.dumps(mark))
-    before, started = descendants(os.getpid()), time.time()
+    before, scratch, hold = descendants(os.getpid()), [], watch.hold
+    monkeypatch.setattr(watch, "hold", lambda folder: scratch.append(folder) or hold(folder))
     with pytest.raises(server_module.ServerError, match="ONNX Runtime cannot load") as failure:
         server_module.TritonServer(repo, server_module.ServerOptions(0, 0, 0, startup_timeout=120)).start()
     log = Path(re.search(r"\(whole log: (\S+)\)", str(failure.value)).group(1))
@@ -132,8 +133,7 @@ def test_a_model_that_cannot_load_fails_with_the_log(tmp_path, tiny_export):
     time.sleep(0.5)
     assert not [pid for pid in descendants(os.getpid()) - before if alive(pid)]
     assert not list(Path("/dev/shm").glob(f"{watch.SHM_PREFIX}{os.getpid()}_*"))  # its regions are gone too
-    assert not [p for p in Path(tempfile.gettempdir()).glob(f"{watch.SCRATCH_PREFIX}*")
-                if p.stat().st_mtime > started]
+    assert scratch and not scratch[0].exists()
 
 
 def one_line(result, code: int, text: str) -> None:
