@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import backends as table, precisions, tasks
@@ -88,12 +89,16 @@ def _jobs(settings, backends, resolution, task, inputs, resolved):
     return jobs, skipped, folder
 
 
+@dataclass(frozen=True)
 class _Bench:
     """What a job maker needs: the settings, the jobs' common keys, the model and the export folder."""
 
-    def __init__(self, settings, base, resolution, resolved, task, folder):
-        self.settings, self.base, self.resolution, self.resolved = settings, base, resolution, resolved
-        self.task, self.folder = task, folder
+    settings: BenchSettings
+    base: dict
+    resolution: tuple[int, int]
+    resolved: object  # exporter.loading.Resolved
+    task: str
+    folder: Path | None
 
 
 def _model_job(b: _Bench, name: str) -> dict:
