@@ -23,7 +23,8 @@ from .report import BACKENDS, BASELINE, E2E_OURS, E2E_TRANSFORMERS, ORT_ARTIFACT
     TORCH_BACKENDS, BenchReport, BenchSettings, Skipped
 from .worker import E2E_RUNNER, E2E_TRANSFORMERS as E2E_TRANSFORMERS_KIND
 
-DEVICES = ("cpu", "cuda")
+DEVICES = ("cpu", "cuda")  # where the torch (and TensorRT) backends run: --device
+
 
 def run_bench(settings: BenchSettings) -> BenchReport:
     """Measure every backend at every batch size (ascending), plus the end-to-end row."""
