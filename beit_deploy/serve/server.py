@@ -150,7 +150,8 @@ class TritonServer:
         """The server that answered must be ours: the one holding the HTTP port's listening socket."""
         holders = watch.listener_pids(self.http_port)
         if holders is not None and self.process.pid not in holders:
-            raise ServerError(f"another process ({', '.join(map(str, sorted(holders)))}) answers on port "
+            who = f"process {', '.join(map(str, sorted(holders)))}" if holders else "a process of another user"
+            raise ServerError(f"another server ({who}) answers on port "
                               f"{self.http_port}, not the tritonserver started here: stop it, or pass another "
                               "--http-port")
 
