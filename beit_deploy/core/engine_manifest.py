@@ -182,6 +182,22 @@ def unavailable_reason() -> str | None:
     return None if torch.cuda.is_available() else "no CUDA GPU (torch.cuda.is_available() is False)"
 
 
+def engine_cannot_run(found: FoundEngine, plan: str) -> str | None:
+    """Why `found` cannot run on this machine (None: it can), checked before anything loads it: TensorRT or a
+    GPU missing ("<plan>, but ..."), or an engine of another TensorRT version or GPU (check_engine_compatible's
+    reason). verify and compare skip the engine with this same sentence."""
+    unavailable = unavailable_reason()
+    if unavailable:
+        return f"{plan}, but {unavailable}"
+    import tensorrt
+
+    try:
+        check_engine_compatible(found.info, tensorrt.__version__, current_gpu())
+    except BeitDeployError as exc:
+        return f"{found.path} cannot run here ({exc})"
+    return None
+
+
 def current_gpu(device: int = 0) -> GpuInfo:
     """Name and compute capability of CUDA device `device`, via torch; TensorRTError without a GPU."""
     torch = require("torch", "export", "finding the GPU for TensorRT")
