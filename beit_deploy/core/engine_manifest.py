@@ -53,6 +53,13 @@ class EngineManifest:
     created: str
     format_version: int = ENGINE_FORMAT_VERSION
     tf32: bool | None = None  # TF32 allowed for fp32 layers; None: not recorded (engine.json before it was)
+    # {"form": "decomposed"} or {"form": "fused", "attention_nodes": N, "trt_decomposable": True}; None: not recorded
+    attention: dict | None = None
+
+    @property
+    def judged_as(self) -> str:
+        """The precision whose parity bounds apply: "tf32" for an fp32 engine built with TF32 allowed."""
+        return "tf32" if self.precision == "fp32" and self.tf32 else self.precision
 
     def __post_init__(self):
         """ValueError for an engine.json that names its source graph by anything but a plain file name (the

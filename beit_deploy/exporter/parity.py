@@ -24,7 +24,10 @@ NO_PHOTOS = "no sample photos (a checkout's samples/images): pass --images DIR o
 # Per precision, the one place: fp32 is exact up to float rounding; fp16 keeps the decision; quantized graphs
 # (int8/fp8 Q/DQ, int8cpu dynamic) are judged by cosine only (top-1/top-5 are reported: random weights give
 # near-flat logits whose top-1 an int8 step can flip).
-THRESHOLDS = {"fp32": {"rel": 1e-4}, "fp16": {"cosine": 0.999, "top1": 1.0},
+# "tf32": an fp32 TensorRT engine built with TF32 allowed (`build --tf32`): fp32 storage, matmuls with a 10-bit
+# mantissa (as fp16's), so fp32's rel 1e-4 does not apply; unmeasured on a GPU yet, hence set from fp16's cosine
+# tightened by TF32's fp32 range and accumulation.
+THRESHOLDS = {"fp32": {"rel": 1e-4}, "tf32": {"rel": 1e-2, "cosine": 0.9999}, "fp16": {"cosine": 0.999, "top1": 1.0},
               "int8": {"cosine": 0.999}, "int8cpu": {"cosine": 0.999}, "fp8": {"cosine": 0.995}}
 
 

@@ -35,6 +35,7 @@ RUNNERS = ("onnxrt-fp32", "onnxrt-fp16", "onnxrt-int8", "onnxrt-fp8", "onnxrt-in
 # Default tolerances per precision of the runner compared with the reference (elementwise atol OR rtol); quantized
 # graphs are judged mainly by cosine (parity.THRESHOLDS), elementwise only for gross errors.
 TOLERANCES = {"fp32": {"atol": 1e-4, "rtol": 1e-3, "cosine": 0.99999},
+              "tf32": {"atol": 1e-2, "rtol": 1e-2, "cosine": parity.THRESHOLDS["tf32"]["cosine"]},
               "fp16": {"atol": 5e-2, "rtol": 5e-2, "cosine": parity.THRESHOLDS["fp16"]["cosine"]},
               **{p: {"atol": 0.5, "rtol": 0.5, "cosine": parity.THRESHOLDS[p]["cosine"]}
                  for p in ("int8", "fp8", "int8cpu")}}
@@ -153,7 +154,7 @@ def _trt_runner(folder: Path, manifest: Manifest, engine: Path | None = None):
     from ..trt.build import profile_shapes
 
     found, _ = find_engine(folder, manifest, engine)
-    precision = found.info.precision if found else "fp16" if "fp16" in manifest.artifacts else "fp32"
+    precision = found.info.judged_as if found else "fp16" if "fp16" in manifest.artifacts else "fp32"
     if found is not None:
         reason = engine_cannot_run(found, f"would compare {found.describe()}")
         return reason if reason else (batched(_engine_runner(found), *batch_range(found.info.profile)), precision)

@@ -242,7 +242,7 @@ def _artifacts(folder: Path, manifest: Manifest, engine: Path | None = None):
         yield name, file, name, _onnx_runner(check_artifact(folder, manifest, name, hashes=True))
     found, passed_over = find_engine(folder, manifest, engine)
     if found is not None:
-        yield "engine", str(found.path), found.info.precision, _engine_runner(found, manifest)
+        yield "engine", str(found.path), found.info.judged_as, _engine_runner(found, manifest)
     elif passed_over:
         yield "engine", "-", "-", "no engine of this export: " + "; ".join(passed_over)
 
