@@ -194,9 +194,10 @@ def run(log: Log, out: Path, report: dict) -> bool:
 
     env, checkout = environment(), find_checkout()
     steps = plan(env, checkout)
-    report["mode"] = "GPU" if env["cuda_available"] else ("dry run on CPU (a tiny model, a few iterations; CUDA and "
-                                                          "TensorRT parts skipped)")
-    log(f"gpu-check ({report['mode']}): what runs on this machine")
+    report["mode"] = "GPU" if env["cuda_available"] else ("dry run on CPU: a tiny model, a few iterations, the CUDA "
+                                                          "and TensorRT parts skipped; its timings mean nothing")
+    log(f"gpu-check, {report['mode']}")
+    log("what runs on this machine:")
     for part, reason in steps.items():
         log(f"  {'RUNS   ' if reason is None else 'SKIPPED'} {PARTS[part]}" + (f": {reason}" if reason else ""))
     report.update(plan=steps, environment=env)

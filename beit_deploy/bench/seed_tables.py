@@ -43,7 +43,7 @@ class TableSettings:
 
 
 DRY_RUN = TableSettings(device="cpu", train_steps=3, train_size=(72, 48), batches=(1, 4), resolution=(64, 64),
-                        warmup=1, iters=3)
+                        warmup=2, iters=5)
 
 
 def _dtype(name: str):

@@ -46,7 +46,7 @@ def test_the_dry_run_writes_both_tables_and_every_skip_reason(tmp_path, monkeypa
     assert report["tensorrt"] == {"skipped": "no CUDA GPU (torch.cuda.is_available() is False)"}
     assert report["tests"]["tests"] == report["tests"]["skipped"] > 0 and report["tests"]["exit_code"] == 0
     log = (tmp_path / "gpu-check.log").read_text()
-    assert log.startswith("gpu-check (dry run on CPU") and "SKIPPED TensorRT rows" in log
+    assert log.startswith("gpu-check, dry run on CPU: a tiny model") and "SKIPPED TensorRT rows" in log
     assert "| dtype | eager s/batch | sdpa s/batch | sdpa speedup % | baked s/batch |" in log
     assert "| batch | eager s/iter | eager CI | eager MB | sdpa s/iter | sdpa CI | sdpa MB | sdpa speedup |" in log
     assert "| batch | baked s/iter | CI | MB | vs eager | vs sdpa |" in log
