@@ -88,7 +88,8 @@ def _resident(model, settings: TableSettings, dtype: str):
 
 
 def _models(master, resolution: tuple[int, int]):
-    """(name, CPU model) for eager, sdpa and baked; eager and sdpa are the same model with its attention set."""
+    """(name, CPU model) for eager, sdpa and baked; eager and sdpa are the same model with its attention set.
+    The baked model shares the master's weights: `_resident` copies before anything moves to the device."""
     from ..exporter.bake import bake
 
     yield from ((name, master) for name in ATTENTIONS)
