@@ -161,7 +161,8 @@ def _engine_rows(log, settings: TableSettings, folder: Path, form: str, dtype: s
     if spent:
         skipped[f"{name} {dtype}"] = spent
         return rows
-    engine = build(folder, BuildOptions(precision=dtype, batch=TRT_PROFILE, out_dir=work / f"engines-{form}-{dtype}"))[0]
+    options = BuildOptions(precision=dtype, batch=TRT_PROFILE, out_dir=work / f"engines-{form}-{dtype}")
+    engine = build(folder, options)[0]
     with TensorRTBackend(engine, read_manifest(folder)) as backend:
         weights_mb = engine.stat().st_size / 2**20  # the engine's weights live outside torch's allocator
         for batch in settings.batches:

@@ -10,16 +10,16 @@ Optional CUDA graphs (`cuda_graph=True`): one graph per batch size, each capture
 context with static buffers, then replayed (copy in, replay, outputs in the static buffers). A context keeps
 the shape state TensorRT set up for its batch size, so switching between cached sizes needs no recapture
 (TensorRT allows several contexts on one profile as long as they are not used concurrently; ours run one at a
-time on one stream). At most `max_graphs` sizes are kept (each context holds its own activation memory), least
-recently used dropped first. A batch size whose capture fails runs without a graph from then on (and the CUDA error the failed capture
-left pending is cleared, as trtexec does, so that the next CUDA call does not report it).
+time on one stream). At most `max_graphs` sizes are kept (each keeps its static buffers), least recently used
+dropped first. A batch size whose capture fails runs without a graph from then on, and the CUDA error the failed
+capture left pending is cleared (cudaGetLastError, as trtexec does), so the next CUDA call does not report it.
 
 Device memory for activations: every context of the engine (the plain one and one per captured graph) is
 created with user-managed allocation and given the same single buffer of `device_memory_size_v2` bytes (the
 largest any profile shape needs). They never run at the same time (one stream, one call at a time), so
 sharing is safe, and 1 + `max_graphs` contexts cost one workspace instead of one each.
 
-One `trt.Logger` per process (`trt_logger`), shared by every Builder and Runtime, as TensorRT expects.
+One `trt.Logger` per process (`trt_logger`), shared by every Builder, parser and Runtime, as TensorRT expects.
 """
 
 from __future__ import annotations
