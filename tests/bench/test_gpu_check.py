@@ -89,7 +89,8 @@ def test_the_tensorrt_part_checks_the_budget_before_each_export(monkeypatch, tmp
     monkeypatch.setattr(gpu_check, "BUDGET_S", -1)
     monkeypatch.setattr(gpu_parts, "_export", lambda *a: pytest.fail("exported past the budget"))
     result = gpu_parts.tensorrt_rows(log, seed_tables.TableSettings(), tmp_path)
-    assert result["rows"] == [] and set(result["skipped"]) == {"decomposed", "fused"}
+    assert result["rows"] == [] and set(result["skipped"]) == {f"tensorrt {form} {dtype}" for form in
+                                                                ("decomposed", "fused") for dtype in ("fp16", "fp32")}
     assert all(reason.startswith("time budget (-1 s) spent") for reason in result["skipped"].values())
 
 
