@@ -1,7 +1,7 @@
 """`make gpu-check` (`python -m beit_deploy.bench.gpu_check`): the whole GPU proof from one call, said up front.
 
 Parts, each run only where it can (the first lines of the log say which, and why not the others):
-1. environment: GPU, driver, CUDA, packages (the bench harness's machine facts), ONNX Runtime's providers;
+1. environment: GPU, driver, CUDA, packages (core.machine's facts), ONNX Runtime's providers;
 2. parity on the device: baked vs eager, fp32 with TF32 off (max rel) and the baked model in fp16 (cosine);
 3. the transformers BEiT docs' inference table: eager vs SDPA, batch 1/4/16/32, fp16 (the docs') and fp32, with
    the baked model beside them (seed_tables.py says exactly how each row is timed);
@@ -71,8 +71,8 @@ def has_module(name: str) -> bool:
 
 
 def environment() -> dict:
-    """Machine facts and versions (the bench harness's), CUDA, GPU, driver and ONNX Runtime's providers."""
-    from .report import machine
+    """Machine facts and versions (core.machine), CUDA, GPU, driver and ONNX Runtime's providers."""
+    from ..core.machine import machine, module_version
 
     env: dict = {"machine": machine("cpu"), "cuda_available": False, "torch": None}
     if has_module("torch"):
@@ -85,7 +85,7 @@ def environment() -> dict:
                           "memory_gib": round(props.total_memory / 2**30, 1), "count": torch.cuda.device_count()}
     env["driver"] = _driver()
     for module in ("tensorrt", "onnxruntime", "polygraphy"):
-        env[module] = _version(module)
+        env[module] = module_version(module)
     env["onnxruntime_providers"] = _providers()
     return env
 
@@ -97,15 +97,6 @@ def _driver() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return smi.stdout.strip().splitlines()[0] if smi.returncode == 0 and smi.stdout.strip() else None
-
-
-def _version(module: str) -> str:
-    if not has_module(module):
-        return "not installed"
-    try:
-        return __import__(module).__version__
-    except Exception as exc:  # noqa: BLE001 - a broken install is reported, not raised
-        return f"fails to import ({type(exc).__name__}: {exc})"
 
 
 def _providers() -> list[str]:

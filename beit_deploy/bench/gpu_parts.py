@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from .seed_tables import DRY_RUN, TableSettings
+from .seed_tables import DRY_RUN, EAGER, TableSettings
 
 BENCH_MODEL = "beit-base-patch16-224"
 TRT_PROFILE = (1, 16, 32)
@@ -93,7 +93,7 @@ def parity_on(model, settings: TableSettings) -> dict:
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, False
     baked = bake(copy.deepcopy(model), resolution).to(device)  # a copy: .to() would move the shared weights
     eager = copy.deepcopy(model).to(device)
-    eager.set_attn_implementation("eager")
+    eager.set_attn_implementation(EAGER)
     x = torch.randn(8, 3, *resolution, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         ref = eager(pixel_values=x).logits.double()
@@ -112,11 +112,10 @@ def tensorrt_rows(log, settings: TableSettings, work: Path) -> dict:
     then fp32; the time budget is checked before each export, build and batch size."""
     import tensorrt
 
-    from ..exporter.attention import DECOMPOSED, FUSED
-    from ..trt.build import FUSED_FROM
+    from ..core.manifest import ATTENTION_MIN_TENSORRT, DECOMPOSED, FUSED
 
     version = tuple(int(p) for p in tensorrt.__version__.split(".")[:2])
-    forms = [DECOMPOSED] + ([FUSED] if version >= FUSED_FROM else [])
+    forms = [DECOMPOSED] + ([FUSED] if version >= ATTENTION_MIN_TENSORRT[FUSED] else [])
     result: dict = {"tensorrt": tensorrt.__version__, "rows": [], "skipped": {}}
     if FUSED not in forms:
         result["skipped"][FUSED] = f"TensorRT {tensorrt.__version__} < 10.14 does not parse the ONNX Attention op"

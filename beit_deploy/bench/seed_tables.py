@@ -21,9 +21,11 @@ import copy
 import time
 from dataclasses import asdict, dataclass
 
+from ..core.backends import BACKENDS, MODEL
 from .report import Measurement, summarise
 
-ATTENTIONS = ("eager", "sdpa")
+# the docs' two rows: transformers' model with its eager and its SDPA attention (the backend table's MODEL rows)
+EAGER, SDPA = ATTENTIONS = tuple(b.attention for b in BACKENDS.values() if b.opens == MODEL)
 BAKED = "baked"
 
 
@@ -119,7 +121,7 @@ def training_rows(master, settings: TableSettings) -> list[dict]:
             with torch.enable_grad():
                 row = time_calls(step, settings, name, settings.train_batch, settings.train_steps)
             rows.append({"dtype": dtype, **asdict(row)})
-            del model
+            model = None  # freed before the next copy (the timed closure is done with it)
     return rows
 
 
@@ -138,7 +140,7 @@ def inference_rows(master, settings: TableSettings) -> list[dict]:
                     x = torch.randn(batch, 3, *settings.resolution, device=settings.device, dtype=_dtype(dtype))
                     row = time_calls(lambda: model(pixel_values=x), settings, name, batch, settings.iters)
                     rows.append({"dtype": dtype, **asdict(row)})
-                del model
+                model = None  # freed before the next copy
     return rows
 
 
@@ -163,7 +165,7 @@ def training_table(rows: list[dict], settings: TableSettings) -> list[str]:
         by = {r["backend"]: r for r in rows if r["dtype"] == dtype}
         if set(by) != {*ATTENTIONS, BAKED}:
             continue
-        e, s, b = by["eager"], by["sdpa"], by[BAKED]
+        e, s, b = by[EAGER], by[SDPA], by[BAKED]
         faster = {k: _pct(100 * (speedup(e["seconds_per_iter"], o["seconds_per_iter"]) - 1)) for k, o in (("s", s),
                                                                                                       ("b", b))}
         saved = {k: _pct(saving(e["peak_memory_mb"], o["peak_memory_mb"])) for k, o in (("s", s), ("b", b))}
@@ -178,14 +180,14 @@ def inference_tables(rows: list[dict], settings: TableSettings, others: dict[str
     lines = []
     for dtype in settings.dtypes:
         by = {(r["backend"], r["batch_size"]): r for r in rows if r["dtype"] == dtype}
-        batches = [b for b in settings.batches if ("eager", b) in by and ("sdpa", b) in by]
+        batches = [b for b in settings.batches if (EAGER, b) in by and (SDPA, b) in by]
         size = f"{settings.resolution[0]}x{settings.resolution[1]}"
         lines += ["", f"inference, {dtype}, {size}, on {settings.device}: s/iter median over {settings.iters} after "
                   f"{settings.warmup} warm-up (CI: 95 % of the mean)",
                   "| batch | eager s/iter | eager CI | eager MB | sdpa s/iter | sdpa CI | sdpa MB | sdpa speedup "
                   "| sdpa memory saved |", "|---|---|---|---|---|---|---|---|---|"]
         for batch in batches:
-            e, s = by["eager", batch], by["sdpa", batch]
+            e, s = by[EAGER, batch], by[SDPA, batch]
             lines.append(f"| {batch} | {_s(e, ci=False)} | {_ci(e)} | {_mb(e)} | {_s(s, ci=False)} | {_ci(s)} "
                          f"| {_mb(s)} | {speedup(e['seconds_per_iter'], s['seconds_per_iter']):.2f}x "
                          f"| {_pct(saving(e['peak_memory_mb'], s['peak_memory_mb']))} |")
@@ -197,7 +199,7 @@ def inference_tables(rows: list[dict], settings: TableSettings, others: dict[str
             lines += ["", f"| batch | {name} s/iter | CI | MB | vs eager | vs sdpa | memory saved vs eager |",
                       "|---|---|---|---|---|---|---|"]
             for batch in [b for b in batches if b in got]:
-                o, e, s = got[batch], by["eager", batch], by["sdpa", batch]
+                o, e, s = got[batch], by[EAGER, batch], by[SDPA, batch]
                 lines.append(f"| {batch} | {_s(o, ci=False)} | {_ci(o)} | {_mb(o)} "
                              f"| {speedup(e['seconds_per_iter'], o['seconds_per_iter']):.2f}x "
                              f"| {speedup(s['seconds_per_iter'], o['seconds_per_iter']):.2f}x "

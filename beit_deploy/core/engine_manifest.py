@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import ArtifactError, BeitDeployError, UsageError, require
 from .files import artifact_sha256, bare_name
 from .manifest import Manifest, read_versioned
+from . import precisions
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 ENGINE_FILE, ENGINE_MANIFEST = "model.engine", "engine.json"
@@ -58,8 +59,9 @@ class EngineManifest:
 
     @property
     def judged_as(self) -> str:
-        """The precision whose parity bounds apply: "tf32" for an fp32 engine built with TF32 allowed."""
-        return "tf32" if self.precision == "fp32" and self.tf32 else self.precision
+        """The name whose parity bounds apply (core.precisions.judged_as): tf32 for an fp32 engine built with
+        TF32 allowed, else its precision."""
+        return precisions.judged_as(self.precision, self.tf32)
 
     def __post_init__(self):
         """ValueError for an engine.json that names its source graph by anything but a plain file name (the

@@ -1,7 +1,7 @@
 """`beit-deploy compare`: Polygraphy's Comparator over an export's runners, with Polygraphy's own report.
 
-Runners: onnxrt-fp32 / onnxrt-fp16 / onnxrt-int8 / onnxrt-fp8 / onnxrt-int8cpu (Polygraphy's OnnxrtRunner on
-model.onnx, model.fp16.onnx and the quantized graphs), torch (the eager
+Runners (named from the backend and precision tables, as Polygraphy names its runners): onnxrt-<precision>
+(Polygraphy's OnnxrtRunner on model.onnx, model.fp16.onnx and the quantized graphs), torch (the eager
 transformers model rebuilt from the manifest, as a small BaseRunner; Polygraphy's PytRunner assumes CUDA) and
 trt (Polygraphy's TrtRunner on the engine `build` made from this export -- `--engine`, else found under
 engines/<model>/<H>x<W> by its source ONNX's sha256 -- or on an engine Polygraphy builds from the ONNX with TF32
@@ -24,21 +24,32 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import tasks
+from ..core import backends, precisions, tasks
 from ..core.engine_manifest import FoundEngine, engine_cannot_run, find_engine, unavailable_reason
 from ..core.errors import UsageError, require
 from ..core.manifest import Manifest, read_manifest
 from ..exporter import parity
 from .verify import feed_dicts, photo_paths, reference_model
 
-RUNNERS = ("onnxrt-fp32", "onnxrt-fp16", "onnxrt-int8", "onnxrt-fp8", "onnxrt-int8cpu", "torch", "trt")
-# Default tolerances per precision of the runner compared with the reference (elementwise atol OR rtol); quantized
-# graphs are judged mainly by cosine (parity.THRESHOLDS), elementwise only for gross errors.
-TOLERANCES = {"fp32": {"atol": 1e-4, "rtol": 1e-3, "cosine": 0.99999},
-              "tf32": {"atol": 1e-2, "rtol": 1e-2, "cosine": parity.THRESHOLDS["tf32"]["cosine"]},
-              "fp16": {"atol": 5e-2, "rtol": 5e-2, "cosine": parity.THRESHOLDS["fp16"]["cosine"]},
-              **{p: {"atol": 0.5, "rtol": 0.5, "cosine": parity.THRESHOLDS[p]["cosine"]}
-                 for p in ("int8", "fp8", "int8cpu")}}
+EAGER_RUNNER, TRT_RUNNER = backends.compare_name(backends.EAGER), backends.compare_name(backends.TENSORRT)
+
+
+def runner_names() -> tuple[str, ...]:
+    """Every runner `compare` knows, from the tables: ONNX Runtime on each graph (onnxrt-<precision>), the eager
+    model (torch) and TensorRT (trt)."""
+    return tuple(backends.compare_runners())
+
+
+def onnx_runners() -> dict[str, str]:
+    """{ONNX Runtime runner name: the precision of the graph it runs}."""
+    return {name: p for name, p in backends.compare_runners().items() if p is not None}
+
+
+RUNNERS = runner_names()  # as they were when this module loaded; CompareOptions checks against the tables
+# Default tolerances per precision of the runner compared with the reference (elementwise atol OR rtol), from the
+# precision table; quantized graphs are judged mainly by cosine, elementwise only for gross errors.
+TOLERANCES = {p.name: dict(p.tolerance) for p in precisions.PRECISIONS.values()} | {
+    name: dict(row["tolerance"]) for name, row in precisions.LOOSENED.items()}  # tf32: an fp32 engine built --tf32
 PURPOSE = "comparing runners with Polygraphy (beit-deploy compare)"
 
 
@@ -59,10 +70,11 @@ class CompareOptions:
     engine: Path | None = None  # the engine for "trt"; None: core.engine_manifest.find_engine's default
 
     def __post_init__(self):
-        unknown = [r for r in self.runners if r not in RUNNERS]
+        known = runner_names()
+        unknown = [r for r in self.runners if r not in known]
         if unknown or not self.runners:
             raise UsageError(f"unknown runner(s) {', '.join(unknown) or '(none given)'}: "
-                             f"choose from {', '.join(RUNNERS)}")
+                             f"choose from {', '.join(known)}")
 
 
 @dataclass(frozen=True)
@@ -92,7 +104,7 @@ def compare(path, options: CompareOptions = CompareOptions()) -> CompareOutcome:
     results = Comparator.run(runners, data_loader=feeds, save_inputs_path=_str(options.save_inputs),
                              save_outputs_path=_str(options.save_outputs))
     names = [r.name for r in runners]
-    ref = names.index("torch") if "torch" in names else 0
+    ref = names.index(EAGER_RUNNER) if EAGER_RUNNER in names else 0
     pairs = []
     for i, name in enumerate(names):
         if i == ref:
@@ -111,7 +123,7 @@ def compare_funcs(precision: str, options: CompareOptions) -> list:
     """SimpleCompareFunc (elementwise: fails where both atol and rtol are exceeded) and cosine similarity."""
     from polygraphy.comparator import CosineSimilarityCompareFunc, SimpleCompareFunc
 
-    tol = TOLERANCES.get(precision, TOLERANCES["fp16"])
+    tol = TOLERANCES.get(precision) or TOLERANCES[precisions.ENGINE_DEFAULT]
     pick = lambda given, key: tol[key] if given is None else given  # noqa: E731
     return [SimpleCompareFunc(atol=pick(options.atol, "atol"), rtol=pick(options.rtol, "rtol")),
             CosineSimilarityCompareFunc(cosine_similarity_threshold=pick(options.cosine, "cosine"))]
@@ -134,30 +146,37 @@ def _runners(folder: Path, manifest: Manifest, options: CompareOptions):
 def _make_runner(name: str, folder: Path, manifest: Manifest, options: CompareOptions):
     """(runner, precision), or the reason `name` cannot run for this folder on this machine. ONNX Runtime and
     TensorRT runners take any number of images: see `batched`."""
-    if name.startswith("onnxrt-"):
-        from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-
-        precision = name.split("-", 1)[1]
-        file = manifest.artifacts.get(precision)
-        if file is None or not (folder / file).is_file():
-            flag = {"int8cpu": "--int8-cpu"}.get(precision, f"--{precision}")
-            return f"the export has no {precision} graph here (export with {flag} for one)"
-        return batched(OnnxrtRunner(SessionFromOnnx(str(folder / file), providers=["cpu"]), name=name)), precision
-    if name == "torch":
-        return eager_runner(manifest, reference_model(manifest, options.reference)), "fp32"
-    return _trt_runner(folder, manifest, options.engine)
+    makers = {**dict.fromkeys(onnx_runners(), _onnx_runner), EAGER_RUNNER: _torch_runner, TRT_RUNNER: _trt_runner}
+    return makers[name](name, folder, manifest, options)
 
 
-def _trt_runner(folder: Path, manifest: Manifest, engine: Path | None = None):
+def _onnx_runner(name: str, folder: Path, manifest: Manifest, options: CompareOptions):
+    """Polygraphy's OnnxrtRunner (CPU) on the export's graph of the runner's precision."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    precision = onnx_runners()[name]
+    file = manifest.artifacts.get(precision)
+    if file is None or not (folder / file).is_file():
+        return f"the export has no {precision} graph here (export with {precisions.PRECISIONS[precision].flag} for one)"
+    return batched(OnnxrtRunner(SessionFromOnnx(str(folder / file), providers=["cpu"]), name=name)), precision
+
+
+def _torch_runner(name: str, folder: Path, manifest: Manifest, options: CompareOptions):
+    return eager_runner(manifest, reference_model(manifest, options.reference), name), precisions.REFERENCE
+
+
+def _trt_runner(name: str, folder: Path, manifest: Manifest, options: CompareOptions):
     """Polygraphy's TrtRunner on the engine `build` made from this export (checked first to be of this TensorRT
-    and GPU: verify's reason when not), or on one Polygraphy builds from the ONNX (profile 1:2:8)."""
+    and GPU: verify's reason when not), or on one Polygraphy builds from the ONNX (profile BUILT_PROFILE)."""
     from ..trt.build import profile_shapes
 
-    found, _ = find_engine(folder, manifest, engine)
-    precision = found.info.judged_as if found else "fp16" if "fp16" in manifest.artifacts else "fp32"
+    found, _ = find_engine(folder, manifest, options.engine)
+    fallback = precisions.ENGINE_DEFAULT if precisions.ENGINE_DEFAULT in manifest.artifacts else precisions.REFERENCE
+    precision = found.info.judged_as if found else fallback
     if found is not None:
         reason = engine_cannot_run(found, f"would compare {found.describe()}")
-        return reason if reason else (batched(_engine_runner(found), *batch_range(found.info.profile)), precision)
+        return reason if reason else (batched(_engine_runner(found, name), *batch_range(found.info.profile)),
+                                      precision)
     reason = unavailable_reason()
     if reason:
         return (f"would build an engine from {manifest.artifacts[precision]} with Polygraphy (TF32 off) and compare "
@@ -169,18 +188,18 @@ def _trt_runner(folder: Path, manifest: Manifest, engine: Path | None = None):
         profile.add(input_name, by_key["min"], by_key["opt"], by_key["max"])
     network = NetworkFromOnnxPath(str(folder / manifest.artifacts[precision]), strongly_typed=True)
     config = CreateConfig(profiles=[profile], tf32=False)
-    runner = TrtRunner(EngineFromNetwork(network, config), name="trt")
+    runner = TrtRunner(EngineFromNetwork(network, config), name=name)
     return batched(runner, BUILT_PROFILE[0], BUILT_PROFILE[2]), precision
 
 
 BUILT_PROFILE = (1, 2, 8)  # the batch profile of the engine compare builds itself
 
 
-def _engine_runner(found: FoundEngine):
+def _engine_runner(found: FoundEngine, name: str):
     """Polygraphy's TrtRunner on an engine file `build` wrote (after engine_cannot_run said it can run here)."""
     from polygraphy.backend.trt import EngineFromPath, TrtRunner
 
-    return TrtRunner(EngineFromPath(str(found.path)), name="trt")
+    return TrtRunner(EngineFromPath(str(found.path)), name=name)
 
 
 def batch_range(profile: dict) -> tuple[int, int]:
@@ -239,7 +258,7 @@ def renormaliser(manifest: Manifest, loaded) -> tuple[np.ndarray, np.ndarray]:
     return std_m * ratio / std_s, (mean_m * ratio - mean_s) / std_s
 
 
-def eager_runner(manifest: Manifest, loaded, name: str = "torch"):
+def eager_runner(manifest: Manifest, loaded, name: str = EAGER_RUNNER):
     """A Polygraphy runner around the eager transformers model (on CPU, outputs as float32 numpy)."""
     return _eager_runner_class()(loaded.model, manifest, renormaliser(manifest, loaded), name)
 

@@ -98,7 +98,7 @@ def test_verify_feeds_five_photos_to_an_engine_of_profile_1_to_4(engine_here, mo
 def test_compare_feeds_five_photos_to_an_engine_of_profile_1_to_4(engine_here, monkeypatch):
     export, _ = engine_here
     ProfileRunner.batches = []
-    monkeypatch.setattr(compare_module, "_engine_runner", lambda found: ProfileRunner(
+    monkeypatch.setattr(compare_module, "_engine_runner", lambda found, name: ProfileRunner(
         SessionFromOnnx(str(export / "model.onnx"), providers=["cpu"]), name="trt"))
     outcome = compare(export, CompareOptions(runners=("onnxrt-fp32", "torch", "trt"), random=1))
     assert outcome.passed and ("trt", "torch", True) in outcome.pairs and not outcome.skipped
@@ -112,7 +112,7 @@ def test_an_engine_of_another_tensorrt_is_skipped_by_both_with_one_reason(engine
     install(monkeypatch, version="11.4.0.106")
     loaded = []
     monkeypatch.setattr(tensorrt_backend, "TensorRTBackend", lambda *a: loaded.append(a))
-    monkeypatch.setattr(compare_module, "_engine_runner", lambda found: loaded.append(found))
+    monkeypatch.setattr(compare_module, "_engine_runner", lambda found, name: loaded.append(found))
     engine = next(a for a in parity_report(export, random=1).artifacts if a.name == "engine")
     outcome = compare(export, CompareOptions(runners=("onnxrt-fp32", "trt"), random=1))
     assert engine.skipped == outcome.skipped["trt"] and not loaded

@@ -78,7 +78,8 @@ def test_fused_attention_is_refused_before_tensorrt_10_14(fused_export, stand_in
     from fake_tensorrt import Builder
 
     stand_in("10.13.0.35")
-    with pytest.raises(UsageError, match="cannot read \\(10.14 and later can\\): export again without --attention"):
+    with pytest.raises(UsageError, match=r"cannot parse \(it needs 10.14 or newer\): export again with --attention "
+                                         "decomposed"):
         engine.build(fused_export, BuildOptions(precision="fp32", out_dir=tmp_path))
     assert not Builder.built and not any(tmp_path.iterdir())
 
