@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "beit_deploy"
-RANK = {"core": 0, "runtime": 1, "exporter": 2, "trt": 3, "proof": 4, "bench": 5, "serve": 5, "cli": 9,
+RANK = {"core": 0, "runtime": 1, "exporter": 2, "trt": 3, "proof": 4, "bench": 5, "serve": 5, "batch": 5, "cli": 9,
         "__init__": 9, "__main__": 9}
 # The one deliberate upward call: BeitTRTRunner.parity(), kept for compatibility, reaches the proof stage lazily.
 ALLOWED_UP = {("beit_deploy.runtime.runner", "beit_deploy.proof.verify")}

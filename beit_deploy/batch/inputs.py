@@ -48,19 +48,22 @@ def _expand_local(item: str, skip: set[str]) -> list[str]:
             return [os.path.abspath(m) for m in matched if not Path(m).is_dir()]
         raise UsageError(f"'{item}' does not exist: check the input path")
     if path.is_dir():
-        return _walk(path, skip)
+        return [os.path.abspath(p) for p in images_below(path, skip)]
     if path.suffix.lower() in LIST_SUFFIXES:
         return _listed(_read_list(path.read_bytes(), path.suffix.lower(), item), os.path.dirname(os.path.abspath(item)))
     return [os.path.abspath(item)]
 
 
-def _walk(folder: Path, skip: set[str]) -> list[str]:
-    """Files named like images below `folder`, sorted; symbolic links to folders are not followed (no loops)."""
+def images_below(folder: Path, skip: Iterable[str] = ()) -> list[str]:
+    """Paths (under `folder` as given) of everything named like an image in it or below it, sorted; symbolic
+    links to folders are not followed (no loops); folders in `skip` (absolute) are not entered. Whatever a name
+    is (a FIFO, a folder named x.jpg) it is listed, so the runner reports it as that input's error."""
+    skip = set(skip)
     found = []
     for root, dirs, files in os.walk(folder, onerror=_raise):
         dirs[:] = sorted(d for d in dirs if os.path.abspath(os.path.join(root, d)) not in skip)
-        found += [os.path.abspath(os.path.join(root, f)) for f in sorted(files) if _is_image_name(f)]
-        found += [os.path.abspath(os.path.join(root, d)) for d in dirs if _is_image_name(d)]  # reported, not skipped
+        found += [os.path.join(root, f) for f in sorted(files) if _is_image_name(f)]
+        found += [os.path.join(root, d) for d in dirs if _is_image_name(d)]
     if not found:
         raise UsageError(f"folder '{folder}' has no images ({', '.join(IMAGE_SUFFIXES)}) in it or below it")
     return sorted(found)

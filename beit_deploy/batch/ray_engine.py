@@ -22,9 +22,12 @@ import contextlib
 import logging
 import math
 import os
+import re
 import socket
 
-from ..core.errors import BeitDeployError, EnvironmentProblem, UsageError, describe, require
+from ..core import errors
+from ..core.errors import BeitDeployError, EnvironmentProblem, MissingDependencyError, UsageError, describe, \
+    require
 from .answer import answer_rows
 
 MAX_BLOCKS = 2000  # Ray's tasks per job stay few; a block then holds several batches
@@ -125,20 +128,33 @@ def _data_context(ray, quiet: bool):
     before = context.execution_options.preserve_order, context.enable_progress_bars
     context.execution_options.preserve_order = True
     context.enable_progress_bars = not quiet and before[1]
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.CRITICAL)  # a worker's failure still ends the job with our one-line error
     try:
         yield
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = before
+        logger.setLevel(level)
 
 
 def _unwrapped(exc: BaseException) -> BeitDeployError:
-    """Our own error raised in a worker (its `cause` in Ray's wrapper), or Ray's failure in one line."""
-    seen = exc
-    for _ in range(10):
-        cause = getattr(seen, "cause", None) or seen.__cause__
-        if cause is None:
-            break
-        if isinstance(cause, BeitDeployError):
-            return cause
-        seen = cause
+    """Our own error raised in a worker, or Ray's failure in one line. A task's error comes back as its `cause`;
+    an actor that failed to start (an export a worker cannot open) only as text ending in our error's line."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, BeitDeployError):
+            return seen
+        found = _OUR_ERROR.findall(str(seen))
+        if found:
+            name, message = found[-1]
+            kind = getattr(errors, name, None)
+            if isinstance(kind, type) and issubclass(kind, BeitDeployError):
+                kind = EnvironmentProblem if kind is MissingDependencyError else kind  # (package, extra, why)
+                return kind(f"on a Ray worker: {message}")
+        seen = getattr(seen, "cause", None) or seen.__cause__
     return EnvironmentProblem(f"the Ray job failed: {type(exc).__name__}: {describe(exc, 400)}")
+
+
+_OUR_ERROR = re.compile(r"beit_deploy\.core\.errors\.(\w+): ([^\n]+)")
