@@ -62,23 +62,22 @@ class BatchWorker:
 def run_ray(options, export: str, paths: list[str], masks_dir: str | None, on_rows) -> None:
     """Rows of `paths` from a Ray Data actor pool, in input order, to `on_rows(rows, precision)` per batch."""
     ray = require("ray", "batch", "the Ray engine (--engine ray)")
-    with _connected(ray, options) as resources:
-        cpus, threads = worker_share(options, resources)
+    with _connected(ray, options) as resources, _data_context(ray, options.quiet):  # a dataset keeps the context
+        cpus, threads = worker_share(options, resources)                             # it was made in
         chunks = [{"paths": paths[i:i + options.batch_size]} for i in range(0, len(paths), options.batch_size)]
         dataset = ray.data.from_items(chunks, override_num_blocks=min(len(chunks), MAX_BLOCKS))
         dataset = dataset.map_batches(
             BatchWorker, fn_constructor_args=(export, options, masks_dir, threads), batch_format="numpy",
             batch_size=1, compute=ray.data.ActorPoolStrategy(size=options.workers),
             num_cpus=cpus, num_gpus=options.gpus_per_worker or None)
-        with _data_context(ray, options.quiet):
-            try:
-                for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-                    precision = table.column(PRECISION_COLUMN)[0].as_py() if table.num_rows else None
-                    on_rows(table.drop_columns([PRECISION_COLUMN]).to_pylist(), precision)
-            except BeitDeployError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Ray wraps a worker's error in its own types
-                raise _unwrapped(exc) from exc
+        try:
+            for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                precision = table.column(PRECISION_COLUMN)[0].as_py() if table.num_rows else None
+                on_rows(table.drop_columns([PRECISION_COLUMN]).to_pylist(), precision)
+        except BeitDeployError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Ray wraps a worker's error in its own types
+            raise _unwrapped(exc) from exc
 
 
 def worker_share(options, resources: dict) -> tuple[float, int]:
