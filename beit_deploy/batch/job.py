@@ -99,7 +99,8 @@ def run_batch(options: BatchOptions, progress: Callable[[int, int], None] | None
     answer = tasks.task(manifest.task).answer
     out = Path(options.out).absolute()
     masks = os.path.abspath(options.masks_dir) if options.masks_dir else None
-    paths = expand(options.inputs, exclude=[str(out)] + ([masks] if masks else []))
+    inputs = (options.inputs,) if isinstance(options.inputs, (str, os.PathLike)) else options.inputs  # one input
+    paths = expand([str(i) for i in inputs], exclude=[str(out)] + ([masks] if masks else []))
     spec = _spec(options, export, manifest, masks)
     done, next_part = output.prepare_folder(out, spec, options.resume, options.retry_errors)
     pending = [p for p in paths if p not in done]

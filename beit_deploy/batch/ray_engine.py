@@ -108,7 +108,8 @@ def _connected(ray, options):
         return
     new_local = not options.address and not os.environ.get("RAY_ADDRESS")
     try:
-        ray.init(address=options.address, log_to_driver=not options.quiet, logging_level=logging.WARNING,
+        ray.init(address=options.address, log_to_driver=not options.quiet,
+                 logging_level=logging.ERROR if options.quiet else logging.WARNING,
                  **({"include_dashboard": False} if new_local else {}))
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = options.address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
