@@ -2,6 +2,7 @@
 
     python samples/batch_bench.py [EXPORT_FOLDER] [--photos 200] [--batch-size 8] [--rounds 1] [--markdown FILE]
 
+Jobs: local (ONNX Runtime's default threads), local with one thread, Ray with 1 and 2 workers (one thread each).
 Photos: the sample photos cut into N different JPEGs of phone-ish sizes (640x480 to 1280x960, crops, flips),
 made once in a temporary folder. Each job runs in a fresh Python process (`run_batch`, as the command does; Ray
 starts a local cluster inside it), while this process samples the memory of that process and every process it
@@ -33,11 +34,13 @@ from beit_deploy.batch import BatchOptions, run_batch
 o = json.loads(sys.argv[1])
 marks = []
 s = run_batch(BatchOptions(o["export"], (o["photos"],), o["out"], engine=o["engine"], workers=o["workers"],
-                           batch_size=o["batch_size"], quiet=True),
+                           batch_size=o["batch_size"], threads=o["threads"], quiet=True),
               lambda done, total: marks.append((done, time.perf_counter())))
 print(json.dumps({"summary": s.to_dict(), "marks": marks, "clock": time.perf_counter()}))
 """
-CONFIGS = [("local", 1), ("ray", 1), ("ray", 2)]
+# (engine, workers, ONNX Runtime threads per model: None is the engine's default, ONNX Runtime's own one per core
+# for local, one per actor on Ray here)
+CONFIGS = [("local", 1, None), ("local", 1, 1), ("ray", 1, None), ("ray", 2, None)]
 
 
 def make_photos(folder: Path, n: int) -> None:
@@ -138,7 +141,7 @@ def main() -> None:
     parser.add_argument("folder", nargs="?", default=ROOT / "export" / "beit-base-patch16-224" / "224x224", type=Path)
     parser.add_argument("--photos", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=1, help="repeat the three jobs, interleaved")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the jobs, interleaved")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     args = parser.parse_args()
     load = os.getloadavg()[0]
@@ -148,11 +151,12 @@ def main() -> None:
         make_photos(photos, args.photos)
         results: list[tuple[str, dict]] = []
         for r in range(args.rounds):
-            for engine, workers in CONFIGS:
+            for engine, workers, threads in CONFIGS:
                 name = "local" if engine == "local" else f"ray, {workers} worker{'s' * (workers > 1)}"
+                name += f", {threads} thread" if threads else ""
                 options = {"export": str(args.folder.absolute()), "photos": str(photos), "engine": engine,
-                           "workers": workers, "batch_size": args.batch_size,
-                           "out": f"{tmp}/out-{r}-{engine}-{workers}"}
+                           "workers": workers, "batch_size": args.batch_size, "threads": threads,
+                           "out": f"{tmp}/out-{r}-{engine}-{workers}-{threads}"}
                 f = figures(run_job(options), args.batch_size)
                 print(f"{name}: {json.dumps({k: round(v, 3) for k, v in f.items()})}", file=sys.stderr, flush=True)
                 results.append((name + (f" (round {r + 1})" if args.rounds > 1 else ""), f))
