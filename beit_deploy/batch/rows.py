@@ -74,18 +74,12 @@ def row_of(answer: str, path: str, prediction: Prediction, masks_dir: str | None
     """A Prediction of the input `path` as its row; masks go to `masks_dir` (absolute) when given."""
     if prediction.error is not None:
         return error_row(answer, path, prediction.error)
-    result = prediction.result
-    if answer == tasks.TOP_K:
-        top = result.top_k
-        values = {"top_ids": [c.id for c in top], "top_scores": [c.score for c in top],
-                  "top_labels": [c.label for c in top]}
-    elif answer == tasks.LABEL_MAP:
-        values = _segmentation(path, result, masks_dir)
-    elif answer == tasks.VISUAL_TOKENS:
-        values = {"tokens": result.tokens.astype(np.int32).ravel().tolist()}
-    else:
-        values = {"embedding": result.vector.astype(np.float32).tolist()}
-    return {"path": path, "error": None, **values}
+    return {"path": path, "error": None, **VALUES[answer](path, prediction.result, masks_dir)}
+
+
+def _top_k(path: str, result, masks_dir: str | None) -> dict:
+    return {"top_ids": [c.id for c in result.top_k], "top_scores": [c.score for c in result.top_k],
+            "top_labels": [c.label for c in result.top_k]}
 
 
 def _segmentation(path: str, result, masks_dir: str | None) -> dict:
@@ -98,6 +92,19 @@ def _segmentation(path: str, result, masks_dir: str | None) -> dict:
     height, width = result.label_map.shape
     return {"height": int(height), "width": int(width), "mask_png": png, "mask_file": mask_file,
             "class_ids": [c.id for c in result.classes], "fractions": [c.fraction for c in result.classes]}
+
+
+def _tokens(path: str, result, masks_dir: str | None) -> dict:
+    return {"tokens": result.tokens.astype(np.int32).ravel().tolist()}
+
+
+def _embedding(path: str, result, masks_dir: str | None) -> dict:
+    return {"embedding": result.vector.astype(np.float32).tolist()}
+
+
+# answer kind -> (input path, result, masks folder) -> the kind's columns
+VALUES = {tasks.TOP_K: _top_k, tasks.LABEL_MAP: _segmentation, tasks.VISUAL_TOKENS: _tokens,
+          tasks.EMBEDDING: _embedding}
 
 
 def mask_png(label_map: np.ndarray) -> bytes:
