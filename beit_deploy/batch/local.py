@@ -7,9 +7,9 @@ from .answer import answer_rows
 
 def open_runner(export: str, options, threads: int | None = None):
     """The runner both engines hold: the export's backend chosen here (per machine, per Ray worker)."""
-    from ..runtime.runner import BeitTRTRunner
+    from ..runtime.runner import BeitRunner
 
-    return BeitTRTRunner(export, precision=options.precision, batch_size=options.batch_size,
+    return BeitRunner(export, precision=options.precision, batch_size=options.batch_size,
                          check_hashes=options.check_hashes, max_pixels=options.max_pixels, threads=threads)
 
 

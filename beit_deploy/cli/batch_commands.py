@@ -8,7 +8,7 @@ import time
 import click
 
 from ..runtime.preprocess import DEFAULT_MAX_PIXELS
-from .common import friendly
+from .common import friendly, precision_choice
 
 
 @click.command()
@@ -37,7 +37,7 @@ from .common import friendly
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
 @click.option("--masks", "masks_dir", type=click.Path(file_okay=False), default=None,
               help="Segmentation: write masks as PNG files here (column mask_file) instead of in the table.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8cpu", "fp8"]), default=None,
+@click.option("--precision", type=precision_choice(), default=None,
               help="ONNX graph to run (default as `predict`: fp16 on a GPU provider if exported, else fp32).")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Images with more pixels are error rows (checked from the header); 0: no limit of ours.")

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from photos import SAMPLES, check_rows, photo_tree  # noqa: F401 - photo_tree: the fixture
 from PIL import Image
 
-from beit_deploy import BeitTRTRunner
+from beit_deploy import BeitRunner
 from beit_deploy.batch import BatchOptions, run_batch
 from beit_deploy.batch.output import read_rows
 from beit_deploy.cli import main
@@ -42,7 +42,7 @@ def test_one_row_per_input_and_the_runners_answers(tiny_export, photo_tree, tmp_
     rows = read_rows(tmp_path / "out", "parquet")
     check_rows(rows, photo_tree)
     assert summary.rows == len(rows) and summary.errors == sum(r["error"] is not None for r in rows) == 7
-    with BeitTRTRunner(export) as runner:
+    with BeitRunner(export) as runner:
         for row in (r for r in rows if r["error"] is None):
             alone = runner.predict(row["path"])  # batch of one: the same answer up to float noise
             if "top_ids" in row:
@@ -148,14 +148,14 @@ def test_resume_refuses_another_job(tiny_export, photo_tree, tmp_path):
 
 def test_an_unexpected_decoder_error_costs_one_row(tiny_export, photo_tree, tmp_path, monkeypatch):
     """Anything escaping predict_each (not one of our typed errors) is caught at the row: the batch survives."""
-    real = BeitTRTRunner.predict_each
+    real = BeitRunner.predict_each
 
     def crashing(self, images, *args, **kwargs):
         if any(Path(str(i)).name == SAMPLES[0].name for i in images):
             raise ZeroDivisionError("a decoder's surprise")
         return real(self, images, *args, **kwargs)
 
-    monkeypatch.setattr(BeitTRTRunner, "predict_each", crashing)
+    monkeypatch.setattr(BeitRunner, "predict_each", crashing)
     job(tiny_export("classification"), [photo_tree], tmp_path / "out", batch_size=4)
     rows = read_rows(tmp_path / "out", "parquet")
     bad = [r for r in rows if Path(r["path"]).name == SAMPLES[0].name]
