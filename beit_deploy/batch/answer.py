@@ -57,7 +57,7 @@ def _alone(runner, source, top_k: int) -> Prediction:
 def _row(answer: str, path: str, prediction: Prediction, masks_dir: str | None) -> dict:
     try:
         return row_table.row_of(answer, path, prediction, masks_dir)
-    except Exception as exc:  # noqa: BLE001 - that row's error, unless the machine is at fault (a full disk)
+    except Exception as exc:  # that row's error, unless the machine is at fault (a full disk)
         problem = environment_error(exc, f"writing the mask of '{path}'")
         if problem is not None:
             raise problem from exc

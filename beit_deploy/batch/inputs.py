@@ -94,7 +94,7 @@ def _read_list(data: bytes, suffix: str, name: str) -> list[str]:
     pq = require("pyarrow.parquet", "batch", f"reading the Parquet list '{name}'")
     try:
         table = pq.read_table(io.BytesIO(data))
-    except Exception as exc:  # noqa: BLE001 - pyarrow's own error types
+    except Exception as exc:  # pyarrow's own error types
         raise UsageError(f"list '{name}' is not a readable Parquet file ({describe(exc)})") from exc
     column = "path" if "path" in table.column_names else (table.column_names[0] if table.num_columns == 1 else None)
     if column is None:
@@ -136,7 +136,7 @@ def filesystem(uri: str, cache: dict | None = None):
     pafs = require("pyarrow.fs", "batch", f"reading '{uri}'")
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
-    except Exception as exc:  # noqa: BLE001 - pyarrow's ArrowInvalid and friends
+    except Exception as exc:  # pyarrow's ArrowInvalid and friends
         raise UsageError(f"pyarrow cannot read '{uri}' ({describe(exc)}): is its filesystem installed?") from exc
     if cache is not None and uri.endswith(path):
         cache[key] = (fs, uri[:len(uri) - len(path)])

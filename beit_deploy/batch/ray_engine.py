@@ -76,7 +76,7 @@ def run_ray(options, export: str, paths: list[str], masks_dir: str | None, on_ro
                 on_rows(table.drop_columns([PRECISION_COLUMN]).to_pylist(), precision)
         except BeitDeployError:
             raise
-        except Exception as exc:  # noqa: BLE001 - Ray wraps a worker's error in its own types
+        except Exception as exc:  # Ray wraps a worker's error in its own types
             raise _unwrapped(exc) from exc
 
 
