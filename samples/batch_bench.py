@@ -119,10 +119,10 @@ def machine(load: float) -> str:
     import onnxruntime
     import ray
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return (f"Machine: {cpu}, {os.cpu_count()} CPUs, 1-min load average {load:.1f} before the run (the machine is "
-            f"shared), Python {platform.python_version()}; onnxruntime {onnxruntime.__version__}, ray "
+    from beit_deploy.core.machine import cpu_model
+
+    return (f"Machine: {cpu_model()}, {os.cpu_count()} CPUs, 1-min load average {load:.1f} before the run (the "
+            f"machine is shared), Python {platform.python_version()}; onnxruntime {onnxruntime.__version__}, ray "
             f"{ray.__version__}, numpy {np.__version__}")
 
 
