@@ -39,6 +39,7 @@ class BatchOptions:
     tasks) and `gpus_per_worker` GPUs, each running ONNX Runtime on `threads` threads (default: its whole CPUs,
     at least one). resume: run only inputs without a row in `out`; retry_errors: also those with an error row.
     masks_dir: segmentation masks as PNG files there instead of in the table. rows_per_file: rows per part.
+    quiet: no progress; verbose: Ray workers' own output shown too (their warnings and tracebacks).
     """
 
     export: str
@@ -61,6 +62,7 @@ class BatchOptions:
     check_hashes: bool = True
     rows_per_file: int = 1000
     quiet: bool = False
+    verbose: bool = False
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def _connected(ray, options):
         return
     new_local = not options.address and not os.environ.get("RAY_ADDRESS")
     try:
-        ray.init(address=options.address, log_to_driver=not options.quiet,
+        ray.init(address=options.address, log_to_driver=options.verbose,
                  logging_level=logging.ERROR if options.quiet else logging.WARNING,
                  **({"include_dashboard": False} if new_local else {}))
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -128,15 +128,17 @@ def _data_context(ray, quiet: bool):
     before = context.execution_options.preserve_order, context.enable_progress_bars
     context.execution_options.preserve_order = True
     context.enable_progress_bars = not quiet and before[1]
-    logger = logging.getLogger("ray.data")
-    level = logger.level
-    if quiet:
-        logger.setLevel(logging.CRITICAL)  # a worker's failure still ends the job with our one-line error
+    # a worker's failure ends the job with our one-line error, not with Ray's stack trace as well
+    loggers = [logging.getLogger("ray.data.exceptions")] + ([logging.getLogger("ray.data")] if quiet else [])
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = before
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _unwrapped(exc: BaseException) -> BeitDeployError:

@@ -45,7 +45,8 @@ from .common import friendly, precision_choice
 @click.option("--rows-per-file", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Rows per part file; a stopped job loses at most this many rows of work.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress; only the closing line.")
-@click.option("-v", "--verbose", is_flag=True, help="Also say the start cost (until the first row).")
+@click.option("-v", "--verbose", is_flag=True, help="Also say the start cost (until the first row), and show what "
+              "Ray workers print.")
 @friendly
 def batch(export, inputs, out, engine, address, resume, retry_errors, batch_size, workers, cpus_per_worker,
           gpus_per_worker, threads, fmt, top_k, masks_dir, precision, max_pixels, no_hash_check, rows_per_file,
@@ -58,7 +59,8 @@ def batch(export, inputs, out, engine, address, resume, retry_errors, batch_size
                            retry_errors=retry_errors, batch_size=batch_size, workers=workers,
                            cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, threads=threads,
                            format=fmt, top_k=top_k, masks_dir=masks_dir, precision=precision, max_pixels=max_pixels,
-                           check_hashes=not no_hash_check, rows_per_file=rows_per_file, quiet=quiet)
+                           check_hashes=not no_hash_check, rows_per_file=rows_per_file, quiet=quiet,
+                           verbose=verbose)
     bar = None if quiet or engine == "ray" else Progress()  # Ray Data shows its own
     try:
         summary = run_batch(options, bar)
