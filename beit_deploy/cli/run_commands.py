@@ -46,13 +46,14 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
     from ..core.progress import say
     from ..runtime import answers
     from ..runtime.palette import output_name, save_mask, save_overlay
+    from ..runtime.preprocess import ImageError
 
     if server and not served_model:
         raise UsageError("--server needs --model NAME, the served ensemble (`beit-deploy serve` prints it)")
     if not server and not images:
         raise UsageError("give an export (PATH) and at least one image, or --server URL --model NAME with images")
     files = _images((path, *images) if server else images)
-    failed, taken, start = 0, set(), time.perf_counter()
+    failed, unread, taken, start = 0, 0, set(), time.perf_counter()
     with _predictor(path, server, served_model, protocol, precision, batch_size, max_pixels,
                     not no_hash_check) as runner:
         if (masks_dir or overlay_dir) and not answers.of(runner.task).label_map:
@@ -65,6 +66,7 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
                 if as_json:
                     click.echo(_json({"image": p.image, "error": str(p.error)}))
                 failed += 1
+                unread += isinstance(p.error, ImageError)
                 continue
             click.echo(_json({"image": p.image, **p.result.to_dict()}) if as_json
                        else f"{p.image}\n{p.result.summary()}")
@@ -78,7 +80,8 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
     say(f"{len(files)} images, {len(files) - failed} answered, {failed} failed, "
         f"{len(files) / seconds if seconds > 0 else 0:.2f} images/s")
     if failed:
-        click.echo(f"error: {failed} of {len(files)} images could not be read", err=True)
+        what = "could not be read" if unread == failed else "got no answer (see above)"
+        click.echo(f"error: {failed} of {len(files)} images {what}", err=True)
         sys.exit(1)
 
 
