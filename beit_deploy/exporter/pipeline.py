@@ -21,7 +21,7 @@ from ..core.files import artifact_bytes, atomic_folder, safe_name
 from ..core.manifest import Manifest, artifact_hashes, versions
 from ..core.progress import say, step
 from . import bake, fp16, graph_files, onnx_graph, parity
-from .quantize import QuantizeOptions, choose_tools, quantize_graphs
+from .quantize import QDQ_PRECISIONS, QuantizeOptions, calibration_photos, choose_tools, quantize_graphs
 from .data_loader import write_data_loader
 from .loading import LoadedModel, ModelSpec, Resolved, load_model, native_resolution, resolve
 
@@ -81,6 +81,8 @@ def export_each(spec: ModelSpec, options: ExportOptions, resolved: Resolved | No
         check_resolution(resolution, resolved.config.patch_size)
         check_memory(resolved.config, resolution, max(len(photos), 2))
     choose_tools(options.quantize)  # and on a quantizer that is not installed
+    if any(p in QDQ_PRECISIONS for p in options.quantize.precisions):  # an empty calibration folder: now, not
+        calibration_photos(options.quantize.calibration or options.images)  # after the fp32 export
     loaded = load_model(spec, resolved)
     for resolution in options.resolutions or (loaded.native_resolution,):
         yield export_resolution(loaded, resolution, options)

@@ -138,7 +138,7 @@ def _modelopt(mode: str, fp32_path: Path, out: Path, calibration, method: str, k
         shutil.copyfile(fp32_path, copy)
         if fp32_path.with_name(fp32_path.name + ".data").is_file():
             shutil.copyfile(fp32_path.with_name(fp32_path.name + ".data"), copy.with_name(copy.name + ".data"))
-        settings = dict(quantize_mode=mode, calibration_data=dict(calibration.feeds), calibration_shapes=shapes,
+        settings = dict(quantize_mode=mode, calibration_data=_by_file(calibration.feeds), calibration_shapes=shapes,
                         calibration_method=method, calibration_eps=["cpu"],
                         nodes_to_exclude=[re.escape(name) + "$" for name in keep],
                         op_types_to_quantize=list(FP8_OPS if mode == "fp8" else LINEAR_OPS),
@@ -168,10 +168,18 @@ def _modelopt_pool() -> concurrent.futures.ProcessPoolExecutor:
     return pool
 
 
+def _by_file(feeds: dict) -> dict:
+    """Feeds for the worker: a memory-mapped array (the streamed calibration photos) as (file, rows), mapped
+    again there, so it is not copied through the pipe and held whole in both processes."""
+    return {k: ("npy", v.filename, len(v)) if isinstance(v, np.memmap) and v.filename else v for k, v in feeds.items()}
+
+
 def _run_modelopt(onnx_path: str, settings: dict) -> None:
     """In a child process: ModelOpt's ONNX quantization of the model at `onnx_path` (a private copy)."""
     import modelopt.onnx.quantization as mq
 
+    settings["calibration_data"] = {k: np.load(v[1], mmap_mode="r")[:v[2]] if isinstance(v, tuple) else v
+                                    for k, v in settings["calibration_data"].items()}
     mq.quantize(onnx_path, **settings)
 
 
