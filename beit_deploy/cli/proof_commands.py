@@ -21,27 +21,37 @@ def _verify_images(images):
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--images", multiple=True, type=click.Path(exists=True),
               help="A folder of photos, or photo files (repeat). Default: samples/images.")
-@click.option("--random", "random_inputs", default=2, show_default=True, help="Random inputs besides the photos.")
+@click.option("--random", "random_inputs", default=2, show_default=True, type=click.IntRange(0, 64),
+              help="Random inputs besides the photos (0 to 64).")
 @click.option("--reference", default=None,
               help="Model to compare with instead of the manifest's source (folder, short name or hub id).")
+@click.option("--allow-download", is_flag=True,
+              help="Let the manifest's source model come from the Hugging Face Hub when it is not in the local "
+                   "cache. Default: offline (a manifest never makes verify reach for the network).")
 @click.option("--engine", type=click.Path(exists=True), default=None,
               help="TensorRT engine (file or folder) to include. Default: the one `build` made from this export "
                    "under engines/<model>/<H>x<W>, if any.")
 @click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None,
               help="Also write the report as JSON to this file.")
 @friendly
-def verify(path, images, random_inputs, reference, engine, json_file):
+def verify(path, images, random_inputs, reference, allow_download, engine, json_file):
     """Prove every artifact of an export answers like the eager model (exit 1 naming each failed check)."""
     from ..core.errors import ParityError
     from ..proof.verify import parity_report
 
     report = parity_report(Path(path), images=_verify_images(images), random=random_inputs, reference=reference,
-                           engine=Path(engine) if engine else None)
+                           engine=Path(engine) if engine else None, allow_download=allow_download)
     if json_file:
         Path(json_file).write_text(_json(report.to_dict(), indent=2) + "\n")
     click.echo(report.table())
     if not report.passed:
         raise ParityError("parity failed: " + "; ".join(str(f) for f in report.failures))
+    if report.unreadable:
+        from ..runtime.preprocess import ImageError
+
+        raise ImageError(f"{len(report.unreadable)} of {len(report.unreadable) + report.photos} photos could not "
+                         f"be read and were left out of the check (parity held on the rest): "
+                         f"{report.unreadable[0]}")
 
 
 @click.command()

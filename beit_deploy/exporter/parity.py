@@ -87,10 +87,12 @@ def reference_processor(preprocessing: Preprocessing):
 
 
 def reference_pixels(images: list[Path], preprocessing: Preprocessing) -> np.ndarray:
-    """(N, 3, H, W) float32 from transformers' BeitImageProcessorPil with these settings (the ground truth)."""
-    from PIL import Image
+    """(N, 3, H, W) float32 from transformers' BeitImageProcessorPil with these settings (the ground truth), fed
+    the photos decoded as the runner decodes them (runtime.preprocess.open_image: pixel limit, any decoder
+    failure that photo's ImageError)."""
+    from ..runtime.preprocess import open_image
 
-    rgb = [Image.open(path).convert("RGB") for path in images]
+    rgb = [open_image(path)[1] for path in images]
     return np.asarray(reference_processor(preprocessing)(images=rgb, return_tensors="np")["pixel_values"],
                       dtype=np.float32)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,11 @@ class CompareOptions:
         if unknown or not self.runners:
             raise UsageError(f"unknown runner(s) {', '.join(unknown) or '(none given)'}: "
                              f"choose from {', '.join(RUNNERS)}")
+        for name, value, top in (("atol", self.atol, math.inf), ("rtol", self.rtol, math.inf),
+                                 ("cosine", self.cosine, 1.0)):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= top):
+                limit = "a finite number, 0 or more" if top == math.inf else "between 0 and 1"
+                raise UsageError(f"--{name} must be {limit}, got {value!r}")
 
 
 @dataclass(frozen=True)

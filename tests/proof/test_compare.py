@@ -87,3 +87,16 @@ def test_cli_compare_exit_status(classification, tmp_path):
     result = CliRunner().invoke(main, ["compare", str(bad), "--runners", "onnxrt-fp32,torch,trt", "--random", "1"])
     assert result.exit_code == 1
     assert "skipped trt" in result.output and "onnxrt-fp32 vs torch" in result.output
+
+
+@pytest.mark.parametrize("args, needle", [(["--atol", "-1"], "--atol must be a finite number"),
+                                          (["--rtol", "nan"], "--rtol must be a finite number"),
+                                          (["--cosine", "2"], "--cosine must be between 0 and 1")])
+def test_nonsense_tolerances_are_refused(tiny_export, args, needle):
+    from click.testing import CliRunner
+
+    from beit_deploy.cli import main
+
+    folder = tiny_export("classification")
+    result = CliRunner().invoke(main, ["compare", str(folder), "--runners", "onnxrt-fp32", *args])
+    assert result.exit_code == 2 and needle in result.stderr, result.output
