@@ -11,6 +11,7 @@ import concurrent.futures
 import functools
 import importlib.util
 import multiprocessing
+import os
 import re
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ import numpy as np
 from ..core.errors import ExportError, MissingDependencyError, describe, require
 from ..core.manifest import versions
 from ..core.progress import quiet_logger
+from ..core.signals import die_with_parent
 from . import fp16
 from .graph_files import load_graph, needs_external_data, qdq_summary, weight_bytes
 
@@ -162,8 +164,10 @@ def _modelopt(mode: str, fp32_path: Path, out: Path, calibration, method: str, k
 def _modelopt_pool() -> concurrent.futures.ProcessPoolExecutor:
     """The one worker process ModelOpt runs in. ModelOpt patches ONNX Runtime's quantizer process-wide when it is
     imported (its op registries), so it never runs here: the ONNX Runtime quantizers in this process stay as
-    shipped. The worker is kept for later graphs (importing ModelOpt takes seconds) and ends with this process."""
-    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    shipped. The worker is kept for later graphs (importing ModelOpt takes seconds) and ends with this process,
+    however this process ends (SIGKILL included: `core.signals.die_with_parent`)."""
+    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=die_with_parent, initargs=(os.getpid(),))
     atexit.register(pool.shutdown)
     return pool
 
