@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -211,6 +212,49 @@ def _recover_old(old: Path, target: Path) -> list[str]:
         done.append(f"recovered {target.name} from {old.name}, hidden by an interrupted swap")
     shutil.rmtree(old, ignore_errors=True)
     return done + [f"removed {old.name}, left by an interrupted swap"]
+
+
+# --- single files in shared folders ---------------------------------------------------------------------------
+def open_exclusive(path: Path, mode: int = 0o644) -> int:
+    """A new file at `path`, opened for writing only if nothing (not even a dangling symbolic link) is there:
+    O_CREAT | O_EXCL | O_NOFOLLOW, so a name planted in a shared folder is never written through."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+
+
+def open_lock_file(path: Path) -> int:
+    """A lock file's descriptor (created if missing), never through a symbolic link: ArtifactError if `path` is
+    one (someone planted it in the shared folder)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        if Path(path).is_symlink():
+            raise ArtifactError(f"'{path}' is a symbolic link (to '{os.readlink(path)}'): beit-deploy never writes "
+                                "through links in a shared folder; remove it") from exc
+        raise
+
+
+def write_atomic(path: Path, write, mode: int = 0o644) -> Path:
+    """Write a file by `write(binary file object)` to an unpredictable hidden name beside `path`, opened
+    exclusively (never through a link), then rename it over `path`: readers see the old file or the new one,
+    never half of one, and a link planted at `path` is replaced, never followed."""
+    path = Path(path)
+    for _ in range(16):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            fd = open_exclusive(tmp, mode)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 16 collisions of 64 random bits
+        raise FileExistsError(f"no free temporary name beside {path}")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 # --- bytes and hashes -----------------------------------------------------------------------------------------
