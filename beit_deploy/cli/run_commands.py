@@ -42,7 +42,7 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
     --server URL --model NAME, ask a Triton server about PATH and IMAGES."""
     from ..core import tasks
     from ..core.progress import say
-    from ..runtime.palette import output_name, save_mask, save_overlay
+    from ..runtime.palette import output_name
     from ..runtime.preprocess import collect_images
 
     if server and not served_model:
@@ -50,7 +50,7 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
     if not server and not images:
         raise UsageError("give an export (PATH) and at least one image, or --server URL --model NAME with images")
     files = collect_images((path, *images) if server else images)
-    failed, taken = 0, set()
+    failed, unwritten, taken = 0, 0, set()
     with _predictor(path, server, served_model, protocol, precision, batch_size, max_pixels,
                     not no_hash_check) as runner:
         if (masks_dir or overlay_dir) and tasks.task(runner.task).answer != tasks.LABEL_MAP:
@@ -65,14 +65,31 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
             click.echo(_json({"image": p.image, **p.result.to_dict()}) if as_json
                        else f"{p.image}\n{p.result.summary()}")
             if masks_dir or overlay_dir:
-                name = output_name(p.image, taken)
-                if masks_dir:
-                    save_mask(p.result.label_map, Path(masks_dir) / name)
-                if overlay_dir:
-                    save_overlay(p.rgb, p.result.label_map, runner.labels, Path(overlay_dir) / name)
+                unwritten += _save_outputs(p, output_name(p.image, taken), masks_dir, overlay_dir, runner.labels)
     if failed:
         click.echo(f"error: {failed} of {len(files)} images could not be read", err=True)
+    if unwritten:
+        click.echo(f"error: {unwritten} mask/overlay file(s) were not written (see above)", err=True)
+    if failed or unwritten:
         sys.exit(1)
+
+
+def _save_outputs(p, name: str, masks_dir, overlay_dir, labels) -> int:
+    """Write one image's mask and/or overlay; a refusal (an existing file that is not an earlier output of the
+    same kind) is said on its own line. -> how many were not written."""
+    from ..core.errors import BeitDeployError
+    from ..runtime.palette import save_mask, save_overlay
+
+    writes = ([lambda: save_mask(p.result.label_map, Path(masks_dir) / name)] if masks_dir else []) + \
+        ([lambda: save_overlay(p.rgb, p.result.label_map, labels, Path(overlay_dir) / name)] if overlay_dir else [])
+    missed = 0
+    for write in writes:
+        try:
+            write()
+        except BeitDeployError as exc:
+            click.echo(f"error: {exc}", err=True)
+            missed += 1
+    return missed
 
 
 def _predictor(path, server, served_model, protocol, precision, batch_size, max_pixels, check_hashes):
