@@ -92,6 +92,21 @@ def check_replaceable(folder: Path, ours=written_by_us) -> None:
                          "or choose another output folder")
 
 
+def check_output_folder(folder: Path, flag: str = "--out") -> None:
+    """UsageError, before any work, when `folder` cannot be created or written: the nearest existing folder on
+    its path must take a new subfolder (tried, then removed), so /proc, a read-only mount or a file in the way
+    is said in one line up front, not after the model has loaded."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        raise UsageError(f"cannot write into '{folder}': '{existing}' is not a folder; choose another {flag}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".beit-deploy-probe-", dir=existing))
+    except OSError as exc:
+        raise UsageError(f"cannot write into '{folder}' ({exc.strerror or exc} in '{existing}'): choose a writable "
+                         f"{flag} folder") from None
+
+
 # --- locks ---------------------------------------------------------------------------------------------------
 def _lock(folder: Path, blocking: bool) -> int | None | bool:
     """A file descriptor holding an exclusive flock on `folder`; False when another process holds it (only

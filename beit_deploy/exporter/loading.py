@@ -29,6 +29,10 @@ class ModelSpec:
     seed: int = DEFAULT_SEED
     offline: bool = False  # read the Hugging Face cache only, never the network (verify's default)
 
+    def __post_init__(self):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise UsageError(f"seed must be a whole number from 0 to {2**32 - 1}, got {self.seed!r}")
+
     def to_dict(self) -> dict:
         return {"model": self.model, "random_weights": self.random_weights, "seed": self.seed}
 

@@ -17,7 +17,7 @@ from typing import Iterator
 
 from ..core import tasks
 from ..core.errors import ParityError, UsageError, environment_error
-from ..core.files import artifact_bytes, atomic_folder, safe_name
+from ..core.files import artifact_bytes, atomic_folder, check_output_folder, safe_name
 from ..core.manifest import Manifest, artifact_hashes, versions
 from ..core.progress import say, step
 from . import bake, fp16, graph_files, onnx_graph, parity
@@ -81,6 +81,7 @@ def export_each(spec: ModelSpec, options: ExportOptions, resolved: Resolved | No
         check_resolution(resolution, resolved.config.patch_size)
         check_memory(resolved.config, resolution, max(len(photos), 2))
     choose_tools(options.quantize)  # and on a quantizer that is not installed
+    check_output_folder(options.out_dir)
     if any(p in QDQ_PRECISIONS for p in options.quantize.precisions):  # an empty calibration folder: now, not
         calibration_photos(options.quantize.calibration or options.images)  # after the fp32 export
     loaded = load_model(spec, resolved)
