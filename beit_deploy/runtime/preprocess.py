@@ -159,7 +159,7 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> Ima
         _check_embedded(source, name, max_pixels)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, said once
-            im = Image.open(source)
+            im = Image.open(source, formats=_formats())
         try:
             _check_size(im.size, name, max_pixels)
             im.load()  # read now, so truncated files fail here and not later
@@ -202,6 +202,17 @@ def _not_a_file(path: Path) -> str:
     if not path.exists():
         return f"image '{path}' does not exist"
     return f"image '{path}' is not a regular file (a folder, FIFO or device): pass image files"
+
+
+# Formats whose decoding runs another program on the file's content (EPS: Ghostscript, a PostScript
+# interpreter): never chosen for an input, whatever its bytes say.
+EXTERNAL_PROGRAM_FORMATS = frozenset({"EPS"})
+
+
+def _formats() -> list[str]:
+    """Every format this Pillow reads, less those that run another program (EXTERNAL_PROGRAM_FORMATS)."""
+    Image.init()
+    return [f for f in Image.OPEN if f not in EXTERNAL_PROGRAM_FORMATS]
 
 
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)

@@ -132,3 +132,16 @@ def _preprocessing():
 
 
 _PREPROCESSING = _preprocessing()
+
+
+def test_eps_never_reaches_ghostscript(monkeypatch):
+    """An EPS "image" would have Pillow run Ghostscript (a PostScript interpreter) on the file's content."""
+    from PIL import EpsImagePlugin
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "EPS")
+    opened = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(1) or 1 / 0)
+    with pytest.raises(ImageError, match="not a readable image"):
+        load_image(buffer.getvalue())
+    assert opened == []
