@@ -1,5 +1,6 @@
 """Crafted image files that make Pillow raise outside its documented decode errors, made from Pillow's own
-output with a few bytes changed (found by fuzzing; see tests/runtime/test_decoders.py), and an ICO hiding a large PNG."""
+output with a few bytes changed (found by fuzzing; see tests/runtime/test_decoders.py), and an ICO hiding a
+large PNG."""
 
 from __future__ import annotations
 

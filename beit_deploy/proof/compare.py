@@ -65,7 +65,8 @@ class CompareOptions:
                              f"choose from {', '.join(RUNNERS)}")
         for name, value, top in (("atol", self.atol, math.inf), ("rtol", self.rtol, math.inf),
                                  ("cosine", self.cosine, 1.0)):
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= top):
+            number = isinstance(value, (int, float)) and math.isfinite(value)
+            if value is not None and not (number and 0 <= value <= top):
                 limit = "a finite number, 0 or more" if top == math.inf else "between 0 and 1"
                 raise UsageError(f"--{name} must be {limit}, got {value!r}")
 

@@ -148,7 +148,7 @@ def parity_report(path, images: Images = None, random: int = 2, reference=None, 
     for name in ONNX_ARTIFACTS:
         if name in manifest.artifacts and (folder / manifest.artifacts[name]).is_file():
             check_artifact(folder, manifest, name, hashes=True)
-    photos, unreadable = readable_photos(photo_paths(images))
+    photos, unreadable = parity.readable_photos(photo_paths(images), "verify")
     loaded = reference_model(manifest, reference, allow_download)
     ref_feeds, art_feeds = _feeds(manifest, loaded, photos, random, seed)
     names = tasks.task(manifest.task).outputs
@@ -168,22 +168,6 @@ def parity_report(path, images: Images = None, random: int = 2, reference=None, 
     return ParityReport(str(folder), manifest.model, manifest.task, weights, len(photos), max(random, 0),
                         tuple(reports), tuple(failures), unreadable=unreadable)
 
-
-def readable_photos(photos: list[Path]) -> tuple[list[Path], tuple[str, ...]]:
-    """(the photos that decode, one line per photo that does not: its ImageError), each said on stderr: a
-    crafted or broken photo is that photo's failure, not the check's."""
-    from ..core.progress import say
-    from ..runtime.preprocess import ImageError, open_image
-
-    good, bad = [], []
-    for photo in photos:
-        try:
-            open_image(photo)
-            good.append(photo)
-        except ImageError as exc:
-            say(f"verify: leaving out {exc}")
-            bad.append(str(exc))
-    return good, tuple(bad)
 
 
 def photo_paths(images: Images) -> list[Path]:
