@@ -76,3 +76,13 @@ def test_debug_zero_means_no_traceback(monkeypatch, value, traceback):
 
     monkeypatch.setenv("BEIT_DEPLOY_DEBUG", value)
     assert debugging() is traceback
+
+
+def test_source_and_weights_must_be_objects(tiny_export, tmp_path):
+    with pytest.raises(ArtifactError, match="source and weights must be JSON objects"):
+        read_manifest(_edited(tiny_export, tmp_path, source="somebody/beit"))
+
+
+def test_compare_random_is_bounded(tiny_export):
+    result = run("compare", tiny_export("classification"), "--runners", "onnxrt-fp32", "--random", "100000")
+    assert result.exit_code == 2 and "--random must be 0 to 64" in result.stderr

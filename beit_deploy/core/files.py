@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ArtifactError, UsageError
+from .errors import ArtifactError, UsageError, environment_error
 from .progress import say
 
 try:  # advisory locks; without them (not POSIX) nothing is cleaned up, since nothing tells a live write apart
@@ -93,7 +93,7 @@ def check_replaceable(folder: Path, ours=written_by_us) -> None:
 
 
 def check_output_folder(folder: Path, flag: str = "--out") -> None:
-    """UsageError, before any work, when `folder` cannot be created or written: the nearest existing folder on
+    """EnvironmentProblem (read-only, full, no permission) or UsageError (anything else), before any work, when `folder` cannot be created or written: the nearest existing folder on
     its path must take a new subfolder (tried, then removed), so /proc, a read-only mount or a file in the way
     is said in one line up front, not after the model has loaded."""
     folder = Path(folder).absolute()
@@ -102,9 +102,10 @@ def check_output_folder(folder: Path, flag: str = "--out") -> None:
         raise UsageError(f"cannot write into '{folder}': '{existing}' is not a folder; choose another {flag}")
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".beit-deploy-probe-", dir=existing))
-    except OSError as exc:
-        raise UsageError(f"cannot write into '{folder}' ({exc.strerror or exc} in '{existing}'): choose a writable "
-                         f"{flag} folder") from None
+    except OSError as exc:  # a read-only disk, a permission: said as the environment's; else (/proc) a usage error
+        raise environment_error(exc, f"writing into '{folder}'", "nothing was written") or UsageError(
+            f"cannot write into '{folder}' ({exc.strerror or exc} in '{existing}'): choose a writable {flag} "
+            "folder") from None
 
 
 # --- locks ---------------------------------------------------------------------------------------------------

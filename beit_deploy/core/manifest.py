@@ -131,6 +131,8 @@ class Manifest:
         _positive_ints((self.patch_size,), "patch_size", 1)
         for precision, name in self.artifacts.items():
             bare_name(name, f"artifact {precision!r}")
+        if not isinstance(self.source, dict) or not isinstance(self.weights, dict):
+            raise ValueError("source and weights must be JSON objects")
         if not isinstance(self.labels, dict) or not all(isinstance(v, str) for v in self.labels.values()):
             raise ValueError("labels must map class ids to names (strings)")
         for name, digest in self.sha256.items():

@@ -30,7 +30,7 @@ from ..core.engine_manifest import find_engine, unavailable_reason
 from ..core.errors import UsageError, require
 from ..core.manifest import Manifest, read_manifest
 from ..exporter import parity
-from .verify import feed_dicts, photo_paths, reference_model
+from .verify import MAX_RANDOM, feed_dicts, photo_paths, reference_model
 
 RUNNERS = ("onnxrt-fp32", "onnxrt-fp16", "onnxrt-int8", "onnxrt-fp8", "onnxrt-int8cpu", "torch", "trt")
 # Default tolerances per precision of the runner compared with the reference (elementwise atol OR rtol); quantized
@@ -63,6 +63,8 @@ class CompareOptions:
         if unknown or not self.runners:
             raise UsageError(f"unknown runner(s) {', '.join(unknown) or '(none given)'}: "
                              f"choose from {', '.join(RUNNERS)}")
+        if isinstance(self.random, bool) or not isinstance(self.random, int) or not 0 <= self.random <= MAX_RANDOM:
+            raise UsageError(f"--random must be 0 to {MAX_RANDOM} random inputs, got {self.random!r}")
         for name, value, top in (("atol", self.atol, math.inf), ("rtol", self.rtol, math.inf),
                                  ("cosine", self.cosine, 1.0)):
             number = isinstance(value, (int, float)) and math.isfinite(value)
