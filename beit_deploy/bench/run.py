@@ -1,6 +1,6 @@
 """`beit-deploy bench`: eager and SDPA transformers against our exported graphs, interleaved, per batch size.
 
-Every backend runs in its own worker process (`bench_worker`), so its peak memory is its own; the parent drives
+Every backend runs in its own worker process (`worker.py`), so its peak memory is its own; the parent drives
 all workers round-robin, one timed iteration at a time, so that load from anything else on the machine falls
 on every backend alike. Artifacts are exported once into a cache folder and reused. Backends that cannot run
 here are reported as skipped, with the reason. Settings, results and their presentation are in `report`, the
@@ -14,16 +14,15 @@ import json
 import os
 from pathlib import Path
 
-from ..core import tasks
+from ..core import backends as table, precisions, tasks
 from ..core.errors import BeitDeployError, UsageError, describe
 from ..core.progress import say, step
 from . import report as bench_report
-from .report import BACKENDS, BASELINE, E2E_OURS, E2E_TRANSFORMERS, BenchReport, BenchSettings, Skipped
+from .report import BACKENDS, BASELINE, E2E_OURS, E2E_TRANSFORMERS, ORT_ARTIFACTS, ORT_FUSED, ORT_PLAIN, \
+    TORCH_BACKENDS, BenchReport, BenchSettings, Skipped
+from .worker import E2E_RUNNER, E2E_TRANSFORMERS as E2E_TRANSFORMERS_KIND
 
-# ONNX Runtime backends -> the export artifact (precision) each one runs
-ORT_ARTIFACTS = {"onnxruntime": "fp32", "onnxruntime-fp16": "fp16", "onnxruntime-int8": "int8cpu",
-                 "onnxruntime-int8-qdq": "int8"}
-
+DEVICES = ("cpu", "cuda")
 
 def run_bench(settings: BenchSettings) -> BenchReport:
     """Measure every backend at every batch size (ascending), plus the end-to-end row."""
@@ -54,8 +53,9 @@ def _check(settings: BenchSettings) -> None:
         raise UsageError("batch sizes must be positive integers, e.g. --batch-sizes 1,4,16")
     if settings.iters < 1 or settings.warmup < 0:
         raise UsageError("--iters must be at least 1 and --warmup at least 0")
-    if settings.device not in ("cpu", "cuda") or settings.dtype not in ("fp32", "fp16"):
-        raise UsageError("--device is cpu or cuda, --dtype fp32 or fp16")
+    floats = precisions.names(making=precisions.FLOAT)
+    if settings.device not in DEVICES or settings.dtype not in floats:
+        raise UsageError(f"--device is {' or '.join(DEVICES)}, --dtype {' or '.join(floats)}")
     if settings.device == "cuda":
         import torch
 
@@ -66,40 +66,72 @@ def _check(settings: BenchSettings) -> None:
 def _jobs(settings, backends, resolution, task, inputs, resolved):
     """Worker jobs for the backends that can run here; (backend, reason) for the others; the export folder."""
     base = {"device": settings.device, "dtype": settings.dtype, "inputs": inputs}
-    jobs, skipped, folder = {}, [], None
-    wants_export = (set(ORT_ARTIFACTS) | {"tensorrt"}) & set(backends)
+    skipped, folder = [], None
+    on_export = (set(ORT_ARTIFACTS) | {table.TENSORRT.name}) & set(backends)
     wanted = {ORT_ARTIFACTS[b] for b in backends if b in ORT_ARTIFACTS}
-    if "tensorrt" in backends and settings.dtype == "fp16":
-        wanted.add("fp16")
-    if wants_export or settings.end_to_end:
+    if table.TENSORRT.name in backends:
+        wanted.add(settings.dtype)
+    if on_export or settings.end_to_end:
         try:
             folder = cached_export(settings, resolution, resolved, wanted)
         except BeitDeployError as exc:
-            skipped += [Skipped(b, f"export failed: {exc}") for b in sorted(wants_export & set(backends))]
+            skipped += [Skipped(b, f"export failed: {exc}") for b in sorted(on_export)]
+    jobs = {}
     for name in backends:
-        if name in ("eager", "sdpa"):
-            jobs[name] = base | {"kind": "torch", "attention": name, "spec": settings.spec.to_dict()}
-        elif name in ORT_ARTIFACTS and folder is not None:
-            file = json.loads((folder / "manifest.json").read_text())["artifacts"][ORT_ARTIFACTS[name]]
-            jobs[name] = base | {"kind": "onnxruntime", "path": str(folder / file)}
-        elif name == "onnxruntime-fused":
-            try:
-                fused = cached_export(settings, resolution, resolved, fused=True)
-                jobs[name] = base | {"kind": "onnxruntime", "path": str(fused / "model.onnx")}
-            except BeitDeployError as exc:
-                skipped.append(Skipped(name, f"fused export failed: {exc}"))
-        elif name == "onnxruntime-plain":
-            try:
-                jobs[name] = base | {"kind": "onnxruntime", "path": str(plain_export(settings, resolution, task))}
-            except Exception as exc:  # noqa: BLE001 - the plain exporter fails in many ways on some heads
-                skipped.append(Skipped(name, f"plain torch.onnx.export failed: {describe(exc)}"))
-        elif name == "tensorrt" and folder is not None:
-            try:
-                engine = cached_engine(settings, folder)
-                jobs[name] = base | {"kind": "tensorrt", "path": str(engine), "folder": str(folder)}
-            except BeitDeployError as exc:
-                skipped.append(Skipped(name, str(exc)))
+        if name in on_export and folder is None:
+            continue
+        made = _JOBS[name](_Bench(settings, base, resolution, resolved, task, folder), name)
+        if isinstance(made, Skipped):
+            skipped.append(made)
+        else:
+            jobs[name] = made
     return jobs, skipped, folder
+
+
+class _Bench:
+    """What a job maker needs: the settings, the jobs' common keys, the model and the export folder."""
+
+    def __init__(self, settings, base, resolution, resolved, task, folder):
+        self.settings, self.base, self.resolution, self.resolved = settings, base, resolution, resolved
+        self.task, self.folder = task, folder
+
+
+def _model_job(b: _Bench, name: str) -> dict:
+    """transformers itself, with the backend's attention implementation."""
+    return b.base | {"kind": table.MODEL, "attention": table.backend(name).attention, "spec": b.settings.spec.to_dict()}
+
+
+def _graph_job(b: _Bench, name: str) -> dict:
+    """ONNX Runtime on the export's graph of the row's precision."""
+    file = json.loads((b.folder / "manifest.json").read_text())["artifacts"][ORT_ARTIFACTS[name]]
+    return b.base | {"kind": table.ONNX, "path": str(b.folder / file)}
+
+
+def _fused_job(b: _Bench, name: str) -> dict | Skipped:
+    try:
+        fused = cached_export(b.settings, b.resolution, b.resolved, fused=True)
+    except BeitDeployError as exc:
+        return Skipped(name, f"fused export failed: {exc}")
+    return b.base | {"kind": table.ONNX, "path": str(fused / precisions.PRECISIONS[precisions.REFERENCE].file)}
+
+
+def _plain_job(b: _Bench, name: str) -> dict | Skipped:
+    try:
+        return b.base | {"kind": table.ONNX, "path": str(plain_export(b.settings, b.resolution, b.task))}
+    except Exception as exc:  # noqa: BLE001 - the plain exporter fails in many ways on some heads
+        return Skipped(name, f"plain torch.onnx.export failed: {describe(exc)}")
+
+
+def _engine_job(b: _Bench, name: str) -> dict | Skipped:
+    try:
+        engine = cached_engine(b.settings, b.folder)
+    except BeitDeployError as exc:
+        return Skipped(name, str(exc))
+    return b.base | {"kind": table.ENGINE, "path": str(engine), "folder": str(b.folder)}
+
+
+_JOBS = {**{n: _model_job for n in TORCH_BACKENDS}, **{n: _graph_job for n in ORT_ARTIFACTS}, ORT_FUSED: _fused_job,
+         ORT_PLAIN: _plain_job, table.TENSORRT.name: _engine_job}
 
 
 def cached_engine(settings: BenchSettings, folder: Path) -> Path:
@@ -138,7 +170,7 @@ def engine_cache_dir(cache: Path, dtype: str, top_batch: int, onnx_sha256: str, 
 
 def _cache_folder(settings: BenchSettings) -> Path:
     """One cache folder per model source and weights, so a re-run reuses its exports."""
-    from ..core.manifest import versions
+    from ..core.machine import versions
 
     key = {"spec": settings.spec.to_dict(), "versions": versions()}
     path = Path(settings.spec.model).expanduser()
@@ -155,19 +187,17 @@ def cached_export(settings: BenchSettings, resolution: tuple[int, int], resolved
     is calibrated on the bench's photos. `resolved`: the model's exporter.loading.Resolved, worked out once by
     run_bench."""
     from ..exporter.bake import DECOMPOSED, FUSED
-    from ..exporter.pipeline import ExportOptions, export
-    from ..exporter.quantize import QuantizeOptions
+    from ..exporter.pipeline import export, export_options
 
     out = _cache_folder(settings) / ("fused" if fused else "")
     name = f"{resolution[0]}x{resolution[1]}"
     for manifest in sorted(out.glob(f"*/{name}/manifest.json")):
         artifacts = json.loads(manifest.read_text()).get("artifacts", {})
-        if {"fp32", *wanted} <= set(artifacts):
+        if {precisions.REFERENCE, *wanted} <= set(artifacts):
             say(f"using the cached export {manifest.parent}")
             return manifest.parent
-    quantize = QuantizeOptions(int8="int8" in wanted, int8_cpu="int8cpu" in wanted, calibration=settings.images)
-    options = ExportOptions(resolutions=(resolution,), fp16="fp16" in wanted, out_dir=out, images=settings.images,
-                            quantize=quantize, attention=FUSED if fused else DECOMPOSED)
+    options = export_options(wanted, resolutions=(resolution,), out_dir=out, images=settings.images,
+                             attention=FUSED if fused else DECOMPOSED, calibration=settings.images)
     return export(settings.spec, options, resolved)[0].folder
 
 
@@ -244,10 +274,10 @@ def _end_to_end_jobs(settings: BenchSettings, folder: Path | None, inputs) -> tu
     photos = [str(p) for p in sample_images(settings.images)]
     if not photos:
         return {}, [Skipped("end-to-end", NO_PHOTOS)], 0
-    base = {"device": settings.device, "dtype": "fp32", "inputs": inputs, "images": photos}
-    jobs, skipped = {E2E_TRANSFORMERS: base | {"kind": "e2e-transformers", "spec": settings.spec.to_dict()}}, []
+    base = {"device": settings.device, "dtype": precisions.REFERENCE, "inputs": inputs, "images": photos}
+    jobs, skipped = {E2E_TRANSFORMERS: base | {"kind": E2E_TRANSFORMERS_KIND, "spec": settings.spec.to_dict()}}, []
     if folder is None:
         skipped.append(Skipped(E2E_OURS, "no export to run (the export failed)"))
     else:
-        jobs = {E2E_OURS: base | {"kind": "e2e-runner", "folder": str(folder)}} | jobs
+        jobs = {E2E_OURS: base | {"kind": E2E_RUNNER, "folder": str(folder)}} | jobs
     return jobs, skipped, len(photos)

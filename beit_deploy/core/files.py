@@ -93,9 +93,10 @@ def check_replaceable(folder: Path, ours=written_by_us) -> None:
 
 
 def check_output_folder(folder: Path, flag: str = "--out") -> None:
-    """EnvironmentProblem (read-only, full, no permission) or UsageError (anything else), before any work, when `folder` cannot be created or written: the nearest existing folder on
-    its path must take a new subfolder (tried, then removed), so /proc, a read-only mount or a file in the way
-    is said in one line up front, not after the model has loaded."""
+    """EnvironmentProblem (read-only, full, no permission) or UsageError (anything else), before any work, when
+    `folder` cannot be created or written: the nearest existing folder on its path must take a new subfolder
+    (tried, then removed), so /proc, a read-only mount or a file in the way is said in one line up front, not
+    after the model has loaded."""
     folder = Path(folder).absolute()
     existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
     if not existing.is_dir():

@@ -86,7 +86,8 @@ def load_model(spec: ModelSpec, resolved: Resolved | None = None) -> LoadedModel
     """Resolve `spec.model` and load it (shapes: pixel_values (B, 3, H, W) in, per-task outputs out)."""
     resolved = resolved or resolve(spec)
     source, config, preprocessing = resolved.source, resolved.config, resolved.preprocessing
-    with step(f"loading {spec.model} ({'random weights, seed %d' % spec.seed if spec.random_weights else 'pretrained'})"):
+    weights = f"random weights, seed {spec.seed}" if spec.random_weights else "pretrained"
+    with step(f"loading {spec.model} ({weights})"):
         task = task_of(config)
         cls = model_class(task)
         if spec.random_weights:
@@ -159,7 +160,7 @@ def _resolve(spec: ModelSpec):
     try:
         with quiet_logger("huggingface_hub"):
             config = transformers.AutoConfig.from_pretrained(spec.model, local_files_only=spec.offline)
-    except Exception as exc:  # noqa: BLE001 - transformers raises several types for the same cause
+    except Exception as exc:  # transformers raises several types for the same cause
         raise ModelLoadError(_hub_message(spec.model, exc, spec.offline)) from exc
     _check_beit(config, spec.model)
     return "hub", config, _preprocessing_from(None, config)
@@ -173,7 +174,7 @@ def _local_config(path: Path):
                              "(config.json, weights, preprocessor_config.json)")
     try:
         config = transformers.AutoConfig.from_pretrained(path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelLoadError(f"config.json in '{path}' is unreadable ({describe(exc, 160)}): re-save the model "
                              "with save_pretrained") from exc
     _check_beit(config, str(path))
@@ -215,10 +216,11 @@ def _preprocessing_from(data: dict | None, config) -> Preprocessing:
         return (value["height"], value["width"]) if "height" in value else (value["shortest_edge"],) * 2
 
     crop = hw(data.get("crop_size"), None) if data.get("do_center_crop") else None
+    rescale, normalize = data.get("do_rescale", True), data.get("do_normalize", True)
     return Preprocessing(size=hw(data.get("size"), default.size), resample=int(data.get("resample", 2)),
-                         rescale_factor=float(data.get("rescale_factor", 1 / 255)) if data.get("do_rescale", True) else 1.0,
-                         image_mean=tuple(data.get("image_mean", default.image_mean)) if data.get("do_normalize", True) else (0.0,) * 3,
-                         image_std=tuple(data.get("image_std", default.image_std)) if data.get("do_normalize", True) else (1.0,) * 3,
+                         rescale_factor=float(data.get("rescale_factor", 1 / 255)) if rescale else 1.0,
+                         image_mean=tuple(data.get("image_mean", default.image_mean)) if normalize else (0.0,) * 3,
+                         image_std=tuple(data.get("image_std", default.image_std)) if normalize else (1.0,) * 3,
                          crop_size=crop)
 
 
@@ -228,7 +230,7 @@ def _from_pretrained(cls, model: str, source: str, offline: bool = False):
     try:
         with quiet_logger("huggingface_hub"):
             return cls.from_pretrained(model, local_files_only=offline)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if source == "local":
             raise ModelLoadError(f"weights in '{model}' could not be loaded ({describe(exc, 160)}): re-save the model "
                                  "with save_pretrained, or pass --random-weights to export its architecture") from exc

@@ -9,23 +9,25 @@ weights are loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..core import tasks
+from ..core import precisions, tasks
 from ..core.errors import ParityError, UsageError, environment_error
 from ..core.files import artifact_bytes, atomic_folder, check_output_folder, safe_name
-from ..core.manifest import Manifest, artifact_hashes, versions
+from ..core.machine import versions
+from ..core.manifest import Manifest, artifact_hashes
 from ..core.progress import say, step
 from . import bake, fp16, graph_files, onnx_graph, parity
 from .quantize import QDQ_PRECISIONS, QuantizeOptions, calibration_photos, choose_tools, quantize_graphs
 from .data_loader import write_data_loader
 from .loading import LoadedModel, ModelSpec, Resolved, load_model, native_resolution, resolve
 
-FP32_FILE, FP16_FILE = "model.onnx", "model.fp16.onnx"
+FP32_FILE, FP16_FILE = (precisions.PRECISIONS[p].file for p in (precisions.REFERENCE, "fp16"))
 VALIDATION_CHUNK = 2  # images per ONNX Runtime call when a graph is validated
 
 
@@ -40,6 +42,28 @@ class ExportOptions:
     attention: str = bake.DECOMPOSED  # or bake.FUSED: one ONNX Attention op per layer (opset 23)
     images: Path | None = None  # parity photos; None: parity.sample_images()
     quantize: QuantizeOptions = field(default_factory=QuantizeOptions)  # int8/fp8 Q/DQ, CPU int8 (after fp16)
+
+    def __post_init__(self):
+        if self.bias_mode is not None and self.bias_mode not in bake.BIAS_MODES:
+            raise UsageError(f"bias mode '{self.bias_mode}' is not one of {', '.join(bake.BIAS_MODES)}")
+        if self.attention not in bake.ATTENTION_FORMS:
+            raise UsageError(f"attention '{self.attention}' is not one of {', '.join(bake.ATTENTION_FORMS)}")
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The graphs this export writes, in table order: the reference, and each one whose option is on."""
+        return tuple(p.name for p in precisions.PRECISIONS.values()
+                     if p.option is None or getattr(self, p.option, False) or getattr(self.quantize, p.option, False))
+
+
+def export_options(wanted, calibration: Path | None = None, quantize: dict | None = None, **kwargs) -> ExportOptions:
+    """ExportOptions writing the graphs of the `wanted` precisions (besides the reference): each row's option is
+    set on the options class that has it (ExportOptions: fp16; QuantizeOptions: the quantized graphs).
+    `kwargs`: ExportOptions' other fields; `calibration` and `quantize`: QuantizeOptions' other fields."""
+    options = {precisions.PRECISIONS[p].option for p in wanted if precisions.PRECISIONS[p].option}
+    mine = {f.name for f in dataclasses.fields(ExportOptions)}
+    quantize = QuantizeOptions(calibration=calibration, **(quantize or {}), **{o: True for o in options - mine})
+    return ExportOptions(quantize=quantize, **kwargs, **{o: True for o in options & mine})
 
 
 @dataclass(frozen=True)
@@ -167,7 +191,7 @@ def _build(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOpti
     onnx_graph.check_graph(graph)
     outputs = graph_files.tensor_specs(graph.graph.output)
     del graph
-    artifacts = {"fp32": FP32_FILE}
+    artifacts = {precisions.REFERENCE: FP32_FILE}
     if options.fp16:
         fp16.fp16_from_onnx(fp32_path, loaded.task, tmp / FP16_FILE)
         artifacts["fp16"] = FP16_FILE

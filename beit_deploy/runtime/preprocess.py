@@ -191,7 +191,7 @@ def decoding(name: str):
     except MemoryError as exc:
         raise ImageError(f"'{name}': not enough memory to decode it; lower the pixel limit (--max-pixels) or "
                          "shrink it") from exc
-    except Exception as exc:  # noqa: BLE001 - see above: every decoder failure is this image's
+    except Exception as exc:  # see above: every decoder failure is this image's
         detail = describe(exc) if isinstance(exc, _DECODE_ERRORS) else f"{type(exc).__name__}: {describe(exc)}"
         raise ImageError(f"'{name}' is not a readable image ({detail}): remove it or replace it") from exc
 
@@ -240,11 +240,6 @@ def _checked_array(array: np.ndarray) -> np.ndarray:
 def _from_array(array: np.ndarray) -> Image.Image:
     mode = {2: "L", 3: "RGB", 4: "RGBA"}[array.ndim if array.ndim == 2 else array.shape[2]]
     return Image.fromarray(np.ascontiguousarray(array), mode=mode)
-
-
-def _rgb(image: Image.Image) -> np.ndarray:
-    """EXIF-oriented RGB uint8 (H, W, 3), converted exactly as `image.convert("RGB")`."""
-    return np.asarray(_upright_rgb(image, "<image>"), dtype=np.uint8)
 
 
 def preprocess_one(rgb: np.ndarray, p: Preprocessing) -> np.ndarray:
