@@ -63,6 +63,9 @@ def verify(path, images, random_inputs, reference, allow_download, engine, json_
 @click.option("--rtol", type=float, default=None, help="Relative tolerance. Default: per precision.")
 @click.option("--cosine", type=float, default=None, help="Minimum cosine similarity. Default: per precision.")
 @click.option("--reference", default=None, help="Model for the torch runner instead of the manifest's source.")
+@click.option("--allow-download", is_flag=True,
+              help="Let the manifest's source model come from the Hugging Face Hub when it is not in the local "
+                   "cache. Default: offline.")
 @click.option("--save-inputs", type=click.Path(dir_okay=False), default=None, help="Polygraphy JSON of the feeds.")
 @click.option("--save-outputs", type=click.Path(dir_okay=False), default=None,
               help="Polygraphy RunResults JSON of every runner's outputs.")
@@ -70,7 +73,8 @@ def verify(path, images, random_inputs, reference, allow_download, engine, json_
               help="TensorRT engine (file or folder) for the trt runner. Default: the one `build` made from this "
                    "export under engines/<model>/<H>x<W>, else one Polygraphy builds from the ONNX.")
 @friendly
-def compare(path, runners, images, random_inputs, atol, rtol, cosine, reference, save_inputs, save_outputs, engine):
+def compare(path, runners, images, random_inputs, atol, rtol, cosine, reference, allow_download, save_inputs,
+            save_outputs, engine):
     """Compare runners on an export with Polygraphy's Comparator; its PASSED/FAILED report, its exit status."""
     from ..core.errors import ParityError
     from ..proof.compare import CompareOptions, compare as run_compare
@@ -78,7 +82,7 @@ def compare(path, runners, images, random_inputs, atol, rtol, cosine, reference,
     options = CompareOptions(
         runners=tuple(r.strip() for r in runners.split(",") if r.strip()), images=_verify_images(images),
         random=random_inputs, atol=atol, rtol=rtol, cosine=cosine, reference=reference,
-        save_inputs=Path(save_inputs) if save_inputs else None,
+        allow_download=allow_download, save_inputs=Path(save_inputs) if save_inputs else None,
         save_outputs=Path(save_outputs) if save_outputs else None, engine=Path(engine) if engine else None)
     outcome = run_compare(Path(path), options)
     for name, reason in outcome.skipped.items():

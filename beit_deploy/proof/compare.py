@@ -66,6 +66,7 @@ class CompareOptions:
     save_inputs: Path | None = None
     save_outputs: Path | None = None
     reference: object = None  # see verify.reference_model
+    allow_download: bool = False  # the manifest's source model from the Hub when not cached (default: offline)
     seed: int = 0
     engine: Path | None = None  # the engine for "trt"; None: core.engine_manifest.find_engine's default
 
@@ -169,7 +170,8 @@ def _onnx_runner(name: str, folder: Path, manifest: Manifest, options: CompareOp
 
 
 def _torch_runner(name: str, folder: Path, manifest: Manifest, options: CompareOptions):
-    return eager_runner(manifest, reference_model(manifest, options.reference), name), precisions.REFERENCE
+    loaded = reference_model(manifest, options.reference, options.allow_download)
+    return eager_runner(manifest, loaded, name), precisions.REFERENCE
 
 
 def _trt_runner(name: str, folder: Path, manifest: Manifest, options: CompareOptions):

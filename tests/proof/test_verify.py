@@ -200,9 +200,9 @@ def test_a_hub_source_is_read_from_the_cache_only(tiny_export, tmp_path, monkeyp
         asked.append(kwargs)
         raise OSError(f"{name} is not cached")
 
-    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline_config)
     copy = _with_source(tiny_export, tmp_path, {"kind": "hub", "model": "somebody/beit-from-a-manifest"},
                         {"kind": "pretrained", "seed": None})
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline_config)
     with pytest.raises(ModelLoadError, match="--allow-download"):
         parity_report(copy, images=[])
     assert asked == [{"local_files_only": True}]
