@@ -5,6 +5,7 @@ against the pixel limit before anything in them is decoded."""
 from __future__ import annotations
 
 import io
+import json
 import random
 import time
 import warnings
@@ -55,7 +56,9 @@ def test_cli_says_which_images_and_answers_the_rest(tiny_export, tmp_path):
     result = CliRunner().invoke(main, ["predict", str(tiny_export("classification")), str(PHOTOS[0]),
                                        *(str(tmp_path / n) for n in sorted(CRAFTED)), "--json"])
     assert result.exit_code == 1 and "internal error" not in result.stderr, result.stderr
-    assert len(result.stdout.splitlines()) == 1 and "2 of 3 images could not be read" in result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [("error" in row) for row in rows] == [False, True, True]
+    assert "2 of 3 images could not be read" in result.stderr
     assert all(name in result.stderr for name in CRAFTED)
 
 
