@@ -14,8 +14,10 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def user_docs() -> list[Path]:
-    """README.md, then the docs/*.md it links to in the order it links them (the reading order), then any other."""
-    linked = [ROOT / target.partition("#")[0] for target in LINK.findall((ROOT / "README.md").read_text())
+    """README.md, then the docs/*.md in the order of its "Where to go next" table (the reading order), then any
+    other."""
+    readme = (ROOT / "README.md").read_text()
+    linked = [ROOT / target.partition("#")[0] for target in LINK.findall(readme[readme.find("## Where to go next"):])
               if target.startswith("docs/") and target.partition("#")[0].endswith(".md")]
     ordered = list(dict.fromkeys(path for path in linked if path.exists()))
     return [ROOT / "README.md", *ordered, *sorted(set((ROOT / "docs").glob("*.md")) - set(ordered))]
