@@ -36,8 +36,13 @@ def models(as_json):
 @click.option("--fp16", is_flag=True, help="Also write the mixed-precision fp16 graph.")
 @click.option("--random-weights", is_flag=True, help="Seeded random weights instead of pretrained ones.")
 @click.option("--seed", default=0, show_default=True, help="Seed for --random-weights.")
+@click.option("--revision", default=None,
+              help="Hub branch, tag or commit of the weights (from_pretrained's revision). Default: main.")
 @click.option("--out", "out_dir", default="export", show_default=True, type=click.Path(file_okay=False),
               help="Artifact folder; results go to OUT/<model>/<H>x<W>/.")
+@click.option("--replace", is_flag=True,
+              help="Replace an earlier export of other weights or graph form in OUT/<model>/<H>x<W>/ whole "
+                   "(an export of the same weights and form is always added to, keeping its other graphs).")
 @click.option("--bias-mode", type=click.Choice(["materialised", "gathered"]), default=None,
               help="How the relative position bias is stored. Default: chosen by size.")
 @click.option("--attention", type=click.Choice(["decomposed", "fused"]), default="decomposed", show_default=True,
@@ -55,8 +60,8 @@ def models(as_json):
 @click.option("--quantizer", type=click.Choice(["auto", "modelopt", "onnxruntime"]), default="auto",
               show_default=True, help="Q/DQ tool. auto: ModelOpt when installed, else ONNX Runtime (int8 only).")
 @friendly
-def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, attention, images, int8, fp8, int8_cpu,
-           calibration, int8_method, quantizer):
+def export(model, resolutions, fp16, random_weights, seed, revision, out_dir, replace, bias_mode, attention, images,
+           int8, fp8, int8_cpu, calibration, int8_method, quantizer):
     """Export a BEiT model to ONNX, one validated graph per resolution."""
     from ..exporter.loading import ModelSpec
     from ..exporter.pipeline import ExportOptions, export_each, parse_resolution
@@ -66,8 +71,8 @@ def export(model, resolutions, fp16, random_weights, seed, out_dir, bias_mode, a
                                calibration=Path(calibration) if calibration else None)
     options = ExportOptions(resolutions=tuple(parse_resolution(r) for r in resolutions), fp16=fp16,
                             out_dir=Path(out_dir), bias_mode=bias_mode, attention=attention,
-                            images=Path(images) if images else None, quantize=quantize)
-    for result in export_each(ModelSpec(model, random_weights, seed), options):  # each said as soon as written
+                            images=Path(images) if images else None, quantize=quantize, replace=replace)
+    for result in export_each(ModelSpec(model, random_weights, seed, revision), options):  # each said as soon as written
         _echo_export(result)
     _engines_after_export(result.folder if len(resolutions) <= 1 else result.folder.parent, fp16)
 
@@ -82,7 +87,8 @@ def _echo_export(result) -> None:
             top1 += f" ({worst['top1_ties']} tie(s) below fp16 resolution)"
         click.echo(f"  {precision}: {m.artifacts[precision]} ({m.graph[precision]['nodes']} nodes), "
                    f"max rel err {worst['rel']:.1e}, min cosine {worst['cosine']:.6f}{top1}: passed"
-                   + _how_quantized(m.quantization.get(precision)))
+                   + _how_quantized(m.quantization.get(precision))
+                   + (" (kept from an earlier export)" if precision in result.kept else ""))
 
 
 @click.command()

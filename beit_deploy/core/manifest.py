@@ -123,6 +123,8 @@ class Manifest:
     # file name -> sha256 of every artifact file and external data file; {} in manifests of beit-deploy
     # before 0.2, whose artifacts are checked by size only
     sha256: dict[str, str] = field(default_factory=dict)
+    # the exports that made the folder's artifacts, oldest first (see `this_run`); [] in older manifests
+    runs: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
         """ValueError for a manifest that names files outside its folder or has impossible numbers."""
@@ -245,6 +247,20 @@ def check_artifact(folder: Path, manifest: Manifest, precision: str, hashes: boo
 def artifact_hashes(folder: Path, artifacts: dict[str, str]) -> dict[str, str]:
     """{file name: sha256} of every artifact file in `folder` and its external data file, for a manifest."""
     return {p.name: file_sha256(p) for name in artifacts.values() for p in artifact_files(Path(folder), name)}
+
+
+def this_run(artifacts, packages=None) -> dict:
+    """What reproduces this process's export: UTC date, command line, Python, platform, package versions, and
+    the precisions it wrote (a folder that accumulated several exports lists one run per export still present)."""
+    import platform
+    import shlex
+    import sys
+    from datetime import datetime, timezone
+
+    argv = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": shlex.join(argv),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "versions": versions() if packages is None else versions(packages), "artifacts": list(artifacts)}
 
 
 def versions(packages=("beit-deploy", "torch", "transformers", "onnx", "onnxruntime", "onnxscript")) -> dict[str, str]:

@@ -179,7 +179,9 @@ def reference_model(manifest: Manifest, reference=None):
     else:
         where = str(reference) if reference is not None else manifest.source["model"]
         random = manifest.weights.get("kind") == "random"
-        spec = ModelSpec(where, random_weights=random, seed=manifest.weights.get("seed") or 0)
+        revision = (manifest.source.get("commit") or manifest.source.get("revision")) if reference is None else None
+        spec = ModelSpec(where, random_weights=random, seed=manifest.weights.get("seed") or 0,
+                         revision=None if random and manifest.source.get("kind") != "hub" else revision)
         try:
             loaded = load_model(spec)
         except (ModelLoadError, UsageError) as exc:
