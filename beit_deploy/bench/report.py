@@ -20,6 +20,7 @@ BACKENDS = ("eager", "sdpa", "onnxruntime", "onnxruntime-fp16", "onnxruntime-fus
 DEFAULT_BACKENDS = ("eager", "sdpa", "onnxruntime", "onnxruntime-fp16", "tensorrt")
 BASELINE = "eager"
 E2E_OURS, E2E_TRANSFORMERS = "beit-deploy runner", "transformers"
+WIDE_CI = 10.0  # % of the median: a wider 95 % interval is flagged (the machine was busy, or too few iterations)
 
 
 # Where each backend's inputs live while it is timed, so that the rows compare like with like.
@@ -47,6 +48,7 @@ class BenchSettings:
     end_to_end: bool = True
     cache_dir: Path = field(default_factory=default_cache)
     images: Path | None = None  # photos for the end-to-end row and the export's parity check
+    export: Path | None = None  # an export's resolution folder to measure instead of a cached export of `spec`
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,26 @@ def settings_dict(settings: BenchSettings, info: dict) -> dict:
             "inputs": INPUTS_POLICY} | info
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the system does not say)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def wide_intervals(report: "BenchReport") -> list[Measurement]:
+    """The rows whose 95 % interval is wider than ±WIDE_CI %."""
+    return [r for r in (*report.results, *report.end_to_end) if r.ci_percent is not None and r.ci_percent > WIDE_CI]
+
+
+def load_line(m: dict) -> str:
+    """'Load average (1/5/15 min): 0.52/0.61/0.70 before, 1.95/1.02/0.81 after'."""
+    load = m.get("load") or {}
+    text = {k: "/".join(f"{x:.2f}" for x in v) if v else "unknown" for k, v in load.items()}
+    return f"Load average (1/5/15 min): {text.get('before', 'unknown')} before, {text.get('after', 'unknown')} after"
+
+
 def machine_line(m: dict) -> str:
     v = m["versions"]
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
@@ -187,7 +209,13 @@ def to_markdown(report: BenchReport) -> str:
     s = report.settings
     lines = [f"**{s['model']}** ({s['weights']} weights) at {s['resolution'][0]}x{s['resolution'][1]}, "
              f"{s['device']}, torch dtype {s['dtype']}, {s['iters']} iterations after {s['warmup']} warm-up",
-             "", f"Machine: {machine_line(report.machine)}", ""]
+             "", f"Machine: {machine_line(report.machine)}", "", load_line(report.machine), ""]
+    wide = wide_intervals(report)
+    if wide:
+        lines += [f"**Warning:** {len(wide)} row(s) have a 95 % interval wider than ±{WIDE_CI:.0f} % ("
+                  + ", ".join(f"{r.backend} batch {r.batch_size} ±{r.ci_percent:.0f}%" for r in wide)
+                  + "): the machine was busy or the iterations too few; compare them with care, or rerun on an "
+                  "idle machine with more --iters.", ""]
     base = {r.batch_size: r for r in report.results if r.backend == BASELINE}
     for backend in dict.fromkeys(r.backend for r in report.results if r.backend != BASELINE):
         lines += [f"#### {backend}", "",

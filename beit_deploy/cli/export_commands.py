@@ -92,13 +92,17 @@ def _echo_export(result) -> None:
 
 
 @click.command()
-@click.option("--model", "-m", required=True, help="Registered short name, hub id or local save_pretrained folder.")
+@click.argument("export_folder", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--model", "-m", default=None,
+              help="Registered short name, hub id or local save_pretrained folder (instead of EXPORT_FOLDER).")
 @click.option("--random-weights", is_flag=True, help="Seeded random weights instead of pretrained ones.")
 @click.option("--seed", default=0, show_default=True, help="Seed for --random-weights.")
 @click.option("--resolution", "-r", default=None, help="N or HxW. Default: the model's native one.")
-@click.option("--backends", default="eager,sdpa,onnxruntime,onnxruntime-fp16,tensorrt", show_default=True,
+@click.option("--backends", default=None,
               help="Comma-separated: eager, sdpa, onnxruntime, onnxruntime-fp16, onnxruntime-fused, onnxruntime-int8 "
-                   "(CPU form), onnxruntime-int8-qdq, onnxruntime-plain, tensorrt. eager is always measured.")
+                   "(CPU form), onnxruntime-int8-qdq, onnxruntime-plain, tensorrt. eager is always measured. "
+                   "Default: eager,sdpa,onnxruntime,onnxruntime-fp16,tensorrt; on an EXPORT_FOLDER, eager and "
+                   "every graph the folder has.")
 @click.option("--batch-sizes", default="1,4,16,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
@@ -114,10 +118,14 @@ def _echo_export(result) -> None:
 @click.option("--markdown", "markdown_file", type=click.Path(dir_okay=False), default=None,
               help="Write the tables as markdown.")
 @friendly
-def bench(model, random_weights, seed, resolution, backends, batch_sizes, device, dtype, iters, warmup,
+def bench(export_folder, model, random_weights, seed, resolution, backends, batch_sizes, device, dtype, iters, warmup,
           no_end_to_end, images, cache_dir, json_file, markdown_file):
-    """Benchmark eager and SDPA transformers against the exported graphs; print markdown tables."""
-    from ..bench.report import BenchSettings, default_cache, to_markdown
+    """Benchmark eager and SDPA transformers against the exported graphs; print markdown tables.
+
+    EXPORT_FOLDER (a resolution folder, e.g. export/beit-base-patch16-224/224x224) measures that export's
+    graphs, hash-checked, against the model it was exported from; otherwise --model is exported into the
+    bench's cache (reused while its graphs match their manifest)."""
+    from ..bench.report import DEFAULT_BACKENDS, BenchSettings, default_cache, to_markdown
     from ..bench.run import run_bench
     from ..exporter.loading import ModelSpec
     from ..exporter.pipeline import parse_resolution
@@ -126,11 +134,27 @@ def bench(model, random_weights, seed, resolution, backends, batch_sizes, device
         sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
     except ValueError:
         raise UsageError(f"--batch-sizes '{batch_sizes}' is not a comma-separated list of integers") from None
+    if (export_folder is None) == (model is None):
+        raise UsageError("bench measures either an export folder (beit-deploy bench export/<model>/<H>x<W>) or a "
+                         "model (--model NAME): pass one of them")
+    if export_folder:
+        from ..core.manifest import resolution_folders
+
+        found = resolution_folders(Path(export_folder))  # a resolution folder, or a model folder with one
+        if len(found) != 1:
+            raise UsageError(f"'{export_folder}' holds {len(found)} resolutions ({', '.join(found)}): pass one "
+                             f"of them, e.g. {next(iter(found.values()))}")
+        export_folder = next(iter(found.values()))
+        if random_weights:
+            raise UsageError("--random-weights is for --model; an export folder's manifest says its weights")
+    chosen = tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None
     settings = BenchSettings(
-        spec=ModelSpec(model, random_weights, seed), resolution=parse_resolution(resolution) if resolution else None,
-        backends=tuple(b.strip() for b in backends.split(",") if b.strip()), batch_sizes=sizes, device=device,
+        spec=ModelSpec(model or "", random_weights, seed),
+        resolution=parse_resolution(resolution) if resolution else None,
+        backends=chosen if chosen or export_folder else DEFAULT_BACKENDS, batch_sizes=sizes, device=device,
         dtype=dtype, iters=iters, warmup=warmup, end_to_end=not no_end_to_end,
-        cache_dir=Path(cache_dir) if cache_dir else default_cache(), images=Path(images) if images else None)
+        cache_dir=Path(cache_dir) if cache_dir else default_cache(), images=Path(images) if images else None,
+        export=Path(export_folder) if export_folder else None)
     report = run_bench(settings)
     markdown = to_markdown(report)
     if json_file:

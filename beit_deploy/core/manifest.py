@@ -111,7 +111,7 @@ class Manifest:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     preprocessing: Preprocessing
-    labels: dict[int, str]
+    labels: dict[int, str]  # class id -> name; transformers' placeholder LABEL_<id> where a config has no names
     artifacts: dict[str, str]  # precision -> ONNX file name
     parity: dict[str, dict] = field(default_factory=dict)  # precision -> Parity.to_dict()
     graph: dict[str, dict] = field(default_factory=dict)  # precision -> {"nodes", "ops", "bytes"}
@@ -125,6 +125,9 @@ class Manifest:
     sha256: dict[str, str] = field(default_factory=dict)
     # the exports that made the folder's artifacts, oldest first (see `this_run`); [] in older manifests
     runs: list[dict] = field(default_factory=list)
+    # where `labels` come from when not the model's own config: {"set": "imagenet-1k", "note": ...} for a
+    # registered checkpoint exported with random weights (its known class names); {} otherwise
+    labels_from: dict = field(default_factory=dict)
 
     def __post_init__(self):
         """ValueError for a manifest that names files outside its folder or has impossible numbers."""

@@ -46,6 +46,7 @@ class LoadedModel:
     task: str
     preprocessing: Preprocessing
     labels: dict[int, str]
+    labels_from: dict = field(default_factory=dict)  # {} : the model's config; else see `_labels_from`
     commit: str | None = None  # the hub commit the weights came from, where the hub cache says
     weights_sha256: str | None = None  # weights_sha256(model), set by the export (it costs a read of every weight)
 
@@ -101,9 +102,20 @@ def load_model(spec: ModelSpec, resolved: Resolved | None = None) -> LoadedModel
             model = _from_pretrained(cls, spec.model, source, spec.revision)
             commit = hub_commit(_hub_id(spec.model, source), spec.revision) if source != "local" else None
         model.eval()
-    names = config.id2label or {}
+    names = model.config.id2label or {}
     labels = {int(k): str(v) for k, v in names.items()} if tasks.task(task).has_labels else {}
-    return LoadedModel(model, spec, model_name(spec.model, source), source, task, preprocessing, labels, commit)
+    return LoadedModel(model, spec, model_name(spec.model, source), source, task, preprocessing, labels,
+                       _labels_from(spec, source) if labels else {}, commit)
+
+
+def _labels_from(spec: ModelSpec, source: str) -> dict:
+    """Where the class names come from when it is not the model's own config: a registered checkpoint with
+    random weights takes the names of the classes that checkpoint scores, known offline (core.labels)."""
+    checkpoint = registry.lookup(spec.model) if source == "registry" else None
+    if not (spec.random_weights and checkpoint and checkpoint.label_set):
+        return {}
+    return {"set": checkpoint.label_set, "note": f"the class names of {checkpoint.hub_id}, known offline; the "
+            "weights are random, so the scores mean nothing"}
 
 
 def weights_sha256(model) -> str:

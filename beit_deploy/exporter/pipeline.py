@@ -281,7 +281,7 @@ def _manifest(loaded, resolution, mode, inputs, outputs, preprocessing, artifact
         inputs=tuple(inputs), outputs=tuple(outputs), preprocessing=preprocessing, labels=loaded.labels,
         artifacts=artifacts, parity={p: r.to_dict() for p, r in results.items()}, graph=graphs,
         attention=attention, quantization=quantization, versions=versions(), sha256=artifact_hashes(tmp, artifacts),
-        runs=[this_run(artifacts)])
+        runs=[this_run(artifacts)], labels_from=loaded.labels_from)
 
 
 def _source(loaded: LoadedModel) -> dict:
