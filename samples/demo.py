@@ -26,7 +26,7 @@ def what_was_written(folder: Path) -> None:
     """Each file of the export with its size, and for each graph the thresholds its parity line passed."""
     manifest = json.loads((folder / "manifest.json").read_text())
     graphs = {file: precision for precision, file in manifest["artifacts"].items()}
-    print(f"\nwritten to {folder.relative_to(ROOT)}/:")
+    print(f"\nwritten to {folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder}/:")
     for path in sorted(folder.iterdir()):
         line = f"  {path.name:18} {path.stat().st_size / 2**20:8.1f} MB"
         if path.name in graphs:

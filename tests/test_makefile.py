@@ -46,3 +46,17 @@ def test_pyproject_licence_is_an_spdx_expression_and_ships_the_label_sets():
     assert project["project"]["license"] == "Apache-2.0"  # a table is deprecated by setuptools (PEP 639)
     assert any(r.replace(" ", "") == "setuptools>=77" for r in project["build-system"]["requires"])
     assert project["tool"]["setuptools"]["package-data"]["beit_deploy.core"] == ["label_sets/*.tsv.gz"]
+
+
+def test_the_demo_lists_what_it_wrote_and_the_thresholds_passed(tiny_export, capsys):
+    import runpy
+
+    demo = runpy.run_path(str(ROOT / "samples" / "demo.py"))  # not as __main__: nothing runs
+    folder = tiny_export("classification", fp16=True)
+    demo["what_was_written"](folder)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == f"written to {folder}/:"
+    listed = {line.split()[0]: line for line in lines[2:]}
+    assert set(listed) == {p.name for p in folder.iterdir()}
+    assert " <= 1e-04 on 8 samples" in listed["model.onnx"] and "max rel err " in listed["model.onnx"]
+    assert "min cosine 1.000000 >= 0.999" in listed["model.fp16.onnx"] and "top-1 agreement" in listed["model.fp16.onnx"]
