@@ -51,6 +51,6 @@ if __name__ == "__main__":
     beit_deploy("export", "--model", MODEL, "--random-weights", "--fp16")
     what_was_written(ROOT / "export" / MODEL / "224x224")
     # Predict the sample photos with the fp32 graph just exported (fp16 is picked by default on a GPU).
-    print("\n(random weights: the labels and scores below are placeholders; the point is that the exported graph "
-          "answers like the eager model, as the parity figures above show)")
+    print("\n(random weights: the class names below are ImageNet's, known offline, but the scores mean nothing; the "
+          "point is that the exported graph answers like the eager model, as the parity figures above show)")
     beit_deploy("predict", f"export/{MODEL}/224x224", "samples/images", "--top-k", "3")

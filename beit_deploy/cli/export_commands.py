@@ -41,8 +41,9 @@ def models(as_json):
 @click.option("--out", "out_dir", default="export", show_default=True, type=click.Path(file_okay=False),
               help="Artifact folder; results go to OUT/<model>/<H>x<W>/.")
 @click.option("--replace", is_flag=True,
-              help="Replace an earlier export of other weights or graph form in OUT/<model>/<H>x<W>/ whole "
-                   "(an export of the same weights and form is always added to, keeping its other graphs).")
+              help="Replace the earlier export in OUT/<model>/<H>x<W>/ whole; needed when it has other weights "
+                   "or another graph form. Without it, an export of the same weights and form is added to: its "
+                   "other graphs are kept.")
 @click.option("--bias-mode", type=click.Choice(["materialised", "gathered"]), default=None,
               help="How the relative position bias is stored. Default: chosen by size.")
 @click.option("--attention", type=click.Choice(["decomposed", "fused"]), default="decomposed", show_default=True,

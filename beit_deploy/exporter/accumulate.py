@@ -132,13 +132,16 @@ def _carry(folder: Path, tmp: Path, old: Manifest, precision: str) -> bool:
         say(f"  not kept: {old.artifacts[precision]} ({exc})")
         return False
     names = old.files_of(precision, folder)
+    if any((folder / name).is_symlink() for name in names):
+        say(f"  not kept: {old.artifacts[precision]} (a symbolic link; an export writes plain files)")
+        return False
     if any((tmp / name).exists() for name in names):
         say(f"  not kept: {old.artifacts[precision]} (this export wrote a file of the same name)")
         return False
     for name in names:
         source, target = folder / name, tmp / name
         try:
-            os.link(source, target, follow_symlinks=False)
+            os.link(source, target)
         except OSError:  # another file system, or links not allowed: a copy
             shutil.copyfile(source, target)
     return True

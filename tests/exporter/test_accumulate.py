@@ -129,3 +129,13 @@ def test_an_older_manifest_without_a_weights_hash_is_not_merged_into(tiny_dir, t
     result = run(model, tmp_path, replace=True)
     assert list(result.manifest.artifacts) == ["fp32"]
 
+
+
+def test_an_earlier_artifact_that_is_a_link_is_not_kept(tiny_dir, tmp_path, capsys):
+    model = tiny_dir("classification")
+    folder = run(model, tmp_path, fp16=True).folder
+    (folder / "model.fp16.onnx").rename(folder / "real.fp16")
+    (folder / "model.fp16.onnx").symlink_to("real.fp16")  # inside the folder, same bytes: still not kept
+    result = run(model, tmp_path, quantize=CPU_INT8)
+    assert "not kept: model.fp16.onnx (a symbolic link" in capsys.readouterr().err
+    assert result.kept == () and not (folder / "real.fp16").exists()
