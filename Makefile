@@ -41,9 +41,11 @@ serve: install
 	$(BIN)/beit-deploy serve model_repository
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-all: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 clean:

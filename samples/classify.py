@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from beit_deploy import BeitTRTRunner
+from beit_deploy import BeitRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "beit-base-patch16-224"
@@ -26,7 +26,7 @@ def ensure_export(folder: Path) -> Path:
 
 def main(folder: Path) -> None:
     photos = sorted(p for p in (ROOT / "samples" / "images").iterdir() if p.suffix in (".png", ".jpg"))
-    with BeitTRTRunner(ensure_export(folder)) as runner:
+    with BeitRunner(ensure_export(folder)) as runner:
         print(f"{runner!r}")
         for photo, result in zip(photos, runner.predict(photos, top_k=3)):
             best = result.top_k[0]

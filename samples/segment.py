@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from beit_deploy import BeitTRTRunner
+from beit_deploy import BeitRunner
 from beit_deploy.runtime.palette import save_mask, save_overlay
 from beit_deploy.runtime.preprocess import load_image
 
@@ -30,7 +30,7 @@ def ensure_export(folder: Path) -> Path:
 
 def main(folder: Path) -> None:
     photos = sorted(p for p in (ROOT / "samples" / "images").iterdir() if p.suffix in (".png", ".jpg"))
-    with BeitTRTRunner(ensure_export(folder), batch_size=2) as runner:
+    with BeitRunner(ensure_export(folder), batch_size=2) as runner:
         print(f"{runner!r}")
         for photo, result in zip(photos, runner.predict(photos)):
             top = ", ".join(f"{c.label} {c.fraction:.0%}" for c in result.classes[:3])

@@ -4,7 +4,7 @@
                                  [--server HOST:PORT --model NAME] [--markdown FILE]
 
 Without --server it writes a model repository for EXPORT_FOLDER (python model stage) into a temporary folder,
-starts Triton on free local ports, runs the load, and stops it. Then it measures `BeitTRTRunner.predict` on the
+starts Triton on free local ports, runs the load, and stops it. Then it measures `BeitRunner.predict` on the
 same number of images in this process (while no server runs). Images: the sample photos, one per request.
 Default folder: export/beit-base-patch16-224/224x224 (`make serve` or `beit-deploy export` makes it).
 """

@@ -1,11 +1,12 @@
 """The package's layers, read from its own import statements (module level and inside functions):
 
-    core (contracts) < runtime < exporter < trt < proof < bench, serve < cli
+    core (contracts) < runtime < exporter, serve < trt < proof < bench < cli
 
 Every import of a beit_deploy module goes to the same folder or one below it; the contracts import nothing of
 ours above them and nothing outside the standard library at module level; the runtime imports only numpy,
 Pillow, onnxruntime and the contracts (its TensorRT backend loads torch and tensorrt when an engine opens); no
-two modules import each other in a circle.
+two modules import each other in a circle. And no stage compares a task, precision, backend or answer-kind name
+(read from the tables themselves) outside its table: it asks the table.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "beit_deploy"
-RANK = {"core": 0, "runtime": 1, "exporter": 2, "trt": 3, "proof": 4, "bench": 5, "serve": 5, "cli": 9,
+RANK = {"core": 0, "runtime": 1, "exporter": 2, "serve": 2, "trt": 3, "proof": 4, "bench": 5, "cli": 9,
         "__init__": 9, "__main__": 9}
-# The one deliberate upward call: BeitTRTRunner.parity(), kept for compatibility, reaches the proof stage lazily.
-ALLOWED_UP = {("beit_deploy.runtime.runner", "beit_deploy.proof.verify")}
+ALLOWED_UP: set[tuple[str, str]] = set()  # none: BeitTRTRunner.parity() lives at the package's top now
 RUNTIME_THIRD_PARTY = {"numpy", "PIL", "onnxruntime"}
 RUNTIME_LAZY = {"beit_deploy.runtime.tensorrt_backend": {"torch", "tensorrt"}}
 
@@ -105,16 +105,66 @@ def test_no_import_circle():
             visit(module, [module])
 
 
-def test_no_task_name_comparisons_outside_the_task_table():
-    offenders = []
-    for module, path in MODULES.items():
-        if module == "beit_deploy.core.tasks":
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Compare) and any(isinstance(c, ast.Constant) and c.value in TASK_NAMES
-                                                     for c in [node.left, *node.comparators]):
-                offenders.append(f"{module}:{node.lineno}")
+def literal_comparisons(source: str, names: set[str]) -> list[int]:
+    """Lines of `source` comparing anything with one of `names` as a literal (x == "fp16", x in ("a", "b"))."""
+    def literals(node):
+        items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+        return {i.value for i in items if isinstance(i, ast.Constant) and isinstance(i.value, str)}
+
+    return [node.lineno for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Compare)
+            and any(literals(c) & names for c in [node.left, *node.comparators])]
+
+
+def named_comparisons(source: str, module: str, constants: set[str]) -> list[int]:
+    """Lines of `source` comparing anything with `<module>.<constant>` (x == tasks.LABEL_MAP)."""
+    def named(node):
+        return isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == module \
+            and node.attr in constants
+
+    return [node.lineno for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Compare)
+            and any(named(c) for c in [node.left, *node.comparators])]
+
+
+def vocabularies() -> dict[str, tuple[set[str], str]]:
+    """Each table's names, read from the table itself -> (names, the module holding the table)."""
+    from beit_deploy.core import backends, precisions, tasks
+    from beit_deploy.runtime import answers
+
+    return {
+        "task": (set(tasks.TASKS), "beit_deploy.core.tasks"),
+        "precision": ({p.name for p in precisions.PRECISIONS.values()} | {p.family for p in
+                      precisions.PRECISIONS.values() if p.family}, "beit_deploy.core.precisions"),
+        "backend": ({n for b in backends.BACKENDS.values() for n in (b.name, b.polygraphy) if n}
+                    | set(backends.compare_runners()), "beit_deploy.core.backends"),
+        "answer kind": (set(answers.ANSWER_KINDS), "beit_deploy.runtime.answers"),
+    }
+
+
+def answer_kind_constants() -> set[str]:
+    """The names under which core.tasks spells the answer kinds (TOP_K, LABEL_MAP, ...)."""
+    from beit_deploy.core import tasks
+    from beit_deploy.runtime import answers
+
+    return {k for k, v in vars(tasks).items() if isinstance(v, str) and v in answers.ANSWER_KINDS}
+
+
+@pytest.mark.parametrize("vocabulary", ["task", "precision", "backend", "answer kind"])
+def test_no_comparisons_with_a_table_name_outside_its_table(vocabulary):
+    """No if/elif over task, precision, backend or answer-kind names outside their tables: ask the table."""
+    names, table = vocabularies()[vocabulary]
+    offenders = [f"{module}:{line}" for module, path in MODULES.items() if module != table
+                 for line in literal_comparisons(path.read_text(), names)]
+    if vocabulary == "answer kind":
+        offenders += [f"{module}:{line}" for module, path in MODULES.items() if module != table
+                      for line in named_comparisons(path.read_text(), "tasks", answer_kind_constants())]
     assert not offenders, offenders
 
 
-TASK_NAMES = {"classification", "segmentation", "masked-image-modeling", "features"}
+@pytest.mark.parametrize("planted, vocabulary", [
+    ("if precision == 'fp16':\n    pass", "precision"), ("ok = backend == 'onnxruntime'", "backend"),
+    ("ok = name in ('trt', 'x')", "backend"), ("ok = 'int8cpu' != chosen", "precision"),
+    ("ok = task == 'segmentation'", "task")])
+def test_the_checks_catch_a_planted_comparison(planted, vocabulary):
+    names, _ = vocabularies()[vocabulary]
+    assert literal_comparisons(planted, names) == [1]
+    assert named_comparisons("ok = kind == tasks.LABEL_MAP", "tasks", answer_kind_constants()) == [1]

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from ..core import tasks
+from ..core import precisions, tasks
 from ..core.errors import BeitDeployError, UsageError
 from ..core.progress import say, step
 from .report import BenchSettings
@@ -52,7 +52,7 @@ def engine_cache_dir(cache: Path, dtype: str, top_batch: int, onnx_sha256: str, 
 
 def _cache_folder(settings: BenchSettings) -> Path:
     """One cache folder per model source and weights, so a re-run reuses its exports."""
-    from ..core.manifest import versions
+    from ..core.machine import versions
 
     key = {"spec": settings.spec.to_dict(), "versions": versions()}
     path = Path(settings.spec.model).expanduser()
@@ -69,18 +69,16 @@ def cached_export(settings: BenchSettings, resolution: tuple[int, int], resolved
     is calibrated on the bench's photos. `resolved`: the model's exporter.loading.Resolved, worked out once by
     run_bench."""
     from ..exporter.bake import DECOMPOSED, FUSED
-    from ..exporter.pipeline import ExportOptions, export
-    from ..exporter.quantize import QuantizeOptions
+    from ..exporter.pipeline import export, export_options
 
     out = _cache_folder(settings) / ("fused" if fused else "")
     name = f"{resolution[0]}x{resolution[1]}"
     for manifest in sorted(out.glob(f"*/{name}/manifest.json")):
-        if _cache_usable(manifest.parent, {"fp32", *wanted}):
+        if _cache_usable(manifest.parent, {precisions.REFERENCE, *wanted}):
             say(f"using the cached export {manifest.parent} (sha256 checked)")
             return manifest.parent
-    quantize = QuantizeOptions(int8="int8" in wanted, int8_cpu="int8cpu" in wanted, calibration=settings.images)
-    options = ExportOptions(resolutions=(resolution,), fp16="fp16" in wanted, out_dir=out, images=settings.images,
-                            quantize=quantize, attention=FUSED if fused else DECOMPOSED, replace=True)
+    options = export_options(wanted, resolutions=(resolution,), out_dir=out, images=settings.images,
+                             attention=FUSED if fused else DECOMPOSED, calibration=settings.images, replace=True)
     return export(settings.spec, options, resolved)[0].folder
 
 

@@ -8,17 +8,26 @@ speedup | memory eager | memory backend | saved, one table per backend.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ..core import backends as table, machine as core_machine, precisions
+from ..core.machine import cpu_model, physical_cores  # noqa: F401 - importable from here as before
 from ..exporter.loading import ModelSpec
 
-BACKENDS = ("eager", "sdpa", "onnxruntime", "onnxruntime-fp16", "onnxruntime-fused", "onnxruntime-int8",
-            "onnxruntime-int8-qdq", "onnxruntime-plain", "tensorrt")
-DEFAULT_BACKENDS = ("eager", "sdpa", "onnxruntime", "onnxruntime-fp16", "tensorrt")
-BASELINE = "eager"
+# The benchmark's rows, from the backend and precision tables: the transformers backends, ONNX Runtime on each
+# graph of the export (onnxruntime-<precision's bench label> -> that precision), ONNX Runtime on two other
+# graphs of the same model (ORT_FUSED: exported with one Attention op per layer; ORT_PLAIN: torch.onnx.export of the
+# unmodified model), and TensorRT on an engine of the export.
+ORT_ARTIFACTS = {table.bench_name(table.ONNXRUNTIME, p.bench): p.name for p in precisions.PRECISIONS.values()
+                 if p.bench is not None}
+ORT_FUSED, ORT_PLAIN = table.bench_name(table.ONNXRUNTIME, "fused"), table.bench_name(table.ONNXRUNTIME, "plain")
+TORCH_BACKENDS = table.names(opens=table.MODEL)
+BACKENDS = (*TORCH_BACKENDS, *ORT_ARTIFACTS, ORT_FUSED, ORT_PLAIN, table.TENSORRT.name)
+BASELINE = table.EAGER.name
+DEFAULT_BACKENDS = (*TORCH_BACKENDS, *(n for n, p in ORT_ARTIFACTS.items()
+                                      if p in precisions.names(making=precisions.FLOAT)), table.TENSORRT.name)
 E2E_OURS, E2E_TRANSFORMERS = "beit-deploy runner", "transformers"
 WIDE_CI = 10.0  # % of the median: a wider 95 % interval is flagged (the machine was busy, or too few iterations)
 
@@ -42,7 +51,7 @@ class BenchSettings:
     backends: tuple[str, ...] = DEFAULT_BACKENDS
     batch_sizes: tuple[int, ...] = (1, 4, 16, 32)
     device: str = "cpu"
-    dtype: str = "fp32"  # of the torch backends; the ONNX graphs carry their own precision
+    dtype: str = precisions.REFERENCE  # of the torch backends (a float precision); the graphs carry their own
     iters: int = 10
     warmup: int = 2
     end_to_end: bool = True
@@ -120,49 +129,9 @@ def compare(results: list[Measurement]) -> list[Measurement]:
     return out
 
 
-def physical_cores() -> int:
-    """Physical cores this process may use (Linux: distinct core ids of the allowed CPUs)."""
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    try:
-        cores, cpu, phys = set(), None, "0"
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            cpu = int(value) if key == "processor" else cpu
-            phys = value if key == "physical id" else phys
-            if key == "core id" and cpu in allowed:
-                cores.add((phys, value))
-        return max(1, len(cores)) if cores else max(1, len(allowed))
-    except OSError:
-        return max(1, len(allowed))
-
-
 def machine(device: str) -> dict:
-    """CPU model and cores, GPU (when benchmarking on CUDA), OS, Python and package versions."""
-    from ..core.manifest import versions
-
-    info = {"cpu": cpu_model(), "physical_cores": physical_cores(), "logical_cpus": os.cpu_count(),
-            "os": platform.platform(), "python": platform.python_version(), "gpu": None,
-            "versions": versions(), "torch_threads": None}
-    try:
-        import torch
-
-        info["torch_threads"] = torch.get_num_threads()
-        if device == "cuda":
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return info
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` says."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """CPU model and cores, GPU (when benchmarking on CUDA), OS, Python and package versions (core.machine)."""
+    return core_machine.machine(device)
 
 
 def settings_dict(settings: BenchSettings, info: dict) -> dict:

@@ -1,6 +1,6 @@
 """`beit-deploy bench`: eager and SDPA transformers against our exported graphs, interleaved, per batch size.
 
-Every backend runs in its own worker process (`bench_worker`), so its peak memory is its own; the parent drives
+Every backend runs in its own worker process (`worker.py`), so its peak memory is its own; the parent drives
 all workers round-robin, one timed iteration at a time, so that load from anything else on the machine falls
 on every backend alike. Artifacts are exported once into a cache folder and reused. Backends that cannot run
 here are reported as skipped, with the reason. Settings, results and their presentation are in `report`, the
@@ -9,28 +9,19 @@ worker processes in `worker`.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from ..core import tasks
+from ..core import backends as table, precisions, tasks
 from ..core.errors import BeitDeployError, UsageError, describe
 from ..core.progress import say, step
 from . import report as bench_report
 from .cache import cached_engine, cached_export, engine_cache_dir, plain_export  # noqa: F401 - bench.run's API
-from .report import BACKENDS, BASELINE, E2E_OURS, E2E_TRANSFORMERS, BenchReport, BenchSettings, Skipped
+from .report import BACKENDS, BASELINE, E2E_OURS, E2E_TRANSFORMERS, ORT_ARTIFACTS, ORT_FUSED, ORT_PLAIN, \
+    TORCH_BACKENDS, BenchReport, BenchSettings, Skipped
+from .worker import E2E_RUNNER, E2E_TRANSFORMERS as E2E_TRANSFORMERS_KIND
 
-# ONNX Runtime backends -> the export artifact (precision) each one runs
-ORT_ARTIFACTS = {"onnxruntime": "fp32", "onnxruntime-fp16": "fp16", "onnxruntime-int8": "int8cpu",
-                 "onnxruntime-int8-qdq": "int8"}
-EXPORT_FLAGS = {"fp32": "(any flags)", "fp16": "--fp16", "int8cpu": "--int8-cpu", "int8": "--int8"}
-
-
-def _graph(folder: Path, precision: str) -> Path | None:
-    """The `precision` graph of an export folder, checked against its manifest (size and sha256: a truncated or
-    swapped graph is an error, not a measurement); None when the export has no such graph."""
-    from ..core.manifest import check_artifact, read_manifest
-
-    manifest = read_manifest(folder)
-    return check_artifact(folder, manifest, precision, hashes=True) if precision in manifest.artifacts else None
+DEVICES = ("cpu", "cuda")
 
 
 def run_bench(settings: BenchSettings) -> BenchReport:
@@ -68,8 +59,6 @@ def for_export(settings: BenchSettings) -> BenchSettings:
     """The settings of a bench on an export folder: the model it was exported from (its recorded source, seed
     and revision), its resolution, and by default eager plus every ONNX Runtime backend the folder has a graph
     for (a `backends` of None)."""
-    import dataclasses
-
     from ..core.manifest import read_manifest
     from ..exporter.loading import ModelSpec
 
@@ -81,7 +70,7 @@ def for_export(settings: BenchSettings) -> BenchSettings:
     backends = settings.backends
     if backends is None:
         backends = (BASELINE, *(b for b, p in ORT_ARTIFACTS.items() if p in manifest.artifacts))
-        backends += ("tensorrt",) if settings.device == "cuda" else ()
+        backends += (table.TENSORRT.name,) if settings.device == "cuda" else ()
     if settings.resolution and tuple(settings.resolution) != tuple(manifest.resolution):
         raise UsageError(f"{settings.export} is a {manifest.resolution[0]}x{manifest.resolution[1]} export: drop "
                          "--resolution, or pass the folder of the resolution you want")
@@ -96,8 +85,9 @@ def _check(settings: BenchSettings) -> None:
         raise UsageError("batch sizes must be positive integers, e.g. --batch-sizes 1,4,16")
     if settings.iters < 1 or settings.warmup < 0:
         raise UsageError("--iters must be at least 1 and --warmup at least 0")
-    if settings.device not in ("cpu", "cuda") or settings.dtype not in ("fp32", "fp16"):
-        raise UsageError("--device is cpu or cuda, --dtype fp32 or fp16")
+    floats = precisions.names(making=precisions.FLOAT)
+    if settings.device not in DEVICES or settings.dtype not in floats:
+        raise UsageError(f"--device is {' or '.join(DEVICES)}, --dtype {' or '.join(floats)}")
     if settings.device == "cuda":
         import torch
 
@@ -108,46 +98,81 @@ def _check(settings: BenchSettings) -> None:
 def _jobs(settings, backends, resolution, task, inputs, resolved):
     """Worker jobs for the backends that can run here; (backend, reason) for the others; the export folder."""
     base = {"device": settings.device, "dtype": settings.dtype, "inputs": inputs}
-    jobs, skipped, folder = {}, [], None
-    wants_export = (set(ORT_ARTIFACTS) | {"tensorrt"}) & set(backends)
+    skipped, folder = [], None
+    on_export = (set(ORT_ARTIFACTS) | {table.TENSORRT.name}) & set(backends)
     wanted = {ORT_ARTIFACTS[b] for b in backends if b in ORT_ARTIFACTS}
-    if "tensorrt" in backends and settings.dtype == "fp16":
-        wanted.add("fp16")
+    if table.TENSORRT.name in backends:
+        wanted.add(settings.dtype)
     if settings.export:
         folder = Path(settings.export)
-    elif wants_export or settings.end_to_end:
+    elif on_export or settings.end_to_end:
         try:
             folder = cached_export(settings, resolution, resolved, wanted)
         except BeitDeployError as exc:
-            skipped += [Skipped(b, f"export failed: {exc}") for b in sorted(wants_export & set(backends))]
+            skipped += [Skipped(b, f"export failed: {exc}") for b in sorted(on_export)]
+    jobs = {}
     for name in backends:
-        if name in ("eager", "sdpa"):
-            jobs[name] = base | {"kind": "torch", "attention": name, "spec": settings.spec.to_dict()}
-        elif name in ORT_ARTIFACTS and folder is not None:
-            path = _graph(folder, ORT_ARTIFACTS[name])
-            if path is None:
-                skipped.append(Skipped(name, f"{folder} has no {ORT_ARTIFACTS[name]} graph: export it again with "
-                                             f"{EXPORT_FLAGS[ORT_ARTIFACTS[name]]} (it adds to the folder)"))
-            else:
-                jobs[name] = base | {"kind": "onnxruntime", "path": str(path)}
-        elif name == "onnxruntime-fused":
-            try:
-                fused = cached_export(settings, resolution, resolved, fused=True)
-                jobs[name] = base | {"kind": "onnxruntime", "path": str(fused / "model.onnx")}
-            except BeitDeployError as exc:
-                skipped.append(Skipped(name, f"fused export failed: {exc}"))
-        elif name == "onnxruntime-plain":
-            try:
-                jobs[name] = base | {"kind": "onnxruntime", "path": str(plain_export(settings, resolution, task))}
-            except Exception as exc:  # noqa: BLE001 - the plain exporter fails in many ways on some heads
-                skipped.append(Skipped(name, f"plain torch.onnx.export failed: {describe(exc)}"))
-        elif name == "tensorrt" and folder is not None:
-            try:
-                engine = cached_engine(settings, folder)
-                jobs[name] = base | {"kind": "tensorrt", "path": str(engine), "folder": str(folder)}
-            except BeitDeployError as exc:
-                skipped.append(Skipped(name, str(exc)))
+        if name in on_export and folder is None:
+            continue
+        made = _JOBS[name](_Bench(settings, base, resolution, resolved, task, folder), name)
+        if isinstance(made, Skipped):
+            skipped.append(made)
+        else:
+            jobs[name] = made
     return jobs, skipped, folder
+
+
+class _Bench:
+    """What a job maker needs: the settings, the jobs' common keys, the model and the export folder."""
+
+    def __init__(self, settings, base, resolution, resolved, task, folder):
+        self.settings, self.base, self.resolution, self.resolved = settings, base, resolution, resolved
+        self.task, self.folder = task, folder
+
+
+def _model_job(b: _Bench, name: str) -> dict:
+    """transformers itself, with the backend's attention implementation."""
+    return b.base | {"kind": table.MODEL, "attention": table.backend(name).attention, "spec": b.settings.spec.to_dict()}
+
+
+def _graph_job(b: _Bench, name: str) -> dict | Skipped:
+    """ONNX Runtime on the export's graph of the row's precision, checked against its manifest first (size and
+    sha256: a truncated or swapped graph is an error, not a measurement); skipped when the export has none."""
+    from ..core.manifest import check_artifact, read_manifest
+
+    manifest, precision = read_manifest(b.folder), precisions.PRECISIONS[ORT_ARTIFACTS[name]]
+    if precision.name not in manifest.artifacts:
+        return Skipped(name, f"{b.folder} has no {precision.name} graph: export it again with {precision.flag} (it "
+                             "adds to the folder)")
+    path = check_artifact(b.folder, manifest, precision.name, hashes=True)
+    return b.base | {"kind": table.ONNX, "path": str(path)}
+
+
+def _fused_job(b: _Bench, name: str) -> dict | Skipped:
+    try:
+        fused = cached_export(b.settings, b.resolution, b.resolved, fused=True)
+    except BeitDeployError as exc:
+        return Skipped(name, f"fused export failed: {exc}")
+    return b.base | {"kind": table.ONNX, "path": str(fused / precisions.PRECISIONS[precisions.REFERENCE].file)}
+
+
+def _plain_job(b: _Bench, name: str) -> dict | Skipped:
+    try:
+        return b.base | {"kind": table.ONNX, "path": str(plain_export(b.settings, b.resolution, b.task))}
+    except Exception as exc:  # noqa: BLE001 - the plain exporter fails in many ways on some heads
+        return Skipped(name, f"plain torch.onnx.export failed: {describe(exc)}")
+
+
+def _engine_job(b: _Bench, name: str) -> dict | Skipped:
+    try:
+        engine = cached_engine(b.settings, b.folder)
+    except BeitDeployError as exc:
+        return Skipped(name, str(exc))
+    return b.base | {"kind": table.ENGINE, "path": str(engine), "folder": str(b.folder)}
+
+
+_JOBS = {**{n: _model_job for n in TORCH_BACKENDS}, **{n: _graph_job for n in ORT_ARTIFACTS}, ORT_FUSED: _fused_job,
+         ORT_PLAIN: _plain_job, table.TENSORRT.name: _engine_job}
 
 
 def _measure(jobs: dict, e2e_jobs: dict, photos: int, settings: BenchSettings):
@@ -179,10 +204,10 @@ def _end_to_end_jobs(settings: BenchSettings, folder: Path | None, inputs) -> tu
     photos = [str(p) for p in sample_images(settings.images)]
     if not photos:
         return {}, [Skipped("end-to-end", NO_PHOTOS)], 0
-    base = {"device": settings.device, "dtype": "fp32", "inputs": inputs, "images": photos}
-    jobs, skipped = {E2E_TRANSFORMERS: base | {"kind": "e2e-transformers", "spec": settings.spec.to_dict()}}, []
+    base = {"device": settings.device, "dtype": precisions.REFERENCE, "inputs": inputs, "images": photos}
+    jobs, skipped = {E2E_TRANSFORMERS: base | {"kind": E2E_TRANSFORMERS_KIND, "spec": settings.spec.to_dict()}}, []
     if folder is None:
         skipped.append(Skipped(E2E_OURS, "no export to run (the export failed)"))
     else:
-        jobs = {E2E_OURS: base | {"kind": "e2e-runner", "folder": str(folder)}} | jobs
+        jobs = {E2E_OURS: base | {"kind": E2E_RUNNER, "folder": str(folder)}} | jobs
     return jobs, skipped, len(photos)

@@ -1,6 +1,6 @@
 """One benchmark backend in its own process, so each backend's peak memory is its own.
 
-The parent (`bench.py`) starts one worker per backend with multiprocessing's spawn context and a Pipe, then
+The parent (`run.py`) starts one worker per backend with multiprocessing's spawn context and a Pipe, then
 drives all workers round-robin, one timed iteration at a time, so that every backend sees the same machine
 load (the parent interleaves; a worker never times more than it is asked to). Messages, all plain tuples:
 
@@ -9,8 +9,9 @@ load (the parent interleaves; a worker never times more than it is asked to). Me
   parent -> worker  ("peak",)  -> ("peak", megabytes)   (and resets the CUDA peak counter)
   parent -> worker  ("stop",)
 
-A job is a plain dict (made by `run._jobs`): kind ("torch", "onnxruntime", "tensorrt", "e2e-runner",
-"e2e-transformers"), device, dtype, inputs [(name, shape with "batch", dtype)], and what the kind needs.
+A job is a plain dict (made by `run._jobs`): kind (what the backend opens, core.backends: "model" for
+transformers, "onnx" for ONNX Runtime, "engine" for TensorRT; or "e2e-runner", "e2e-transformers"), device,
+dtype, inputs [(name, shape with "batch", dtype)], and what the kind needs.
 ONNX Runtime workers never import torch, so their peak RSS is ONNX Runtime's alone.
 """
 
@@ -22,11 +23,13 @@ import time
 
 import numpy as np
 
-from ..core import tasks
+from ..core import backends, precisions
 from ..core.errors import describe
+from ..core.machine import physical_cores
 from ..core.manifest import TensorSpec
 from ..core.progress import status_gb
-from .report import physical_cores
+
+E2E_RUNNER, E2E_TRANSFORMERS = "e2e-runner", "e2e-transformers"  # job kinds of the end-to-end rows
 
 
 def ort_session_options(threads: int | None = None, spinning: bool = True):
@@ -85,9 +88,7 @@ def _time(runner, batch: int, iterations: int, job: dict) -> list[float]:
 
 def _load(job: dict):
     """A function batch_size -> (no-argument call running one iteration on a batch of that size)."""
-    loaders = {"torch": _torch_runner, "onnxruntime": _ort_runner, "tensorrt": _trt_runner,
-               "e2e-runner": _e2e_runner, "e2e-transformers": _e2e_transformers}
-    return loaders[job["kind"]](job)
+    return _LOADERS[job["kind"]](job)
 
 
 def random_feeds(inputs, batch: int) -> dict[str, np.ndarray]:
@@ -105,7 +106,7 @@ def _torch_runner(job: dict):
     torch.set_grad_enabled(False)
     model = load_model(ModelSpec(**job["spec"])).model
     model.set_attn_implementation(job["attention"])
-    dtype = torch.float16 if job["dtype"] == "fp16" else torch.float32
+    dtype = getattr(torch, precisions.precision(job["dtype"]).torch_dtype)
     model = model.to(job["device"], dtype).eval()
 
     def runner(batch):
@@ -149,9 +150,9 @@ def _trt_runner(job: dict):
 
 def _e2e_runner(job: dict):
     """beit-deploy's runner: preprocess + inference + postprocess of the sample photos in one predict call."""
-    from ..runtime.runner import BeitTRTRunner
+    from ..runtime.runner import BeitRunner
 
-    runner = BeitTRTRunner(job["folder"])
+    runner = BeitRunner(job["folder"])
     photos = _photos(job)
     return lambda _batch: (lambda: runner.predict(photos))
 
@@ -162,30 +163,18 @@ def _e2e_transformers(job: dict):
 
     from ..exporter.loading import ModelSpec, load_model
     from ..exporter.parity import reference_processor
+    from ..runtime import answers
 
     torch.set_grad_enabled(False)
     loaded = load_model(ModelSpec(**job["spec"]))
     model, proc = loaded.model.to(job["device"]), reference_processor(loaded.preprocessing)
     photos = _photos(job)
-    post = _REFERENCE_ANSWERS.get(tasks.task(loaded.task).answer, lambda out, *_: out)
+    post = answers.of(loaded.task).reference
 
     def once():
         pixels = proc(images=photos, return_tensors="pt")["pixel_values"].to(job["device"])
         return post(model(pixel_values=pixels), proc, loaded.labels, photos)
     return lambda _batch: once
-
-
-def _top5(out, _proc, labels, _photos):
-    top = out.logits.softmax(-1).topk(min(5, out.logits.shape[-1]))
-    return [[(labels.get(int(i)), float(s)) for s, i in zip(*row)] for row in zip(*top)]
-
-
-def _label_maps(out, proc, _labels, photos):
-    return proc.post_process_semantic_segmentation(out, target_sizes=[im.size[::-1] for im in photos])
-
-
-# transformers' own post-processing per task answer (masked image modeling and features: the raw outputs)
-_REFERENCE_ANSWERS = {tasks.TOP_K: _top5, tasks.LABEL_MAP: _label_maps}
 
 
 def _photos(job: dict):
@@ -194,8 +183,12 @@ def _photos(job: dict):
     return [Image.open(path).convert("RGB") for path in job["images"]]
 
 
+# the kinds whose work runs in torch: synchronised and measured through torch on CUDA
+_TORCH_KINDS = (backends.MODEL, E2E_TRANSFORMERS)
+
+
 def _cuda_sync(job: dict):
-    if job["device"] != "cuda" or job["kind"] not in ("torch", "e2e-transformers"):
+    if job["device"] != "cuda" or job["kind"] not in _TORCH_KINDS:
         return lambda: None
     import torch
 
@@ -204,7 +197,7 @@ def _cuda_sync(job: dict):
 
 def _peak_mb(job: dict) -> float | None:
     """CUDA: max allocated by torch since the last call (then reset). CPU: this process's peak RSS."""
-    if job["device"] == "cuda" and job["kind"] in ("torch", "e2e-transformers"):
+    if job["device"] == "cuda" and job["kind"] in _TORCH_KINDS:
         import torch
 
         peak = torch.cuda.max_memory_allocated() / 2**20
@@ -217,6 +210,10 @@ def _peak_mb(job: dict) -> float | None:
         return peak * 1024
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+_LOADERS = {backends.MODEL: _torch_runner, backends.ONNX: _ort_runner, backends.ENGINE: _trt_runner,
+            E2E_RUNNER: _e2e_runner, E2E_TRANSFORMERS: _e2e_transformers}
 
 
 def _reason(exc: BaseException) -> str:

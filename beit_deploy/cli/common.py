@@ -1,4 +1,6 @@
-"""What every command shares: `friendly`, which turns errors into one line and an exit status.
+"""What every command shares: `friendly`, which turns errors into one line and an exit status; the options
+several commands take (`images_option`, `json_option`), declared once; and `TableChoice`, a click.Choice read
+from one of the tables (core/precisions.py, core/backends.py) each time it is used.
 
 SIGTERM stops a command like Ctrl-C does (clean-up runs, nothing half-written is left): exit 143, 130 for SIGINT.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from typing import Callable, Iterable
 
 import click
 
@@ -21,6 +24,66 @@ EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "onnxsc
           "tritonclient": "serve"}
 
 
+class TableChoice(click.Choice):
+    """click.Choice whose choices are read from a table when asked (a row added later is offered too)."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]):
+        self._names = names
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+
+def library_choice(module: str, name: str) -> TableChoice:
+    """A library tuple (`name` in beit_deploy.`module`) as a click choice, imported only when the option is used
+    (so `--help` of another command never loads it)."""
+    import importlib
+
+    return TableChoice(lambda: getattr(importlib.import_module(f"beit_deploy.{module}"), name))
+
+
+def precision_choice(**filters) -> TableChoice:
+    """The precisions of the table (core.precisions.names(**filters)) as a click choice; tensorrt=True: those
+    `build` builds, its default first."""
+    from ..core import precisions
+
+    if filters == {"tensorrt": True}:
+        return TableChoice(precisions.buildable)
+    return TableChoice(lambda: precisions.names(**filters))
+
+
+def backend_choice(**filters) -> TableChoice:
+    """The backends of the table (core.backends.names(**filters)) as a click choice."""
+    from ..core import backends
+
+    return TableChoice(lambda: backends.names(**filters))
+
+
+def precision_flags(command):
+    """One `export` flag per precision written on request (the table's `option` and `about`): --fp16, --int8..."""
+    from ..core import precisions
+
+    for p in reversed(precisions.PRECISIONS.values()):
+        if p.option:
+            command = click.option(p.flag, p.option, is_flag=True, help=f"Also write {p.about}.")(command)
+    return command
+
+
+def images_option(help: str, many: bool = False):  # noqa: A002 - click's own argument name
+    """--images: a folder of photos (many=False), or a folder or photo files, repeatable (many=True)."""
+    kind = click.Path(exists=True) if many else click.Path(exists=True, file_okay=False)
+    return click.option("--images", multiple=many, type=kind, default=None, help=help)
+
+
+def json_option(help: str, to_file: bool = False):  # noqa: A002 - click's own argument name
+    """--json: print JSON instead of text (a flag, `as_json`), or also write it to a file (`json_file`)."""
+    if to_file:
+        return click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None, help=help)
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
 def friendly(command):
     """Run a command; turn BeitDeployError (and anything unexpected) into one line and an exit code."""
     @functools.wraps(command)
@@ -32,7 +95,7 @@ def friendly(command):
             terminated = isinstance(stop, Terminated)
             click.echo("terminated" if terminated else "interrupted", err=True)
             sys.exit(143 if terminated else 130)
-        except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, traceback on request
+        except Exception as exc:  # a bug: say so in one line, traceback on request
             exc = _missing_extra(exc, command.__name__) or _environment(exc, command.__name__) or exc
             if isinstance(exc, BeitDeployError):
                 click.echo(f"error: {exc}", err=True)

@@ -8,11 +8,14 @@ import click
 
 from ..core.errors import UsageError
 from ..core.jsontext import dumps as _json
-from .common import friendly
+from ..bench import report as bench_rows
+from ..core import precisions
+from ..core.manifest import ATTENTION_FORMS, BIAS_MODES, DECOMPOSED
+from .common import friendly, images_option, json_option, library_choice, precision_choice, precision_flags
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+@json_option("Print the registry as JSON.")
 @friendly
 def models(as_json):
     """List the registered microsoft/beit-* checkpoints."""
@@ -33,7 +36,6 @@ def models(as_json):
               help="Registered short name (see `models`), hub id (org/name) or local save_pretrained folder.")
 @click.option("--resolution", "-r", "resolutions", multiple=True,
               help="N or HxW, multiples of the patch size; repeat for several. Default: the model's native one.")
-@click.option("--fp16", is_flag=True, help="Also write the mixed-precision fp16 graph.")
 @click.option("--random-weights", is_flag=True, help="Seeded random weights instead of pretrained ones.")
 @click.option("--seed", default=0, show_default=True, help="Seed for --random-weights.")
 @click.option("--revision", default=None,
@@ -44,38 +46,36 @@ def models(as_json):
               help="Replace the earlier export in OUT/<model>/<H>x<W>/ whole; needed when it has other weights "
                    "or another graph form. Without it, an export of the same weights and form is added to: its "
                    "other graphs are kept.")
-@click.option("--bias-mode", type=click.Choice(["materialised", "gathered"]), default=None,
+@click.option("--bias-mode", type=click.Choice(BIAS_MODES), default=None,
               help="How the relative position bias is stored. Default: chosen by size.")
-@click.option("--attention", type=click.Choice(["decomposed", "fused"]), default="decomposed", show_default=True,
+@click.option("--attention", type=click.Choice(ATTENTION_FORMS), default=DECOMPOSED, show_default=True,
               help="Attention as MatMul/Add/Softmax/MatMul ops (every TensorRT 10.x), or as one ONNX Attention op "
                    "per layer (opset 23; TensorRT 10.14+).")
-@click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Folder of photos for the parity check. Default: samples/images.")
-@click.option("--int8", is_flag=True, help="Also write the int8 Q/DQ graph for TensorRT (model.int8.onnx).")
-@click.option("--fp8", is_flag=True, help="Also write the fp8 Q/DQ graph for TensorRT (model.fp8.onnx; ModelOpt).")
-@click.option("--int8-cpu", is_flag=True, help="Also write the dynamic int8 graph for ONNX Runtime on CPU.")
+@images_option("Folder of photos for the parity check. Default: samples/images.")
+@precision_flags
 @click.option("--calibration", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of photos to calibrate --int8/--fp8 on (64+ advised). Default: the parity photos.")
-@click.option("--int8-method", type=click.Choice(["max", "entropy", "percentile"]), default="max", show_default=True,
+@click.option("--int8-method", type=library_choice("exporter.quantize", "METHODS"), default="max", show_default=True,
               help="Activation calibration of the Q/DQ graphs.")
-@click.option("--quantizer", type=click.Choice(["auto", "modelopt", "onnxruntime"]), default="auto",
+@click.option("--quantizer", type=library_choice("exporter.quantize", "TOOLS"), default="auto",
               show_default=True, help="Q/DQ tool. auto: ModelOpt when installed, else ONNX Runtime (int8 only).")
 @friendly
-def export(model, resolutions, fp16, random_weights, seed, revision, out_dir, replace, bias_mode, attention, images,
-           int8, fp8, int8_cpu, calibration, int8_method, quantizer):
+def export(model, resolutions, random_weights, seed, revision, out_dir, replace, bias_mode, attention, images,
+           calibration, int8_method, quantizer, **flags):
     """Export a BEiT model to ONNX, one validated graph per resolution."""
     from ..exporter.loading import ModelSpec
-    from ..exporter.pipeline import ExportOptions, export_each, parse_resolution
-    from ..exporter.quantize import QuantizeOptions
+    from ..exporter.pipeline import export_each, export_options, parse_resolution
 
-    quantize = QuantizeOptions(int8=int8, fp8=fp8, int8_cpu=int8_cpu, method=int8_method, tool=quantizer,
-                               calibration=Path(calibration) if calibration else None)
-    options = ExportOptions(resolutions=tuple(parse_resolution(r) for r in resolutions), fp16=fp16,
-                            out_dir=Path(out_dir), bias_mode=bias_mode, attention=attention,
-                            images=Path(images) if images else None, quantize=quantize, replace=replace)
-    for result in export_each(ModelSpec(model, random_weights, seed, revision), options):  # each said as soon as written
+    wanted = [p.name for p in precisions.PRECISIONS.values() if p.option and flags.get(p.option)]
+    options = export_options(wanted, resolutions=tuple(parse_resolution(r) for r in resolutions),
+                             out_dir=Path(out_dir), bias_mode=bias_mode, attention=attention,
+                             images=Path(images) if images else None,
+                             calibration=Path(calibration) if calibration else None,
+                             quantize={"method": int8_method, "tool": quantizer}, replace=replace)
+    spec = ModelSpec(model, random_weights, seed, revision)
+    for result in export_each(spec, options):  # each said as soon as written
         _echo_export(result)
-    _engines_after_export(result.folder if len(resolutions) <= 1 else result.folder.parent, fp16)
+    _engines_after_export(result.folder if len(resolutions) <= 1 else result.folder.parent, options.precisions)
 
 
 def _echo_export(result) -> None:
@@ -100,22 +100,22 @@ def _echo_export(result) -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed for --random-weights.")
 @click.option("--resolution", "-r", default=None, help="N or HxW. Default: the model's native one.")
 @click.option("--backends", default=None,
-              help="Comma-separated: eager, sdpa, onnxruntime, onnxruntime-fp16, onnxruntime-fused, onnxruntime-int8 "
-                   "(CPU form), onnxruntime-int8-qdq, onnxruntime-plain, tensorrt. eager is always measured. "
-                   "Default: eager,sdpa,onnxruntime,onnxruntime-fp16,tensorrt; on an EXPORT_FOLDER, eager and "
-                   "every graph the folder has.")
+              help=f"Comma-separated: {', '.join(bench_rows.BACKENDS)}. onnxruntime-<x>: the export's graph of that "
+                   "precision (onnxruntime-int8: the CPU form, -int8-qdq: the Q/DQ graph). eager is always measured. "
+                   f"Default: {','.join(bench_rows.DEFAULT_BACKENDS)}; on an EXPORT_FOLDER, eager and every graph "
+                   "the folder has.")
 @click.option("--batch-sizes", default="1,4,16,32", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+@click.option("--device", type=library_choice("bench.run", "DEVICES"), default="cpu", show_default=True)
+@click.option("--dtype", type=precision_choice(making=precisions.FLOAT), default=precisions.REFERENCE,
+              show_default=True,
               help="Precision of the torch backends (and of the TensorRT graph).")
 @click.option("--iters", default=10, show_default=True, help="Timed iterations per backend and batch size.")
 @click.option("--warmup", default=2, show_default=True, help="Untimed iterations first.")
 @click.option("--no-end-to-end", is_flag=True, help="Skip the end-to-end predict() row on the sample photos.")
-@click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Photos for the end-to-end row and the export's parity check. Default: samples/images.")
+@images_option("Photos for the end-to-end row and the export's parity check. Default: samples/images.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
               help="Where exports for benchmarking are kept. Default: ~/.cache/beit-deploy/bench.")
-@click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON.")
+@json_option("Write the results as JSON.", to_file=True)
 @click.option("--markdown", "markdown_file", type=click.Path(dir_okay=False), default=None,
               help="Write the tables as markdown.")
 @friendly
@@ -179,7 +179,7 @@ def _how_quantized(info: dict | None) -> str:
     return f" ({', '.join(parts)})"
 
 
-def _engines_after_export(folder: Path, fp16: bool) -> None:
+def _engines_after_export(folder: Path, written: tuple[str, ...]) -> None:
     """Build engines for a fresh export where TensorRT and a GPU are present; else say how to build them later."""
     from ..core.engine_manifest import unavailable_reason
     from ..trt.build import BuildOptions, build as build_engines
@@ -189,5 +189,6 @@ def _engines_after_export(folder: Path, fp16: bool) -> None:
         click.echo(f"TensorRT engines: skipped ({reason}); build them later on a GPU machine with "
                    f"`beit-deploy build {folder}`")
         return
-    for engine in build_engines(folder, BuildOptions(precision="fp16" if fp16 else "fp32")):
+    precision = precisions.ENGINE_DEFAULT if precisions.ENGINE_DEFAULT in written else precisions.REFERENCE
+    for engine in build_engines(folder, BuildOptions(precision=precision)):
         click.echo(f"TensorRT engine: {engine}")

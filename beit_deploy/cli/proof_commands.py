@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from ..core.jsontext import dumps as _json
-from .common import friendly
+from ..core.backends import compare_runners
+from .common import friendly, images_option, json_option
 
 
 def _verify_images(images):
@@ -19,16 +20,14 @@ def _verify_images(images):
 
 @click.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
-@click.option("--images", multiple=True, type=click.Path(exists=True),
-              help="A folder of photos, or photo files (repeat). Default: samples/images.")
+@images_option("A folder of photos, or photo files (repeat). Default: samples/images.", many=True)
 @click.option("--random", "random_inputs", default=2, show_default=True, help="Random inputs besides the photos.")
 @click.option("--reference", default=None,
               help="Model to compare with instead of the manifest's source (folder, short name or hub id).")
 @click.option("--engine", type=click.Path(exists=True), default=None,
               help="TensorRT engine (file or folder) to include. Default: the one `build` made from this export "
                    "under engines/<model>/<H>x<W>, if any.")
-@click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None,
-              help="Also write the report as JSON to this file.")
+@json_option("Also write the report as JSON to this file.", to_file=True)
 @friendly
 def verify(path, images, random_inputs, reference, engine, json_file):
     """Prove every artifact of an export answers like the eager model (exit 1 naming each failed check)."""
@@ -47,10 +46,8 @@ def verify(path, images, random_inputs, reference, engine, json_file):
 @click.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--runners", default="onnxrt-fp32,onnxrt-fp16,torch,trt", show_default=True,
-              help="Comma-separated: onnxrt-fp32, onnxrt-fp16, onnxrt-int8, onnxrt-fp8, onnxrt-int8cpu, torch, trt. "
-                   "Each is compared with torch.")
-@click.option("--images", multiple=True, type=click.Path(exists=True),
-              help="A folder of photos, or photo files (repeat). Default: samples/images.")
+              help=f"Comma-separated: {', '.join(compare_runners())}. Each is compared with torch.")
+@images_option("A folder of photos, or photo files (repeat). Default: samples/images.", many=True)
 @click.option("--random", "random_inputs", default=2, show_default=True, help="Random inputs besides the photos.")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance. Default: per precision.")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance. Default: per precision.")

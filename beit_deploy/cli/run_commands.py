@@ -10,17 +10,17 @@ import click
 from ..core.errors import UsageError
 from ..core.jsontext import dumps as _json
 from ..runtime.preprocess import DEFAULT_MAX_PIXELS
-from .common import friendly
+from .common import friendly, json_option, library_choice, precision_choice
 
 
 @click.command()
 @click.argument("path", type=click.Path())
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1), help="Classes per image.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "int8cpu", "fp8"]), default=None,
+@click.option("--precision", type=precision_choice(), default=None,
               help="ONNX graph to run. Default: fp16 with a GPU provider (and an fp16 graph), else fp32. int8: the "
                    "CPU form (int8cpu) on CPU, the Q/DQ graph on a GPU provider.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per image on stdout.")
+@json_option("One JSON object per image on stdout.")
 @click.option("--masks", "masks_dir", type=click.Path(file_okay=False), default=None,
               help="Segmentation: write each label map as a PNG of class ids here.")
 @click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False), default=None,
@@ -29,7 +29,8 @@ from .common import friendly
 @click.option("--server", default=None, help="Ask a Triton server (host:port) instead; then every argument is an "
               "image. See `beit-deploy serve`.")
 @click.option("--model", "served_model", default=None, help="With --server: the served ensemble's name.")
-@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True,
+@click.option("--protocol", type=library_choice("runtime.triton_client", "PROTOCOLS"), default="http",
+              show_default=True,
               help="With --server: the endpoint's protocol.")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse larger images (checked from the file header, before decoding); 0: no limit of ours.")
@@ -40,8 +41,8 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
             protocol, max_pixels, no_hash_check):
     """Run an export (resolution folder, ONNX file or TensorRT engine) on IMAGES (files or folders), or, with
     --server URL --model NAME, ask a Triton server about PATH and IMAGES."""
-    from ..core import tasks
     from ..core.progress import say
+    from ..runtime import answers
     from ..runtime.palette import output_name, save_mask, save_overlay
     from ..runtime.preprocess import collect_images
 
@@ -53,7 +54,7 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
     failed, taken = 0, set()
     with _predictor(path, server, served_model, protocol, precision, batch_size, max_pixels,
                     not no_hash_check) as runner:
-        if (masks_dir or overlay_dir) and tasks.task(runner.task).answer != tasks.LABEL_MAP:
+        if (masks_dir or overlay_dir) and not answers.of(runner.task).label_map:
             raise UsageError(f"--masks/--overlay need a segmentation model; this one does {runner.task}")
         for n, p in enumerate(runner.predict_each(files, top_k, keep_rgb=bool(overlay_dir)), 1):
             if len(files) >= 10:
@@ -81,8 +82,8 @@ def _predictor(path, server, served_model, protocol, precision, batch_size, max_
         from ..runtime.triton_client import BeitTritonClient
 
         return BeitTritonClient(server, served_model, protocol=protocol)
-    from ..runtime.runner import BeitTRTRunner, pick_resolution
+    from ..runtime.runner import BeitRunner, pick_resolution
 
     folder = Path(path)
-    return BeitTRTRunner(pick_resolution(folder, None) if folder.is_dir() else folder, precision=precision,
+    return BeitRunner(pick_resolution(folder, None) if folder.is_dir() else folder, precision=precision,
                          batch_size=batch_size, check_hashes=check_hashes, max_pixels=max_pixels)

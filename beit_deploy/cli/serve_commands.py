@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from .common import friendly
+from ..core import precisions
+from .common import backend_choice, friendly, library_choice, precision_choice
 
 
 @click.command()
@@ -14,15 +15,16 @@ from .common import friendly
 @click.option("--out", "out_dir", default="model_repository", show_default=True, type=click.Path(file_okay=False),
               help="The model repository to write (replaced as a whole).")
 @click.option("--name", default=None, help="Name of the served ensemble. Default: the export's model name.")
-@click.option("--backend", type=click.Choice(["python", "onnxruntime", "tensorrt"]), default=None,
+@click.option("--backend", type=backend_choice(served=True), default=None,
               help="Model stage. Default: tensorrt for an engine folder, python (ONNX Runtime in beit-deploy) for "
                    "an export.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+@click.option("--precision", type=precision_choice(making=precisions.FLOAT), default=precisions.REFERENCE,
+              show_default=True,
               help="The ONNX graph of a python or onnxruntime stage.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=None,
               help="Largest batch. Default: 8, or the engine profile's MAX.")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Instances per stage.")
-@click.option("--instance-kind", type=click.Choice(["gpu", "cpu"]), default=None,
+@click.option("--instance-kind", type=library_choice("serve.repository", "INSTANCE_KINDS"), default=None,
               help="Model stage instances. Default: gpu for tensorrt and onnxruntime, cpu for python.")
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
               help="How long the dynamic batcher waits to fill a batch.")

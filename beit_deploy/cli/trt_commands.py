@@ -7,12 +7,13 @@ from pathlib import Path
 import click
 
 from ..core.jsontext import dumps as _json
-from .common import friendly
+from ..core import precisions
+from .common import friendly, json_option, precision_choice
 
 
 @click.command()
 @click.argument("export_path", type=click.Path(exists=True, file_okay=False))
-@click.option("--precision", type=click.Choice(["fp16", "fp32", "int8", "fp8"]), default="fp16", show_default=True,
+@click.option("--precision", type=precision_choice(tensorrt=True), default=precisions.ENGINE_DEFAULT, show_default=True,
               help="Which exported graph to build: mixed-precision fp16, fp32, or the int8/fp8 Q/DQ graph.")
 @click.option("--batch", default="1:8:32", show_default=True, help="Batch range MIN:OPT:MAX of the profile (or N).")
 @click.option("--workspace", "workspace_gb", type=float, default=None, help="Builder workspace in GB.")
@@ -37,7 +38,7 @@ def build(export_path, precision, batch, workspace_gb, timing_cache, opt_level, 
 
 @click.command()
 @click.argument("path", type=click.Path(exists=True))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option("Print the report as JSON.")
 @friendly
 def inspect(path, as_json):
     """Inputs, outputs and make-up of an ONNX graph (anywhere) or a TensorRT engine (on its GPU)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import ArtifactError, UsageError
 from .files import artifact_files, bare_name, contained, file_sha256
+from .machine import versions  # the versions an artifact records (this_run), importable from here as before
 from .progress import say
 
 FILENAME = "manifest.json"
@@ -97,6 +98,17 @@ class Preprocessing:
                    tuple(d["image_std"]), tuple(d["crop_size"]) if d.get("crop_size") else None)
 
 
+# How the graph holds the relative position bias (manifest.bias_mode): a materialised (heads, T, T) tensor per
+# layer, or the tables plus one shared gather index (large resolutions).
+MATERIALISED, GATHERED = "materialised", "gathered"
+BIAS_MODES = (MATERIALISED, GATHERED)
+# How the graph spells attention (manifest.attention): MatMul/Add/Softmax/MatMul ops, or one ONNX Attention op per
+# layer (opset 23), which TensorRT's ONNX parser reads from 10.14 on.
+DECOMPOSED, FUSED = "decomposed", "fused"
+ATTENTION_FORMS = (DECOMPOSED, FUSED)
+ATTENTION_MIN_TENSORRT = {FUSED: (10, 14)}
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What one resolution folder holds and how it was made. `artifacts` are plain file names in the folder."""
@@ -118,7 +130,7 @@ class Manifest:
     # quantized precision (int8, fp8, int8cpu) -> how it was made: tool, version, method, calibration, placement
     quantization: dict[str, dict] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
-    attention: str = "decomposed"  # "fused": one ONNX Attention op per layer (opset 23); absent in older manifests
+    attention: str = DECOMPOSED  # FUSED: one ONNX Attention op per layer (opset 23); absent in older manifests
     format_version: int = FORMAT_VERSION
     # file name -> sha256 of every artifact file and external data file; {} in manifests of beit-deploy
     # before 0.2, whose artifacts are checked by size only
@@ -265,15 +277,3 @@ def this_run(artifacts, packages=None) -> dict:
             "python": platform.python_version(), "platform": platform.platform(),
             "versions": versions() if packages is None else versions(packages), "artifacts": list(artifacts)}
 
-
-def versions(packages=("beit-deploy", "torch", "transformers", "onnx", "onnxruntime", "onnxscript")) -> dict[str, str]:
-    """Versions of the packages that made an artifact."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in packages:
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "not installed"
-    return found

@@ -1,8 +1,8 @@
 """The per-task table: everything that differs between BEiT's four heads, in one place.
 
 Every stage asks this table instead of comparing task names: which transformers class builds the model, what
-the graph takes and gives, what `predict` answers, which nodes the fp16 graph keeps in fp32 at the head, and
-what parity compares beyond the numbers.
+the graph takes and gives, what `predict` answers (its answer kind: runtime/answers.py, which also says what
+parity compares beyond the numbers), and which nodes the fp16 graph keeps in fp32 at the head.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from .errors import ArtifactError
 from .manifest import TensorSpec
 
-# Answers of `predict` (runtime.postprocess.ANSWERS maps each to its function).
+# Answer kinds of `predict`: runtime/answers.py has one object per kind (post-processing, wire form, the
+# decision-level agreement parity reports: top-1/top-5 classes, label-map pixels, or none).
 TOP_K, LABEL_MAP, VISUAL_TOKENS, EMBEDDING = "top_k", "label_map", "visual_tokens", "embedding"
 # fp16 head rules: keep every node after the last encoder layer in fp32, or only the nodes giving the outputs.
 HEAD_AFTER_LAYERS, HEAD_OUTPUT_NODES = "after-layers", "output-nodes"
-# Decision-level parity beyond the numeric figures: top-1/top-5 classes, label-map pixels, or none.
-AGREE_CLASSES, AGREE_PIXELS = "classes", "pixels"
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,6 @@ class Task:
     answer: str  # TOP_K | LABEL_MAP | VISUAL_TOKENS | EMBEDDING
     answer_from: str
     fp16_head: str  # HEAD_AFTER_LAYERS | HEAD_OUTPUT_NODES
-    agreement: str | None = None  # AGREE_CLASSES | AGREE_PIXELS | None
     takes_mask: bool = False  # a bool_masked_pos input (B, num_patches); pre-training checkpoints (shared bias)
     has_labels: bool = False  # class names (config.id2label) travel to the manifest
     head_size_key: str = "num_labels"  # the config key of the head's width
@@ -39,9 +37,9 @@ class Task:
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("classification", "BeitForImageClassification", ("logits",), TOP_K, "logits", HEAD_AFTER_LAYERS,
-         AGREE_CLASSES, has_labels=True),
+         has_labels=True),
     Task("segmentation", "BeitForSemanticSegmentation", ("logits",), LABEL_MAP, "logits", HEAD_OUTPUT_NODES,
-         AGREE_PIXELS, has_labels=True, decoder=True),
+         has_labels=True, decoder=True),
     Task("masked-image-modeling", "BeitForMaskedImageModeling", ("logits",), VISUAL_TOKENS, "logits",
          HEAD_AFTER_LAYERS, takes_mask=True, head_size_key="vocab_size"),
     Task("features", "BeitModel", ("last_hidden_state", "pooler_output"), EMBEDDING, "pooler_output",

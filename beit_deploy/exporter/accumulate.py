@@ -19,11 +19,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core import precisions as precision_table
 from ..core.errors import ArtifactError, UsageError
 from ..core.manifest import FILENAME, Manifest, check_artifact, read_manifest
 from ..core.progress import say
-
-PRECISION_ORDER = ("fp32", "fp16", "int8", "fp8", "int8cpu")
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,7 @@ def _carry(folder: Path, tmp: Path, old: Manifest, precision: str) -> bool:
 def merged_manifest(new: Manifest, old: Manifest, kept: tuple[str, ...], folder: Path) -> Manifest:
     """`new` with the kept artifacts of `old`: their files, parity, graph statistics, quantization, sha256 and
     the runs that made them (older manifests without runs get one saying so)."""
-    order = {p: i for i, p in enumerate(PRECISION_ORDER)}
+    order = {p: i for i, p in enumerate(precision_table.PRECISIONS)}
     precisions = sorted([*new.artifacts, *kept], key=lambda p: order.get(p, len(order)))
 
     def pick(name: str) -> dict:

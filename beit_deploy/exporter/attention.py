@@ -15,9 +15,7 @@ import torch
 from torch import nn
 
 from ..core.errors import ExportError
-
-DECOMPOSED, FUSED = "decomposed", "fused"
-ATTENTION_FORMS = (DECOMPOSED, FUSED)
+from ..core.manifest import ATTENTION_FORMS, DECOMPOSED, FUSED  # noqa: F401 - the forms, importable from here
 # The custom node the tracer writes for FusedAttention; onnx_graph turns it into the standard ONNX Attention op.
 FUSED_DOMAIN, FUSED_OP = "beit_deploy", "Attention"
 

@@ -27,10 +27,10 @@ from torch import nn
 
 from ..core import tasks
 from ..core.errors import ExportError
-from .attention import ATTENTION_FORMS, DECOMPOSED, FUSED, BakedAttention  # noqa: F401 - the forms, re-exported
+from ..core.manifest import BIAS_MODES, GATHERED, MATERIALISED  # noqa: F401 - the modes, importable from here
+from .attention import ATTENTION_FORMS, DECOMPOSED, FUSED, BakedAttention  # the forms, re-exported
 from .loading import native_resolution
 
-MATERIALISED, GATHERED = "materialised", "gathered"
 # Above this many bytes of materialised fp32 bias in all layers, store tables + a shared index instead.
 MATERIALISED_LIMIT_BYTES = 256 * 2**20
 

@@ -35,11 +35,20 @@ def fp32_nodes(model, task: str) -> list[str]:
     names = [producers[n.input[0]].name for n in nodes
              if n.op_type == "Softmax" and producers.get(n.input[0]) is not None
              and producers[n.input[0]].op_type == "Add"]
-    if tasks.task(task).fp16_head == tasks.HEAD_OUTPUT_NODES:
-        outputs = {out.name for out in model.graph.output}
-        return names + [n.name for n in nodes if outputs.intersection(n.output)]
+    return names + _HEADS[tasks.task(task).fp16_head](model, nodes)
+
+
+def _after_layers(model, nodes) -> list[str]:
     last = max(i for i, n in enumerate(nodes) if LAYER_SCOPE.search(n.name))
-    return names + [n.name for n in nodes[last + 1:]]
+    return [n.name for n in nodes[last + 1:]]
+
+
+def _output_nodes(model, nodes) -> list[str]:
+    outputs = {out.name for out in model.graph.output}
+    return [n.name for n in nodes if outputs.intersection(n.output)]
+
+
+_HEADS = {tasks.HEAD_AFTER_LAYERS: _after_layers, tasks.HEAD_OUTPUT_NODES: _output_nodes}
 
 
 def fp16_from_onnx(fp32_path: Path, task: str, path: Path) -> Path:

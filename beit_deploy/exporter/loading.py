@@ -62,6 +62,21 @@ class LoadedModel:
     def native_resolution(self) -> tuple[int, int]:
         return native_resolution(self.config)
 
+    @property
+    def source_record(self) -> dict:
+        """The manifest's `source`: kind, what was passed, and for hub weights the revision asked for and the
+        commit the hub cache resolved it to (where it says)."""
+        source = {"kind": self.source, "model": self.spec.model}
+        if self.spec.revision or self.commit:
+            source |= {"revision": self.spec.revision, "commit": self.commit}
+        return source
+
+    @property
+    def weights_record(self) -> dict:
+        """The manifest's `weights`: kind, seed (random weights) and sha256 (`weights_sha256`)."""
+        return {"kind": self.weights, "seed": self.spec.seed if self.spec.random_weights else None,
+                "sha256": self.weights_sha256}
+
 
 def native_resolution(config) -> tuple[int, int]:
     """(H, W) a BEiT config was trained at: its image_size, an int or a pair."""
@@ -92,7 +107,8 @@ def load_model(spec: ModelSpec, resolved: Resolved | None = None) -> LoadedModel
     """Resolve `spec.model` and load it (shapes: pixel_values (B, 3, H, W) in, per-task outputs out)."""
     resolved = resolved or resolve(spec)
     source, config, preprocessing = resolved.source, resolved.config, resolved.preprocessing
-    with step(f"loading {spec.model} ({'random weights, seed %d' % spec.seed if spec.random_weights else 'pretrained'})"):
+    weights = f"random weights, seed {spec.seed}" if spec.random_weights else "pretrained"
+    with step(f"loading {spec.model} ({weights})"):
         task = task_of(config)
         cls = model_class(task)
         commit = None
@@ -207,7 +223,7 @@ def _resolve(spec: ModelSpec):
     try:
         with quiet_logger("huggingface_hub"):
             config = transformers.AutoConfig.from_pretrained(spec.model, revision=spec.revision)
-    except Exception as exc:  # noqa: BLE001 - transformers raises several types for the same cause
+    except Exception as exc:  # transformers raises several types for the same cause
         raise ModelLoadError(_hub_message(spec.model, exc)) from exc
     _check_beit(config, spec.model)
     return "hub", config, _preprocessing_from(None, config)
@@ -221,7 +237,7 @@ def _local_config(path: Path):
                              "(config.json, weights, preprocessor_config.json)")
     try:
         config = transformers.AutoConfig.from_pretrained(path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelLoadError(f"config.json in '{path}' is unreadable ({describe(exc, 160)}): re-save the model "
                              "with save_pretrained") from exc
     _check_beit(config, str(path))
@@ -263,10 +279,11 @@ def _preprocessing_from(data: dict | None, config) -> Preprocessing:
         return (value["height"], value["width"]) if "height" in value else (value["shortest_edge"],) * 2
 
     crop = hw(data.get("crop_size"), None) if data.get("do_center_crop") else None
+    rescale, normalize = data.get("do_rescale", True), data.get("do_normalize", True)
     return Preprocessing(size=hw(data.get("size"), default.size), resample=int(data.get("resample", 2)),
-                         rescale_factor=float(data.get("rescale_factor", 1 / 255)) if data.get("do_rescale", True) else 1.0,
-                         image_mean=tuple(data.get("image_mean", default.image_mean)) if data.get("do_normalize", True) else (0.0,) * 3,
-                         image_std=tuple(data.get("image_std", default.image_std)) if data.get("do_normalize", True) else (1.0,) * 3,
+                         rescale_factor=float(data.get("rescale_factor", 1 / 255)) if rescale else 1.0,
+                         image_mean=tuple(data.get("image_mean", default.image_mean)) if normalize else (0.0,) * 3,
+                         image_std=tuple(data.get("image_std", default.image_std)) if normalize else (1.0,) * 3,
                          crop_size=crop)
 
 
@@ -279,7 +296,7 @@ def _from_pretrained(cls, model: str, source: str, revision: str | None = None):
     try:
         with quiet_logger("huggingface_hub"):
             return cls.from_pretrained(model, revision=revision) if revision else cls.from_pretrained(model)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if source == "local":
             raise ModelLoadError(f"weights in '{model}' could not be loaded ({describe(exc, 160)}): re-save the model "
                                  "with save_pretrained, or pass --random-weights to export its architecture") from exc

@@ -84,7 +84,7 @@ def onnx_from_model(baked: nn.Module, task: str, resolution: tuple[int, int], pa
                     torch.onnx.export(module, example, str(raw), dynamo=False, input_names=[s.name for s in specs],
                                       output_names=list(names), dynamic_axes=axes, opset_version=OPSET,
                                       do_constant_folding=False, export_params=False)
-            except Exception as exc:  # noqa: BLE001 - the exporter raises many types
+            except Exception as exc:  # the exporter raises many types
                 raise ExportError(f"tracing {task} at {resolution[0]}x{resolution[1]} failed: "
                                   f"{describe(exc, 300)}") from exc
         if _has_fused_attention(baked):

@@ -14,18 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import tasks
+from ..core import precisions
 from ..core.manifest import Preprocessing, TensorSpec
+from ..runtime import answers
+from ..runtime.preprocess import DEFAULT_MAX_PIXELS
 
 # The sample photos of a beit-deploy checkout (samples/images); an installed wheel has none.
 CHECKOUT_IMAGES = Path(__file__).resolve().parents[2] / "samples" / "images"
 NO_PHOTOS = "no sample photos (a checkout's samples/images): pass --images DIR or set BEIT_DEPLOY_IMAGES"
 
-# Per precision, the one place: fp32 is exact up to float rounding; fp16 keeps the decision; quantized graphs
-# (int8/fp8 Q/DQ, int8cpu dynamic) are judged by cosine only (top-1/top-5 are reported: random weights give
-# near-flat logits whose top-1 an int8 step can flip).
-THRESHOLDS = {"fp32": {"rel": 1e-4}, "fp16": {"cosine": 0.999, "top1": 1.0},
-              "int8": {"cosine": 0.999}, "int8cpu": {"cosine": 0.999}, "fp8": {"cosine": 0.995}}
+# Per precision, from the precision table (core/precisions.py): the limits `measure` judges a graph by.
+THRESHOLDS = {p.name: dict(p.thresholds) for p in precisions.PRECISIONS.values()}
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,8 @@ class Parity:
                 "outputs": [asdict(o) for o in self.outputs]}
 
     def summary(self) -> str:
-        parts = [f"{o.name}: rel {o.rel:.2e}, cosine {o.cosine:.6f}" + (f", top-1 {o.top1:.0%}" if o.top1 is not None else "")
-                 for o in self.outputs]
+        parts = [f"{o.name}: rel {o.rel:.2e}, cosine {o.cosine:.6f}"
+                 + (f", top-1 {o.top1:.0%}" if o.top1 is not None else "") for o in self.outputs]
         return f"{self.precision} vs eager on {self.samples} samples: " + "; ".join(parts) + \
             ("" if self.passed else f" -- FAILED: {'; '.join(self.failures)}")
 
@@ -86,12 +85,16 @@ def reference_processor(preprocessing: Preprocessing):
         crop_size={"height": p.crop_size[0], "width": p.crop_size[1]} if p.crop_size else None)
 
 
-def reference_pixels(images: list[Path], preprocessing: Preprocessing) -> np.ndarray:
-    """(N, 3, H, W) float32 from transformers' BeitImageProcessorPil with these settings (the ground truth)."""
-    from PIL import Image
+def reference_pixels(images: list[Path], preprocessing: Preprocessing,
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """(N, 3, H, W) float32 from transformers' BeitImageProcessorPil with these settings (the ground truth), fed
+    each photo as the runner reads it: turned upright by its EXIF orientation (which transformers ignores) and
+    refused above `max_pixels`, so a sideways phone photo compares models, not EXIF handling. The one eager-side
+    preprocessing: export parity and `verify` both use it."""
+    from ..runtime.preprocess import open_image
 
-    rgb = [Image.open(path).convert("RGB") for path in images]
-    return np.asarray(reference_processor(preprocessing)(images=rgb, return_tensors="np")["pixel_values"],
+    upright = [open_image(path, max_pixels=max_pixels)[1] for path in images]
+    return np.asarray(reference_processor(preprocessing)(images=upright, return_tensors="np")["pixel_values"],
                       dtype=np.float32)
 
 
@@ -122,13 +125,7 @@ def _stats(name: str, task: str, ref: np.ndarray, got: np.ndarray) -> OutputPari
     diff = np.abs(ref - got)
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
     cosine = float(np.min(np.sum(ref * got, axis=1) / np.maximum(norms, 1e-30)))
-    top1, flips, ties = None, 0, 0
-    if tasks.task(task).agreement == tasks.AGREE_CLASSES:
-        flipped = ref.argmax(1) != got.argmax(1)
-        top2 = np.sort(ref, axis=1)[:, -2:]
-        # fp16 cannot resolve a top-2 gap below about 2 ulps at the logits' scale (2^-10 relative).
-        unresolvable = (top2[:, 1] - top2[:, 0]) <= 2.0**-10 * np.abs(ref).max(axis=1)
-        top1, flips, ties = float(1 - flipped.mean()), int(flipped.sum()), int(np.sum(flipped & unresolvable))
+    top1, flips, ties = answers.of(task).top1_flips(ref, got) or (None, 0, 0)
     return OutputParity(name, float(diff.max()), float(diff.max() / max(np.abs(ref).max(), 1e-30)),
                         float(diff.mean()), cosine, top1, flips, ties)
 
@@ -152,7 +149,8 @@ def threshold_failures(precision: str, s) -> list[tuple[str, str]]:
 def parity_feeds(input_specs: list[TensorSpec], pixels: np.ndarray, random: int = 2, seed: int = 0
                  ) -> list[dict[str, np.ndarray]]:
     """Feeds for a parity check: the photos (N, 3, H, W) as one batch and the first alone (batch > 1 and batch 1),
-    then one batch of `random` seeded uniform [-1, 1) images (0: none); (B, patches) masks where the graph takes them."""
+    then one batch of `random` seeded uniform [-1, 1) images (0: none); (B, patches) masks where the graph takes
+    them."""
     rng = np.random.default_rng(seed)
     stacks = [pixels, pixels[:1]] if len(pixels) else []
     if random > 0:
@@ -175,19 +173,8 @@ def _masks(input_specs: list[TensorSpec], batch: int, rng: np.random.Generator, 
 
 
 def agreement(task: str, ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
-    """Decision-level agreement of two outputs with the same shape (batch first).
-
-    classification, logits (B, C): "top1" (same argmax) and "top5" (same top-5 set, order ignored) as fractions
-    of samples; segmentation, logits (B, C, h, w): "pixels", the fraction of label-map pixels (argmax over C) that
-    agree. Other tasks: {} (their outputs are features or token logits, judged by the numeric figures).
-    """
-    agreement_kind = tasks.task(task).agreement
-    if agreement_kind == tasks.AGREE_CLASSES:
-        k = min(5, ref.shape[1])
-        top_ref = np.sort(np.argsort(-ref, axis=1)[:, :k], axis=1)
-        top_got = np.sort(np.argsort(-got, axis=1)[:, :k], axis=1)
-        return {"top1": float(np.mean(ref.argmax(1) == got.argmax(1))),
-                "top5": float(np.mean(np.all(top_ref == top_got, axis=1)))}
-    if agreement_kind == tasks.AGREE_PIXELS:
-        return {"pixels": float(np.mean(ref.argmax(1) == got.argmax(1)))}
-    return {}
+    """Decision-level agreement of two outputs with the same shape (batch first), from the task's answer kind
+    (runtime/answers.py): classification logits (B, C): "top1" (same argmax) and "top5" (same top-5 set, order
+    ignored) as fractions of samples; segmentation logits (B, C, h, w): "pixels", the fraction of label-map pixels
+    that agree. Other tasks: {} (features or token logits, judged by the numeric figures)."""
+    return answers.of(task).agreement(ref, got)

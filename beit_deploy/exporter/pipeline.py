@@ -16,17 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..core import tasks
+from ..core import precisions, tasks
 from ..core.errors import ParityError, UsageError, environment_error
 from ..core.files import artifact_bytes, atomic_folder, safe_name
-from ..core.manifest import Manifest, artifact_hashes, this_run, versions
+from ..core.machine import versions
+from ..core.manifest import Manifest, artifact_hashes, this_run
 from ..core.progress import say, step
 from . import accumulate, bake, fp16, graph_files, onnx_graph, parity
 from .quantize import QuantizeOptions, choose_tools, quantize_graphs
 from .data_loader import write_data_loader
 from .loading import LoadedModel, ModelSpec, Resolved, load_model, native_resolution, resolve, weights_sha256
 
-FP32_FILE, FP16_FILE = "model.onnx", "model.fp16.onnx"
+FP32_FILE, FP16_FILE = (precisions.PRECISIONS[p].file for p in (precisions.REFERENCE, "fp16"))
 VALIDATION_CHUNK = 2  # images per ONNX Runtime call when a graph is validated
 
 
@@ -42,6 +43,28 @@ class ExportOptions:
     images: Path | None = None  # parity photos; None: parity.sample_images()
     quantize: QuantizeOptions = field(default_factory=QuantizeOptions)  # int8/fp8 Q/DQ, CPU int8 (after fp16)
     replace: bool = False  # replace an earlier export of another graph form whole (see exporter.accumulate)
+
+    def __post_init__(self):
+        if self.bias_mode is not None and self.bias_mode not in bake.BIAS_MODES:
+            raise UsageError(f"bias mode '{self.bias_mode}' is not one of {', '.join(bake.BIAS_MODES)}")
+        if self.attention not in bake.ATTENTION_FORMS:
+            raise UsageError(f"attention '{self.attention}' is not one of {', '.join(bake.ATTENTION_FORMS)}")
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The graphs this export writes, in table order: the reference, and each one whose option is on."""
+        return tuple(p.name for p in precisions.PRECISIONS.values()
+                     if p.option is None or getattr(self, p.option, False) or getattr(self.quantize, p.option, False))
+
+
+def export_options(wanted, calibration: Path | None = None, quantize: dict | None = None, **kwargs) -> ExportOptions:
+    """ExportOptions writing the graphs of the `wanted` precisions (besides the reference): each row's option is
+    set on the options class that has it (ExportOptions: fp16; QuantizeOptions: the quantized graphs).
+    `kwargs`: ExportOptions' other fields; `calibration` and `quantize`: QuantizeOptions' other fields."""
+    options = {precisions.PRECISIONS[p].option for p in wanted if precisions.PRECISIONS[p].option}
+    mine = {f.name for f in dataclasses.fields(ExportOptions)}
+    quantize = QuantizeOptions(calibration=calibration, **(quantize or {}), **{o: True for o in options - mine})
+    return ExportOptions(quantize=quantize, **kwargs, **{o: True for o in options & mine})
 
 
 @dataclass(frozen=True)
@@ -101,7 +124,7 @@ def export_resolution(loaded: LoadedModel, resolution: tuple[int, int], options:
     mode = options.bias_mode or bake.choose_bias_mode(loaded.config, resolution)
     planned = accumulate.GraphForm(loaded.task, loaded.weights_sha256, options.attention, mode,
                                    loaded.preprocessing.at_resolution(resolution).to_dict(),
-                                   accumulate.describe_weights(_source(loaded), _weights(loaded)))
+                                   accumulate.describe_weights(loaded.source_record, loaded.weights_record))
     accumulate.check_earlier(folder, planned, options.replace)
     done: dict = {}
 
@@ -182,7 +205,7 @@ def _build(loaded: LoadedModel, resolution: tuple[int, int], mode: str, options:
     onnx_graph.check_graph(graph)
     outputs = graph_files.tensor_specs(graph.graph.output)
     del graph
-    artifacts = {"fp32": FP32_FILE}
+    artifacts = {precisions.REFERENCE: FP32_FILE}
     if options.fp16:
         fp16.fp16_from_onnx(fp32_path, loaded.task, tmp / FP16_FILE)
         artifacts["fp16"] = FP16_FILE
@@ -276,23 +299,10 @@ def _manifest(loaded, resolution, mode, inputs, outputs, preprocessing, artifact
         graphs[precision] = {"nodes": len(model.graph.node), "ops": graph_files.op_counts(model),
                              "bytes": artifact_bytes(tmp, file)}
     return Manifest(
-        model=loaded.name, source=_source(loaded), weights=_weights(loaded),
+        model=loaded.name, source=loaded.source_record, weights=loaded.weights_record,
         task=loaded.task, resolution=tuple(resolution), patch_size=loaded.config.patch_size, bias_mode=mode,
         inputs=tuple(inputs), outputs=tuple(outputs), preprocessing=preprocessing, labels=loaded.labels,
         artifacts=artifacts, parity={p: r.to_dict() for p, r in results.items()}, graph=graphs,
         attention=attention, quantization=quantization, versions=versions(), sha256=artifact_hashes(tmp, artifacts),
         runs=[this_run(artifacts)], labels_from=loaded.labels_from)
 
-
-def _source(loaded: LoadedModel) -> dict:
-    """Where the model came from: kind, what was passed, and for hub weights the revision asked for and the
-    commit the hub cache resolved it to (where it says)."""
-    source = {"kind": loaded.source, "model": loaded.spec.model}
-    if loaded.spec.revision or loaded.commit:
-        source |= {"revision": loaded.spec.revision, "commit": loaded.commit}
-    return source
-
-
-def _weights(loaded: LoadedModel) -> dict:
-    return {"kind": loaded.weights, "seed": loaded.spec.seed if loaded.spec.random_weights else None,
-            "sha256": loaded.weights_sha256}

@@ -24,16 +24,18 @@ from typing import Callable
 
 import numpy as np
 
-from ..core import tasks
+from ..core import precisions, tasks
 from ..core.errors import MissingDependencyError, ParityError, UsageError
 from ..core.manifest import Preprocessing, TensorSpec
 from ..core.progress import say, step
 from . import parity, quantize_tools as tools
 
-FILES = {"int8": "model.int8.onnx", "fp8": "model.fp8.onnx", "int8cpu": "model.int8cpu.onnx"}
-QDQ_PRECISIONS = ("int8", "fp8")
+FILES = {p: precisions.PRECISIONS[p].file for p in precisions.names(making=precisions.QDQ)
+         + precisions.names(making=precisions.DYNAMIC)}
+QDQ_PRECISIONS = precisions.names(making=precisions.QDQ)
 METHODS = ("max", "entropy", "percentile")
-TOOLS = ("auto", "modelopt", "onnxruntime")
+TOOLS = ("auto", tools.MODELOPT, tools.ORT)
+_TOOL_NAMES = {tools.MODELOPT: "ModelOpt", tools.ORT: "ONNX Runtime"}
 MIN_CALIBRATION = 64  # below this the scales come from too few images to trust; said, not refused
 INSTALL_HINT = "pip install 'beit-deploy[quantize]'"
 
@@ -58,14 +60,18 @@ class QuantizeOptions:
             raise UsageError(f"calibration method '{self.method}' is not one of {', '.join(METHODS)}")
         if self.tool not in TOOLS:
             raise UsageError(f"quantizer '{self.tool}' is not one of {', '.join(TOOLS)}")
-        if self.fp8 and self.tool == "onnxruntime":
-            raise UsageError("fp8 Q/DQ graphs are made with ModelOpt only: drop --quantizer onnxruntime")
-        if self.fp8 and self.method == "percentile":
-            raise UsageError("fp8 calibrates with max or entropy (ModelOpt): choose --int8-method max or entropy")
+        for name in self.precisions:
+            made_by = precisions.PRECISIONS[name].quantizers
+            if made_by and self.tool in TOOLS[1:] and self.tool not in made_by:
+                raise UsageError(f"{name} Q/DQ graphs are made with {' or '.join(map(_TOOL_NAMES.get, made_by))} "
+                                 f"only: drop --quantizer {self.tool}")
+            if made_by and tools.ORT not in made_by and self.method == "percentile":
+                raise UsageError(f"{name} calibrates with max or entropy (ModelOpt): choose --int8-method max or "
+                                 "entropy")
 
     @property
     def precisions(self) -> tuple[str, ...]:
-        return tuple(p for p, on in (("int8", self.int8), ("fp8", self.fp8), ("int8cpu", self.int8_cpu)) if on)
+        return tuple(p for p in FILES if getattr(self, precisions.PRECISIONS[p].option))
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,7 @@ def quantize_graphs(fp32_path: Path, task: str, inputs: list[TensorSpec], prepro
     keep = tools.float_nodes(fp32_path, task)
     for precision in options.precisions:
         out = fp32_path.parent / FILES[precision]
-        if precision == "int8cpu":
+        if precisions.PRECISIONS[precision].making == precisions.DYNAMIC:
             with step("quantizing for ONNX Runtime on CPU (dynamic int8 MatMuls)"):
                 info = tools.dynamic_int8(fp32_path, out, keep)
             result = _judged(judge, precision, out)
@@ -206,18 +212,20 @@ def choose_tools(options: QuantizeOptions) -> dict[str, tuple[str, str]]:
 def _choose_tool(precision: str, options: QuantizeOptions) -> tuple[str, str]:
     """(tool, why) for a Q/DQ graph: ModelOpt when installed (or asked for), else ONNX Runtime for int8."""
     has_modelopt = tools.modelopt_available()
-    if options.tool == "onnxruntime":
-        return "onnxruntime", "asked for (--quantizer onnxruntime)"
-    if options.tool == "modelopt" or precision == "fp8":
+    only_modelopt = tools.ORT not in precisions.PRECISIONS[precision].quantizers
+    if options.tool == tools.ORT:
+        return tools.ORT, "asked for (--quantizer onnxruntime)"
+    if options.tool == tools.MODELOPT or only_modelopt:
         if not has_modelopt:
             raise MissingDependencyError("nvidia-modelopt", "quantize", f"making {precision} Q/DQ graphs with "
-                                         "ModelOpt" + (" (the only fp8 quantizer here)" if precision == "fp8" else ""))
+                                         "ModelOpt" + (f" (the only {precision} quantizer here)" if only_modelopt
+                                                       else ""))
         if options.method == "percentile":
             raise UsageError("ModelOpt calibrates with max or entropy only: use --int8-method max|entropy, or "
                              "--quantizer onnxruntime for percentile")
-        return "modelopt", "asked for (--quantizer modelopt)" if options.tool == "modelopt" else "installed"
+        return tools.MODELOPT, "asked for (--quantizer modelopt)" if options.tool == tools.MODELOPT else "installed"
     if options.method == "percentile":
-        return "onnxruntime", "percentile calibration (ModelOpt calibrates with max or entropy only)"
+        return tools.ORT, "percentile calibration (ModelOpt calibrates with max or entropy only)"
     if has_modelopt:
-        return "modelopt", "installed"
-    return "onnxruntime", f"nvidia-modelopt is not installed ({INSTALL_HINT} for it)"
+        return tools.MODELOPT, "installed"
+    return tools.ORT, f"nvidia-modelopt is not installed ({INSTALL_HINT} for it)"

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ExportError, MissingDependencyError, describe, require
-from ..core.manifest import versions
+from ..core.machine import versions
+from ..core.precisions import PRECISIONS, QDQ, names
 from ..core.progress import quiet_logger
 from . import fp16
 from .graph_files import load_graph, needs_external_data, qdq_summary, weight_bytes
@@ -31,7 +32,9 @@ ORT_PURPOSE = "quantizing graphs with ONNX Runtime"
 # LayerNormalization and residual Add inputs (the residual stream): kept float here, like the fp16 islands.
 LINEAR_OPS = ["MatMul", "Conv", "ConvTranspose", "Gemm"]
 FP8_OPS = ["MatMul", "Conv", "Gemm"]  # ModelOpt 0.47 has no fp8 ConvTranspose
-QMAX = {"int8": 127.0, "fp8": 448.0}  # largest magnitude of the quantized type: scale = amax / QMAX
+QMAX = {p: PRECISIONS[p].qmax for p in names(making=QDQ)}  # largest quantized magnitude: scale = amax / QMAX
+MODELOPT_OPS = {"int8": LINEAR_OPS, "fp8": FP8_OPS}  # what ModelOpt quantizes in each Q/DQ form
+MODELOPT, ORT = "modelopt", "onnxruntime"  # the two quantizers (QuantizeOptions.tool; the rows' `quantizers`)
 CALIBRATION_BATCH = 8
 
 
@@ -141,12 +144,12 @@ def _modelopt(mode: str, fp32_path: Path, out: Path, calibration, method: str, k
         settings = dict(quantize_mode=mode, calibration_data=dict(calibration.feeds), calibration_shapes=shapes,
                         calibration_method=method, calibration_eps=["cpu"],
                         nodes_to_exclude=[re.escape(name) + "$" for name in keep],
-                        op_types_to_quantize=list(FP8_OPS if mode == "fp8" else LINEAR_OPS),
+                        op_types_to_quantize=list(MODELOPT_OPS[mode]),
                         high_precision_dtype="fp32", disable_mha_qdq=not attention,
                         use_external_data_format=external, output_path=str(out), log_level="ERROR")
         try:
             _modelopt_pool().submit(_run_modelopt, str(copy), settings).result()
-        except Exception as exc:  # noqa: BLE001 - ModelOpt raises assorted types; say which step failed
+        except Exception as exc:  # ModelOpt raises assorted types; say which step failed
             if isinstance(exc, concurrent.futures.process.BrokenProcessPool):
                 _modelopt_pool.cache_clear()
             raise ExportError(f"ModelOpt could not quantize {fp32_path.name} to {mode} ({describe(exc)})") from exc

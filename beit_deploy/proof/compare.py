@@ -1,7 +1,7 @@
 """`beit-deploy compare`: Polygraphy's Comparator over an export's runners, with Polygraphy's own report.
 
-Runners: onnxrt-fp32 / onnxrt-fp16 / onnxrt-int8 / onnxrt-fp8 / onnxrt-int8cpu (Polygraphy's OnnxrtRunner on
-model.onnx, model.fp16.onnx and the quantized graphs), torch (the eager
+Runners (named from the backend and precision tables, as Polygraphy names its runners): onnxrt-<precision>
+(Polygraphy's OnnxrtRunner on model.onnx, model.fp16.onnx and the quantized graphs), torch (the eager
 transformers model rebuilt from the manifest, as a small BaseRunner; Polygraphy's PytRunner assumes CUDA) and
 trt (Polygraphy's TrtRunner on the engine `build` made from this export -- `--engine`, else found under
 engines/<model>/<H>x<W> by its source ONNX's sha256 -- or on an engine Polygraphy builds from the ONNX with TF32
@@ -24,20 +24,31 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import tasks
+from ..core import backends, precisions, tasks
 from ..core.engine_manifest import find_engine, unavailable_reason
 from ..core.errors import UsageError, require
 from ..core.manifest import Manifest, read_manifest
 from ..exporter import parity
 from .verify import feed_dicts, photo_paths, reference_model
 
-RUNNERS = ("onnxrt-fp32", "onnxrt-fp16", "onnxrt-int8", "onnxrt-fp8", "onnxrt-int8cpu", "torch", "trt")
-# Default tolerances per precision of the runner compared with the reference (elementwise atol OR rtol); quantized
-# graphs are judged mainly by cosine (parity.THRESHOLDS), elementwise only for gross errors.
-TOLERANCES = {"fp32": {"atol": 1e-4, "rtol": 1e-3, "cosine": 0.99999},
-              "fp16": {"atol": 5e-2, "rtol": 5e-2, "cosine": parity.THRESHOLDS["fp16"]["cosine"]},
-              **{p: {"atol": 0.5, "rtol": 0.5, "cosine": parity.THRESHOLDS[p]["cosine"]}
-                 for p in ("int8", "fp8", "int8cpu")}}
+EAGER_RUNNER, TRT_RUNNER = backends.compare_name(backends.EAGER), backends.compare_name(backends.TENSORRT)
+
+
+def runner_names() -> tuple[str, ...]:
+    """Every runner `compare` knows, from the tables: ONNX Runtime on each graph (onnxrt-<precision>), the eager
+    model (torch) and TensorRT (trt)."""
+    return tuple(backends.compare_runners())
+
+
+def onnx_runners() -> dict[str, str]:
+    """{ONNX Runtime runner name: the precision of the graph it runs}."""
+    return {name: p for name, p in backends.compare_runners().items() if p is not None}
+
+
+RUNNERS = runner_names()  # as they were when this module loaded; CompareOptions checks against the tables
+# Default tolerances per precision of the runner compared with the reference (elementwise atol OR rtol), from the
+# precision table; quantized graphs are judged mainly by cosine, elementwise only for gross errors.
+TOLERANCES = {p.name: dict(p.tolerance) for p in precisions.PRECISIONS.values()}
 PURPOSE = "comparing runners with Polygraphy (beit-deploy compare)"
 
 
@@ -58,10 +69,11 @@ class CompareOptions:
     engine: Path | None = None  # the engine for "trt"; None: core.engine_manifest.find_engine's default
 
     def __post_init__(self):
-        unknown = [r for r in self.runners if r not in RUNNERS]
+        known = runner_names()
+        unknown = [r for r in self.runners if r not in known]
         if unknown or not self.runners:
             raise UsageError(f"unknown runner(s) {', '.join(unknown) or '(none given)'}: "
-                             f"choose from {', '.join(RUNNERS)}")
+                             f"choose from {', '.join(known)}")
 
 
 @dataclass(frozen=True)
@@ -91,7 +103,7 @@ def compare(path, options: CompareOptions = CompareOptions()) -> CompareOutcome:
     results = Comparator.run(runners, data_loader=feeds, save_inputs_path=_str(options.save_inputs),
                              save_outputs_path=_str(options.save_outputs))
     names = [r.name for r in runners]
-    ref = names.index("torch") if "torch" in names else 0
+    ref = names.index(EAGER_RUNNER) if EAGER_RUNNER in names else 0
     pairs = []
     for i, name in enumerate(names):
         if i == ref:
@@ -110,7 +122,7 @@ def compare_funcs(precision: str, options: CompareOptions) -> list:
     """SimpleCompareFunc (elementwise: fails where both atol and rtol are exceeded) and cosine similarity."""
     from polygraphy.comparator import CosineSimilarityCompareFunc, SimpleCompareFunc
 
-    tol = TOLERANCES.get(precision, TOLERANCES["fp16"])
+    tol = TOLERANCES.get(precision) or TOLERANCES[precisions.ENGINE_DEFAULT]
     pick = lambda given, key: tol[key] if given is None else given  # noqa: E731
     return [SimpleCompareFunc(atol=pick(options.atol, "atol"), rtol=pick(options.rtol, "rtol")),
             CosineSimilarityCompareFunc(cosine_similarity_threshold=pick(options.cosine, "cosine"))]
@@ -132,26 +144,32 @@ def _runners(folder: Path, manifest: Manifest, options: CompareOptions):
 
 def _make_runner(name: str, folder: Path, manifest: Manifest, options: CompareOptions):
     """(runner, precision), or the reason `name` cannot run for this folder on this machine."""
-    if name.startswith("onnxrt-"):
-        from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-
-        precision = name.split("-", 1)[1]
-        file = manifest.artifacts.get(precision)
-        if file is None or not (folder / file).is_file():
-            flag = {"int8cpu": "--int8-cpu"}.get(precision, f"--{precision}")
-            return f"the export has no {precision} graph here (export with {flag} for one)"
-        return OnnxrtRunner(SessionFromOnnx(str(folder / file), providers=["cpu"]), name=name), precision
-    if name == "torch":
-        return eager_runner(manifest, reference_model(manifest, options.reference)), "fp32"
-    return _trt_runner(folder, manifest, options.engine)
+    makers = {**dict.fromkeys(onnx_runners(), _onnx_runner), EAGER_RUNNER: _torch_runner, TRT_RUNNER: _trt_runner}
+    return makers[name](name, folder, manifest, options)
 
 
-def _trt_runner(folder: Path, manifest: Manifest, engine: Path | None = None):
+def _onnx_runner(name: str, folder: Path, manifest: Manifest, options: CompareOptions):
+    """Polygraphy's OnnxrtRunner (CPU) on the export's graph of the runner's precision."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    precision = onnx_runners()[name]
+    file = manifest.artifacts.get(precision)
+    if file is None or not (folder / file).is_file():
+        return f"the export has no {precision} graph here (export with {precisions.PRECISIONS[precision].flag} for one)"
+    return OnnxrtRunner(SessionFromOnnx(str(folder / file), providers=["cpu"]), name=name), precision
+
+
+def _torch_runner(name: str, folder: Path, manifest: Manifest, options: CompareOptions):
+    return eager_runner(manifest, reference_model(manifest, options.reference), name), precisions.REFERENCE
+
+
+def _trt_runner(name: str, folder: Path, manifest: Manifest, options: CompareOptions):
     """Polygraphy's TrtRunner on the engine `build` made from this export, or on one it builds from the ONNX."""
     from ..trt.build import profile_shapes
 
-    found, _ = find_engine(folder, manifest, engine)
-    precision = found.info.precision if found else "fp16" if "fp16" in manifest.artifacts else "fp32"
+    found, _ = find_engine(folder, manifest, options.engine)
+    fallback = precisions.ENGINE_DEFAULT if precisions.ENGINE_DEFAULT in manifest.artifacts else precisions.REFERENCE
+    precision = found.info.precision if found else fallback
     reason = unavailable_reason()
     if reason:
         plan = (f"would compare {found.describe()}" if found else
@@ -161,13 +179,13 @@ def _trt_runner(folder: Path, manifest: Manifest, engine: Path | None = None):
                                         Profile, TrtRunner)
 
     if found is not None:
-        return TrtRunner(EngineFromPath(str(found.path)), name="trt"), precision
+        return TrtRunner(EngineFromPath(str(found.path)), name=name), precision
     profile = Profile()
     for input_name, shapes in profile_shapes(manifest.inputs, (1, 2, 8)).items():
         profile.add(input_name, shapes["min"], shapes["opt"], shapes["max"])
     network = NetworkFromOnnxPath(str(folder / manifest.artifacts[precision]), strongly_typed=True)
     config = CreateConfig(profiles=[profile], tf32=False)
-    return TrtRunner(EngineFromNetwork(network, config), name="trt"), precision
+    return TrtRunner(EngineFromNetwork(network, config), name=name), precision
 
 
 def renormaliser(manifest: Manifest, loaded) -> tuple[np.ndarray, np.ndarray]:
@@ -183,7 +201,7 @@ def renormaliser(manifest: Manifest, loaded) -> tuple[np.ndarray, np.ndarray]:
     return std_m * ratio / std_s, (mean_m * ratio - mean_s) / std_s
 
 
-def eager_runner(manifest: Manifest, loaded, name: str = "torch"):
+def eager_runner(manifest: Manifest, loaded, name: str = EAGER_RUNNER):
     """A Polygraphy runner around the eager transformers model (on CPU, outputs as float32 numpy)."""
     return _eager_runner_class()(loaded.model, manifest, renormaliser(manifest, loaded), name)
 

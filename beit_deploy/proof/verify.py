@@ -22,14 +22,14 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from ..core import tasks
+from ..core import precisions, tasks
 from ..core.engine_manifest import FoundEngine, find_engine, unavailable_reason
 from ..core.errors import ModelLoadError, UsageError, describe
 from ..core.manifest import Manifest, check_artifact, read_manifest
 from ..exporter import parity
 
 Images = Union[None, str, Path, Sequence[Union[str, Path]]]
-ONNX_ARTIFACTS = ("fp32", "fp16", "int8", "fp8", "int8cpu")
+ONNX_ARTIFACTS = tuple(precisions.PRECISIONS)  # as they were when this module loaded; `_artifacts` reads the table
 
 
 @dataclass(frozen=True)
@@ -206,17 +206,8 @@ def feed_dicts(manifest: Manifest, photos: list[Path], random: int = 2, seed: in
 def _feeds(manifest: Manifest, loaded, photos: list[Path], random: int, seed: int):
     """(eager feeds, artifact feeds): the same photos through each side's preprocessing, same random inputs."""
     source_pp = loaded.preprocessing.at_resolution(manifest.resolution)
-    ref_px = _reference_pixels(photos, source_pp) if photos else _no_pixels(manifest)
+    ref_px = parity.reference_pixels(photos, source_pp) if photos else _no_pixels(manifest)
     return parity.parity_feeds(manifest.inputs, ref_px, random, seed), feed_dicts(manifest, photos, random, seed)
-
-
-def _reference_pixels(photos: list[Path], preprocessing) -> np.ndarray:
-    """(N, 3, H, W) from transformers' processor, fed the photos upright (EXIF applied) as the runner reads them."""
-    from ..runtime.preprocess import open_image
-
-    upright = [open_image(photo)[1] for photo in photos]
-    return np.asarray(parity.reference_processor(preprocessing)(images=upright, return_tensors="np")["pixel_values"],
-                      dtype=np.float32)
 
 
 def _no_pixels(manifest: Manifest) -> np.ndarray:
@@ -234,7 +225,7 @@ def _preprocessing_failures(manifest: Manifest, loaded) -> list[Failure]:
 
 def _artifacts(folder: Path, manifest: Manifest, engine: Path | None = None):
     """(name, file, precision, run(feeds) -> outputs | reason it is skipped) for every artifact of the export."""
-    for name in ONNX_ARTIFACTS:
+    for name in precisions.PRECISIONS:
         file = manifest.artifacts.get(name)
         if file is None:
             continue

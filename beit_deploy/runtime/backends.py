@@ -10,9 +10,12 @@ import abc
 
 import numpy as np
 
+from ..core.backends import ONNXRUNTIME, provider_device
+
 
 class Backend(abc.ABC):
-    """Runs one inference artifact. Subclasses: onnxruntime (runner), TensorRT (trt_backend)."""
+    """Runs one inference artifact. Subclasses: OnnxRuntimeBackend (here), TensorRTBackend (tensorrt_backend.py).
+    The backend table (core/backends.py) names them and says what each needs."""
 
     #: short name shown to users, e.g. "onnxruntime-cpu", "tensorrt"
     name: str = "backend"
@@ -53,8 +56,9 @@ class Backend(abc.ABC):
         self.close()
 
 
-#: ONNX Runtime execution providers, best first. The runner uses the first one that is installed.
-PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+#: ONNX Runtime execution providers, best first (the longest chain of the backend table's). The runner uses the
+#: first one that is installed.
+PREFERRED_PROVIDERS = max(ONNXRUNTIME.providers.values(), key=len)
 GPU_PROVIDERS = frozenset(PREFERRED_PROVIDERS[:2])
 CPU = ["CPUExecutionProvider"]
 _ORT_PURPOSE = "running ONNX graphs"
@@ -99,12 +103,10 @@ class OnnxRuntimeBackend(Backend):
         options.enable_cpu_mem_arena = memory_arena
         try:
             self._session = ort.InferenceSession(str(onnx_path), options, providers=providers or available_providers())
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidProtobuf/... types
+        except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
             raise ArtifactError(f"ONNX Runtime cannot load '{onnx_path}' ({describe(exc)}): "
                                 "the file is truncated or corrupt; export the model again") from exc
-        used = self._session.get_providers()[0]
-        self.name = "onnxruntime-" + {"TensorrtExecutionProvider": "tensorrt",
-                                      "CUDAExecutionProvider": "cuda"}.get(used, "cpu")
+        self.name = f"{ONNXRUNTIME.name}-{provider_device(self._session.get_providers()[0])}"
         self._types = {i.name: _NUMPY_TYPES.get(i.type, np.float32) for i in self._session.get_inputs()}
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._outputs = [o.name for o in self._session.get_outputs()]

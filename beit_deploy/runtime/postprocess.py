@@ -8,13 +8,18 @@ bilinearly (align_corners=False, as `torch.nn.functional.interpolate`) to the im
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import Union
 
 import numpy as np
 
 from ..core import tasks
 
 _ROWS_PER_CHUNK = 256  # label maps are computed in bands of rows, so memory stays ~C x 256 x W floats
+
+
+def _task_of(kind: str) -> str:
+    """The first task of the table answering with `kind`: what a result says it is when not told."""
+    return next(t.name for t in tasks.TASKS.values() if t.answer == kind)
 
 
 @dataclass(frozen=True)
@@ -32,9 +37,10 @@ class Classification:
     """Top-k classes of one image, best first; scores are softmax probabilities over all logits."""
 
     top_k: tuple[ClassScore, ...]
+    task: str = _task_of(tasks.TOP_K)
 
     def to_dict(self) -> dict:
-        return {"task": "classification", "top_k": [c.to_dict() for c in self.top_k]}
+        return {"task": self.task, "top_k": [c.to_dict() for c in self.top_k]}
 
     def summary(self) -> str:
         """Readable lines: rank, score, label and id."""
@@ -57,10 +63,11 @@ class Segmentation:
 
     label_map: np.ndarray = field(repr=False)
     classes: tuple[ClassFraction, ...]
+    task: str = _task_of(tasks.LABEL_MAP)
 
     def to_dict(self) -> dict:
         """JSON-ready summary: size and per-class pixel fractions (the map itself: `label_map`, or --masks)."""
-        return {"task": "segmentation", "size": list(self.label_map.shape),
+        return {"task": self.task, "size": list(self.label_map.shape),
                 "classes": [c.to_dict() for c in self.classes]}
 
     def summary(self, most: int = 8) -> str:
@@ -75,9 +82,10 @@ class VisualTokens:
     """Masked image modeling: the predicted visual token id of every patch, (H/patch, W/patch)."""
 
     tokens: np.ndarray = field(repr=False)
+    task: str = _task_of(tasks.VISUAL_TOKENS)
 
     def to_dict(self) -> dict:
-        return {"task": "masked-image-modeling", "grid": list(self.tokens.shape), "tokens": self.tokens.tolist()}
+        return {"task": self.task, "grid": list(self.tokens.shape), "tokens": self.tokens.tolist()}
 
     def summary(self) -> str:
         ids, counts = np.unique(self.tokens, return_counts=True)
@@ -90,9 +98,10 @@ class Embedding:
     """Features: the pooled embedding (hidden_size,) of one image."""
 
     vector: np.ndarray = field(repr=False)
+    task: str = _task_of(tasks.EMBEDDING)
 
     def to_dict(self) -> dict:
-        return {"task": "features", "dim": int(self.vector.shape[0]), "embedding": self.vector.astype(float).tolist()}
+        return {"task": self.task, "dim": int(self.vector.shape[0]), "embedding": self.vector.astype(float).tolist()}
 
     def summary(self) -> str:
         head = ", ".join(f"{v:.4f}" for v in self.vector[:4])
@@ -106,11 +115,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def classify(logits: np.ndarray, labels: dict[int, str], top_k: int = 5) -> Classification:
+def classify(logits: np.ndarray, labels: dict[int, str], top_k: int = 5, task: str = Classification.task
+             ) -> Classification:
     """(num_labels,) logits -> the top_k classes by softmax score (ties: lower id first)."""
     probs = softmax(logits)
     order = np.argsort(-probs, kind="stable")[:max(1, min(top_k, len(probs)))]
-    return Classification(tuple(ClassScore(int(i), labels.get(int(i), str(int(i))), float(probs[i])) for i in order))
+    return Classification(tuple(ClassScore(int(i), labels.get(int(i), str(int(i))), float(probs[i])) for i in order),
+                          task)
 
 
 def _source_index(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -153,24 +164,25 @@ def label_map(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def segment(logits: np.ndarray, size: tuple[int, int], labels: dict[int, str]) -> Segmentation:
+def segment(logits: np.ndarray, size: tuple[int, int], labels: dict[int, str], task: str = Segmentation.task
+            ) -> Segmentation:
     """(C, h, w) logits of one image and its (H, W) -> label map at that size and per-class pixel fractions."""
     labels_map = label_map(logits, size)
     counts = np.bincount(labels_map.ravel(), minlength=logits.shape[0])
     total = max(int(labels_map.size), 1)
     present = sorted((i for i in np.flatnonzero(counts)), key=lambda i: (-counts[i], i))
     classes = tuple(ClassFraction(int(i), labels.get(int(i), str(int(i))), float(counts[i] / total)) for i in present)
-    return Segmentation(labels_map, classes)
+    return Segmentation(labels_map, classes, task)
 
 
-def visual_tokens(logits: np.ndarray, grid: tuple[int, int]) -> VisualTokens:
+def visual_tokens(logits: np.ndarray, grid: tuple[int, int], task: str = VisualTokens.task) -> VisualTokens:
     """(num_patches, vocab) logits -> (grid_h, grid_w) argmax token ids."""
-    return VisualTokens(logits.argmax(axis=-1).reshape(grid))
+    return VisualTokens(logits.argmax(axis=-1).reshape(grid), task)
 
 
-def embedding(pooled: np.ndarray) -> Embedding:
+def embedding(pooled: np.ndarray, task: str = Embedding.task) -> Embedding:
     """(hidden_size,) pooled output -> Embedding."""
-    return Embedding(np.asarray(pooled, dtype=np.float32))
+    return Embedding(np.asarray(pooled, dtype=np.float32), task)
 
 
 Result = Union[Classification, Segmentation, VisualTokens, Embedding]
@@ -185,17 +197,3 @@ class Context:
     grid: tuple[int, int]
     labels: dict[int, str]
     top_k: int = 5
-
-
-# task.answer -> (one image's output `task.answer_from`, Context) -> result
-ANSWERS: dict[str, Callable[[np.ndarray, Context], Result]] = {
-    tasks.TOP_K: lambda out, c: classify(out, c.labels, c.top_k),
-    tasks.LABEL_MAP: lambda out, c: segment(out, c.size, c.labels),
-    tasks.VISUAL_TOKENS: lambda out, c: visual_tokens(out, c.grid),
-    tasks.EMBEDDING: lambda out, c: embedding(out),
-}
-
-
-def answer(task: tasks.Task, output: np.ndarray, context: Context) -> Result:
-    """One image's answer from its row of the task's output (`task.answer_from`, batch axis removed)."""
-    return ANSWERS[task.answer](output, context)

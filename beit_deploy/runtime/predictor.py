@@ -1,5 +1,5 @@
 """What a predictor gives per input, and `predict` in terms of `predict_each`: shared by the in-process runner
-(BeitTRTRunner) and the Triton client (BeitTritonClient), so code moves between the two without change."""
+(BeitRunner) and the Triton client (BeitTritonClient), so code moves between the two without change."""
 
 from __future__ import annotations
 

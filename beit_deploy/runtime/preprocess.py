@@ -205,11 +205,6 @@ def _from_array(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array), mode=mode)
 
 
-def _rgb(image: Image.Image) -> np.ndarray:
-    """EXIF-oriented RGB uint8 (H, W, 3), converted exactly as `image.convert("RGB")`."""
-    return np.asarray(_upright_rgb(image, "<image>"), dtype=np.uint8)
-
-
 def preprocess_one(rgb: np.ndarray, p: Preprocessing) -> np.ndarray:
     """RGB uint8 (H, W, 3) -> float32 (3, h, w) with the processor's resize, crop, rescale, normalise."""
     return _pixels(Image.fromarray(rgb, "RGB"), p)

@@ -1,11 +1,11 @@
-"""`BeitTRTRunner`: an exported BEiT model as a function from images to answers, on ONNX Runtime or TensorRT.
+"""`BeitRunner`: an exported BEiT model as a function from images to answers, on ONNX Runtime or TensorRT.
 
-    with BeitTRTRunner("export/beit-base-patch16-224/224x224") as runner:
+    with BeitRunner("export/beit-base-patch16-224/224x224") as runner:
         print(runner.predict("cat.jpg").to_dict())
 
 The runner reads the export's manifest (task, resolution, preprocessing, labels), preprocesses like
 transformers' BeitImageProcessorPil (see preprocess.py), runs the backend in batches, and post-processes per task
-(see postprocess.py). Only numpy, Pillow and ONNX Runtime load here; TensorRT only for engine files.
+(see answers.py). Only numpy, Pillow and ONNX Runtime load here; TensorRT only for engine files.
 """
 
 from __future__ import annotations
@@ -16,38 +16,34 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..core import tasks
+from ..core import backends as backend_table, precisions, tasks
 from ..core.engine_manifest import ENGINE_FILE, ENGINE_MANIFEST, ENGINE_SUFFIXES, read_engine_manifest
 from ..core.errors import ArtifactError, BeitDeployError, MissingDependencyError, UsageError
 from ..core.files import contained
 from ..core.manifest import FILENAME, Manifest, check_artifact, read_manifest, resolution_folders
-from . import postprocess as post
+from . import answers, postprocess as post
 from .backends import Backend, OnnxRuntimeBackend, available_providers, has_gpu_provider
-from .predictor import Prediction, Predictor  # noqa: F401 - Prediction: also importable from here
+from .predictor import Prediction, Predictor  # Prediction: also importable from here
 from .preprocess import DEFAULT_MAX_PIXELS, ImageLike, Prepared, check_max_pixels, prepare, preprocess
 
-PRECISIONS = ("fp32", "fp16", "int8", "int8cpu", "fp8")
-# "int8" asks for int8 in the form this machine runs best: ONNX Runtime's dynamic graph (int8cpu) on CPU, the Q/DQ
-# graph (int8) with a GPU provider; each falls back to the other when the export has only one.
-_INT8_FORMS = {False: ("int8cpu", "int8"), True: ("int8", "int8cpu")}
+PRECISIONS = tuple(precisions.PRECISIONS)  # the names when this module loaded; the runner reads the table itself
 DEFAULT_BATCH = 8
-_PROVIDER_ALIASES = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-                     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 Result = post.Result
 
 
-class BeitTRTRunner(Predictor):
+class BeitRunner(Predictor):
     """An exported BEiT model, ready to predict.
 
     path: a resolution folder written by `beit-deploy export` (export/<model>/<H>x<W>), an ONNX file in such a
     folder, an engine folder written by `beit-deploy build` (engines/<model>/<H>x<W>), or a TensorRT engine file
     (.engine/.plan) next to its manifest.
-    precision: "fp32", "fp16", "int8", "int8cpu" or "fp8" (ONNX only; an engine has its own). Default: fp16 when
-    the export has the fp16 graph and ONNX Runtime has a GPU provider (TensorRT or CUDA), else fp32, since fp16 on
-    CPU is slower and less exact; quantized graphs are never chosen for you. "int8": the dynamic CPU graph
-    (int8cpu) on CPU, the Q/DQ graph with a GPU provider (`runner.precision` says which ran).
-    backend: None (ONNX Runtime on the best provider installed: TensorRT, CUDA, then CPU), one of "cpu", "cuda",
-    "tensorrt" to choose the ONNX Runtime provider, or a ready Backend instance.
+    precision: a row of the precision table, core/precisions.py (fp32, fp16, int8, fp8, int8cpu; ONNX only: an
+    engine has its own), chosen by `precisions.choose`. Default: fp16 when the export has the fp16 graph and ONNX
+    Runtime has a GPU provider (TensorRT or CUDA), else fp32, since fp16 on CPU is slower and less exact;
+    quantized graphs are never chosen for you. "int8": the dynamic CPU graph (int8cpu) on CPU, the Q/DQ graph
+    with a GPU provider (`runner.precision` says which ran).
+    backend: None (ONNX Runtime on the best provider installed: TensorRT, CUDA, then CPU), one of the ONNX Runtime
+    device choices of the backend table ("cpu", "cuda", "tensorrt"), or a ready Backend instance.
     batch_size: largest batch sent to the backend at once (default 8, and never above the backend's max_batch).
     check_hashes: check the ONNX files' sha256 against the manifest when opening (default; their sizes are
     checked always). About 1.3 s per GB here; False skips it for very large graphs on slow disks.
@@ -70,7 +66,7 @@ class BeitTRTRunner(Predictor):
         _check_matches(self.backend, self.manifest, artifact)
 
     @classmethod
-    def from_dir(cls, export_dir, resolution: int | str | tuple[int, int] | None = None, **kwargs) -> "BeitTRTRunner":
+    def from_dir(cls, export_dir, resolution: int | str | tuple[int, int] | None = None, **kwargs) -> "BeitRunner":
         """The runner for one resolution of an export/<model> folder; `resolution` may be 384, "384x384" or
         (384, 384), and may be left out when the folder has only one."""
         return cls(pick_resolution(Path(export_dir), resolution), **kwargs)
@@ -89,7 +85,7 @@ class BeitTRTRunner(Predictor):
         return tuple(self.manifest.resolution)
 
     def __repr__(self) -> str:
-        return (f"BeitTRTRunner({str(self.path)!r}, task={self.task!r}, precision={self.precision!r}, "
+        return (f"{type(self).__name__}({str(self.path)!r}, task={self.task!r}, precision={self.precision!r}, "
                 f"backend={self.backend.name!r})")
 
     # -- the three steps --------------------------------------------------------------------------------------
@@ -152,24 +148,13 @@ class BeitTRTRunner(Predictor):
         pixels = np.stack([i.pixels for i in images])
         task = tasks.task(self.task)
         raw = self.run(pixels)[task.answer_from]
-        return [post.answer(task, raw[k], post.Context(image.size, self.manifest.grid, self.labels, top_k))
+        return [answers.answer(task, raw[k], post.Context(image.size, self.manifest.grid, self.labels, top_k))
                 for k, image in enumerate(images)]
 
     def _default_extras(self, n: int) -> dict[str, np.ndarray]:
         return {s.name: np.zeros((n, *s.shape[1:]), dtype=bool) for s in self.manifest.inputs[1:] if s.dtype == "bool"}
 
     # -- lifetime ---------------------------------------------------------------------------------------------
-    def parity(self, images=None, reference=None):
-        """Parity of this runner's export folder against the eager model: a `proof.verify.ParityReport`.
-
-        Kept for compatibility; the proof stage is `beit_deploy.proof.verify.parity_report(folder)` or
-        `beit-deploy verify`. Needs the export extra (torch, transformers): it rebuilds the eager model.
-        """
-        from ..proof.verify import parity_report  # the one call from the runtime up to a stage (tests/test_layers.py)
-
-        return parity_report(self.path if self.path.is_dir() else self.path.parent, images=images,
-                             reference=reference)
-
     def close(self) -> None:
         """Release the backend (ONNX Runtime session, TensorRT engine and device memory). Safe to call twice."""
         self._closed = True
@@ -177,14 +162,24 @@ class BeitTRTRunner(Predictor):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise UsageError(f"this runner of {self.path} is closed: open a new BeitTRTRunner (or use it inside its "
-                             "`with` block)")
+            raise UsageError(f"this runner of {self.path} is closed: open a new {type(self).__name__} (or use it "
+                             "inside its `with` block)")
 
-    def __enter__(self) -> "BeitTRTRunner":
+    def __enter__(self) -> "BeitRunner":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def __getattr__(name: str):
+    """`BeitTRTRunner`, the runner's first name, importable from here as before: it is defined at the package's
+    top (beit_deploy.BeitTRTRunner), where its deprecated `parity()` may reach the proof stage."""
+    if name == "BeitTRTRunner":
+        from .. import BeitTRTRunner
+
+        return BeitTRTRunner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _run_padded(backend: Backend, feeds: dict[str, np.ndarray], low: int) -> dict[str, np.ndarray]:
@@ -200,8 +195,8 @@ def _resolve(path: Path, precision: str | None) -> tuple[Manifest, Path, str]:
     """(manifest, artifact file, precision) for a resolution folder, an engine folder, an ONNX file or an engine
     file. An engine folder (the one with engine.json in it) runs its engine, never the ONNX files its copied
     manifest lists (they are in the export folder, not here)."""
-    if precision is not None and precision not in PRECISIONS:
-        raise UsageError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+    if precision is not None:
+        precisions.precision(precision)  # UsageError naming the known ones
     if not path.exists():
         raise UsageError(f"'{path}' does not exist: pass an export folder (export/<model>/<H>x<W>), its ONNX file, "
                          "or a TensorRT engine")
@@ -209,13 +204,11 @@ def _resolve(path: Path, precision: str | None) -> tuple[Manifest, Path, str]:
         return read_manifest(path), path / ENGINE_FILE, _engine_precision(path / ENGINE_FILE, precision)
     if path.is_dir():
         manifest = read_manifest(path)
-        chosen = precision or ("fp16" if "fp16" in manifest.artifacts and has_gpu_provider() else "fp32")
-        if chosen == "int8":
-            chosen = next((p for p in _INT8_FORMS[has_gpu_provider()] if p in manifest.artifacts), "int8")
+        chosen = precisions.choose(precision, manifest.artifacts, has_gpu_provider())
         if chosen not in manifest.artifacts:
-            flag = {"int8": "--int8 or --int8-cpu", "int8cpu": "--int8-cpu"}.get(chosen, f"--{chosen}")
-            raise UsageError(f"{path} has no {chosen} graph (it has: {', '.join(manifest.artifacts)}): "
-                             f"export with {flag}, or choose another precision")
+            asked = precision or chosen
+            raise UsageError(f"{path} has no {asked} graph (it has: {', '.join(manifest.artifacts)}): "
+                             f"export with {precisions.export_hint(asked)}, or choose another precision")
         return manifest, contained(path, manifest.artifacts[chosen]), chosen
     manifest = read_manifest(path.parent)
     if path.suffix.lower() in ENGINE_SUFFIXES:
@@ -226,8 +219,7 @@ def _resolve(path: Path, precision: str | None) -> tuple[Manifest, Path, str]:
     if path.name not in by_file:
         raise UsageError(f"'{path.name}' is not an artifact of {path.parent / FILENAME} (it lists: "
                          f"{', '.join(by_file)})")
-    if precision is not None and precision != by_file[path.name] and not (
-            precision == "int8" and by_file[path.name] in _INT8_FORMS[False]):
+    if precision is not None and not precisions.same_family(precision, by_file[path.name]):
         raise UsageError(f"'{path.name}' is the {by_file[path.name]} graph, not {precision}: pass the folder instead")
     return manifest, path, by_file[path.name]
 
@@ -237,33 +229,36 @@ def _engine_precision(path: Path, precision: str | None) -> str:
     built = read_engine_manifest(path.parent).precision if (path.parent / ENGINE_MANIFEST).is_file() else None
     if precision and built and precision != built:
         raise UsageError(f"'{path}' is a {built} engine, not {precision}: build a {precision} engine")
-    return built or precision or "fp16"
+    return built or precision or precisions.ENGINE_DEFAULT
 
 
 def _open_backend(artifact: Path, manifest: Manifest, choice: str | None, hashes: bool = True) -> Backend:
     if artifact.suffix.lower() in ENGINE_SUFFIXES:
         return _tensorrt_backend(artifact, manifest)
-    if choice is not None and choice not in _PROVIDER_ALIASES:
-        raise UsageError(f"backend '{choice}' is not one of {', '.join(_PROVIDER_ALIASES)} (or a Backend instance)")
+    chains = backend_table.ONNXRUNTIME.providers
+    if choice is not None and choice not in chains:
+        raise UsageError(f"backend '{choice}' is not one of {', '.join(chains)} (or a Backend instance)")
     precision = next(p for p, f in manifest.artifacts.items() if f == artifact.name)
     artifact = check_artifact(artifact.parent, manifest, precision, hashes)
     providers = None
     if choice is not None:
-        providers = [p for p in _PROVIDER_ALIASES[choice] if p in available_providers()]
-        if providers[0] != _PROVIDER_ALIASES[choice][0]:
-            raise MissingDependencyError("onnxruntime-gpu", "gpu", f"the ONNX Runtime '{choice}' provider")
+        providers = [p for p in chains[choice] if p in available_providers()]
+        if providers[0] != chains[choice][0]:
+            raise MissingDependencyError("onnxruntime-gpu", backend_table.ONNXRUNTIME.gpu_extra,
+                                         f"the ONNX Runtime '{choice}' provider")
     return OnnxRuntimeBackend(artifact, providers=providers)
 
 
 def _tensorrt_backend(engine: Path, manifest: Manifest) -> Backend:
     """TensorRTBackend from runtime.tensorrt_backend, imported only now (it needs tensorrt and a GPU)."""
     purpose = f"running the TensorRT engine {engine} (on a machine with an NVIDIA GPU)"
-    if importlib.util.find_spec("tensorrt") is None:
-        raise MissingDependencyError("tensorrt", "gpu", purpose)
+    row = backend_table.TENSORRT
+    if importlib.util.find_spec(row.module) is None:
+        raise MissingDependencyError(row.module, row.extra, purpose)
     try:
         from .tensorrt_backend import TensorRTBackend
     except ImportError as exc:
-        raise MissingDependencyError("tensorrt", "gpu", purpose) from exc
+        raise MissingDependencyError(row.module, row.extra, purpose) from exc
     return TensorRTBackend(engine, manifest)
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import numpy as np
 
+from ..core.backends import TENSORRT
 from ..core.engine_manifest import ENGINE_FILE, TRT_PURPOSE, TensorRTError, check_engine_compatible, current_gpu, \
     read_engine_manifest
 from ..core.errors import ArtifactError, UsageError, describe, require
@@ -97,7 +98,7 @@ class TensorRTBackend(Backend):
     deserialised, its contexts created and run there. cuda_graph / max_graphs: see the module docstring.
     """
 
-    name = "tensorrt"
+    name = TENSORRT.name
 
     def __init__(self, engine_path: Path, manifest: Manifest, cuda_graph: bool = False, device: int = 0,
                  max_graphs: int = MAX_GRAPHS):

@@ -1,7 +1,7 @@
 """`BeitTritonClient`: a model served by Triton (`beit-deploy triton` + `beit-deploy serve`) with the runner's API.
 
     with BeitTritonClient("localhost:8000", "beit-base-patch16-224") as client:
-        print(client.predict("cat.jpg").to_dict())   # the same Classification as BeitTRTRunner.predict
+        print(client.predict("cat.jpg").to_dict())   # the same Classification as BeitRunner.predict
 
 Images go to the server as their encoded bytes (files as they are; PIL images and arrays as PNG), one request
 per image with up to `concurrency` in flight, so the server's dynamic batcher can join them. Answers come back
@@ -57,7 +57,7 @@ class BeitTritonClient(Predictor):
     def _parameters(self) -> dict[str, str]:
         try:
             ready = self._client.is_model_ready(self.model)
-        except Exception as exc:  # noqa: BLE001 - connection errors come in several types (gevent, grpc)
+        except Exception as exc:  # connection errors come in several types (gevent, grpc)
             raise TritonServerError(f"cannot reach a Triton server at {self.url} ({self.protocol}): "
                                     f"{describe(exc)}; is `beit-deploy serve` running there?") from exc
         if not ready:
@@ -98,7 +98,7 @@ class BeitTritonClient(Predictor):
     def __repr__(self) -> str:
         return f"BeitTritonClient({self.url!r}, {self.model!r}, protocol={self.protocol!r}, task={self.task!r})"
 
-    # -- predict, as BeitTRTRunner ----------------------------------------------------------------------------
+    # -- predict, as BeitRunner ----------------------------------------------------------------------------
     def predict_each(self, images: Sequence[ImageLike], top_k: int = 5, keep_rgb: bool = False
                      ) -> Iterator[Prediction]:
         """One Prediction per input, in order; an image the server (or this machine) cannot read gives a
@@ -122,7 +122,7 @@ class BeitTritonClient(Predictor):
             error = exc  # `exc` itself is unbound after the except block
             return lambda: error
         inputs = [self._input(wire.IMAGE, np.array([[data]], dtype=object), "BYTES"),
-                  self._input(wire.TOP_K, np.array([[top_k]], dtype=np.int32), "INT32")]
+                  self._input(wire.TOP_K_INPUT, np.array([[top_k]], dtype=np.int32), "INT32")]
         outputs = [self._tc.InferRequestedOutput(name) for name in self._outputs]  # binary on HTTP by default
         if self.protocol == "http":
             request = self._client.async_infer(self.model, inputs, outputs=outputs)

@@ -8,62 +8,29 @@ as float64, so a served answer equals the in-process one bit for bit when the lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..core import tasks
 from ..core.manifest import Manifest
-from .postprocess import ClassFraction, Classification, ClassScore, Embedding, Result, Segmentation, VisualTokens
+from . import answers
+from .answers import (CLASS_IDS, EMBEDDING, FRACTIONS, LABEL_MAP, LABELS, SCORES, TOKENS,  # noqa: F401 - the
+                      WireTensor)  # answer tensors' names, importable from here as before
+from .postprocess import Result
 
-IMAGE, TOP_K, IMAGE_SIZE = "IMAGE", "TOP_K", "IMAGE_SIZE"  # ensemble input, optional input, size of each image
-CLASS_IDS, SCORES, LABELS, FRACTIONS = "CLASS_IDS", "SCORES", "LABELS", "FRACTIONS"
-LABEL_MAP, TOKENS, EMBEDDING = "LABEL_MAP", "TOKENS", "EMBEDDING"
+IMAGE, IMAGE_SIZE = "IMAGE", "IMAGE_SIZE"  # ensemble input, size of each image
+TOP_K_INPUT = "TOP_K"  # optional input: classes per image (not the answer kind tasks.TOP_K)
+TOP_K = TOP_K_INPUT  # the name it had first
 _PAD = {"int64": -1, "float64": 0.0, "float32": 0.0, "bytes": b""}
-
-
-@dataclass(frozen=True)
-class WireTensor:
-    """One answer tensor per image: name, numpy dtype name ("bytes": UTF-8 strings), dims without the batch
-    axis (-1: varies per image)."""
-
-    name: str
-    dtype: str
-    dims: tuple[int, ...]
 
 
 def wire_outputs(manifest: Manifest) -> tuple[WireTensor, ...]:
     """The answer tensors of an export's task, per image."""
-    answer = tasks.task(manifest.task).answer
-    if answer == tasks.TOP_K:
-        return WireTensor(CLASS_IDS, "int64", (-1,)), WireTensor(SCORES, "float64", (-1,)), \
-            WireTensor(LABELS, "bytes", (-1,))
-    if answer == tasks.LABEL_MAP:
-        return WireTensor(LABEL_MAP, "int64", (-1, -1)), WireTensor(CLASS_IDS, "int64", (-1,)), \
-            WireTensor(FRACTIONS, "float64", (-1,)), WireTensor(LABELS, "bytes", (-1,))
-    if answer == tasks.VISUAL_TOKENS:
-        return (WireTensor(TOKENS, "int64", tuple(manifest.grid)),)
-    source = next(s for s in manifest.outputs if s.name == tasks.task(manifest.task).answer_from)
-    return (WireTensor(EMBEDDING, "float32", tuple(source.shape[1:])),)
+    return answers.of(manifest.task).wire(manifest)
 
 
 def encode(result: Result) -> dict[str, np.ndarray]:
     """One image's result -> its answer tensors (no batch axis)."""
-    if isinstance(result, Classification):
-        return {CLASS_IDS: np.array([c.id for c in result.top_k], np.int64),
-                SCORES: np.array([c.score for c in result.top_k], np.float64), LABELS: _strings(result.top_k)}
-    if isinstance(result, Segmentation):
-        return {LABEL_MAP: result.label_map.astype(np.int64, copy=False),
-                CLASS_IDS: np.array([c.id for c in result.classes], np.int64),
-                FRACTIONS: np.array([c.fraction for c in result.classes], np.float64),
-                LABELS: _strings(result.classes)}
-    if isinstance(result, VisualTokens):
-        return {TOKENS: result.tokens.astype(np.int64, copy=False)}
-    return {EMBEDDING: np.asarray(result.vector, np.float32)}
-
-
-def _strings(items) -> np.ndarray:
-    return np.array([c.label.encode("utf-8") for c in items], dtype=object).reshape(len(items))
+    return answers.of(result.task).encode(result)
 
 
 def stack(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -83,22 +50,4 @@ def stack(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def decode(task_name: str, row: dict[str, np.ndarray], size: tuple[int, int]) -> Result:
     """One image's answer tensors (batch axis removed) and its (H, W) -> the result `predict` gives in process."""
-    answer = tasks.task(task_name).answer
-    if answer == tasks.TOP_K:
-        return Classification(tuple(ClassScore(i, label, s) for i, s, label in _listed(row, SCORES)))
-    if answer == tasks.LABEL_MAP:
-        return Segmentation(np.ascontiguousarray(row[LABEL_MAP][:size[0], :size[1]]),
-                            tuple(ClassFraction(i, label, f) for i, f, label in _listed(row, FRACTIONS)))
-    if answer == tasks.VISUAL_TOKENS:
-        return VisualTokens(row[TOKENS])
-    return Embedding(np.asarray(row[EMBEDDING], np.float32))
-
-
-def _listed(row: dict[str, np.ndarray], values: str) -> list[tuple[int, float, str]]:
-    """(id, value, label) of every listed class, padding (id -1) dropped."""
-    return [(int(i), float(v), _text(label)) for i, v, label in zip(row[CLASS_IDS], row[values], row[LABELS])
-            if i >= 0]
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    return answers.of(tasks.task(task_name)).decode(row, size, task_name)

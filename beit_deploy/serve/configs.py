@@ -3,7 +3,7 @@
     <name>              ensemble: IMAGE (encoded bytes) [+ TOP_K] in, the task's answer tensors + IMAGE_SIZE out
     <name>_preprocess   python: bytes -> the graph's inputs, with beit-deploy's preprocessing, + each image's size
     <name>_model        tensorrt_plan | onnxruntime_onnx | python (beit-deploy's ONNX Runtime backend)
-    <name>_postprocess  python: the graph's output -> answers (runtime/postprocess.py's ANSWERS, runtime/wire.py)
+    <name>_postprocess  python: the graph's output -> answers (runtime/answers.py, runtime/wire.py)
 
 Every value here is a number, an enum, or a name that `repository.check_name` accepted; labels travel only as
 one escaped JSON string parameter of the ensemble (for clients) and in the manifest.json copies.
@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 
 from .. import __version__
-from ..core import tasks
+from ..core import backends, tasks
 from ..core.errors import ArtifactError
 from ..core.manifest import Manifest, TensorSpec
 from ..runtime import wire
@@ -25,8 +25,7 @@ STAGE = "beit_deploy.stage"  # parameter naming a Python-backend model's stage
 PREPROCESS, MODEL, POSTPROCESS = "preprocess", "model", "postprocess"
 _TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
           "int32": "TYPE_INT32", "bool": "TYPE_BOOL", "bytes": "TYPE_STRING", "uint8": "TYPE_UINT8"}
-PLATFORMS = {"tensorrt": {"platform": "tensorrt_plan"}, "onnxruntime": {"platform": "onnxruntime_onnx"},
-             "python": {"backend": "python"}}
+PLATFORMS = {b.name: b.triton for b in backends.BACKENDS.values() if b.triton is not None}
 
 
 @dataclass(frozen=True)
@@ -83,13 +82,13 @@ def model_config(name: str, manifest: Manifest, batching: Batching, backend: str
     ONNX Runtime's TensorRT execution accelerator on GPU instances."""
     config = {"name": name, **PLATFORMS[backend], "input": [_spec(s) for s in manifest.inputs],
               "output": [_spec(s) for s in manifest.outputs]}
-    if backend == "python":  # its file is model.py; the stage finds the ONNX graph through the manifest
+    if backends.backend(backend).ours:  # its file is model.py; the stage finds the ONNX graph through the manifest
         config.update(_common(batching, "KIND_CPU", batching.preferred))
         config["parameters"] = _params({STAGE: MODEL, "precision": precision})
     else:
         config.update(default_model_filename=file, **_common(batching, batching.kind, batching.preferred))
     if accelerator:
-        precision_mode = {"precision_mode": "FP16" if precision == "fp16" else "FP32"}
+        precision_mode = {"precision_mode": precision.upper()}  # FP32 | FP16
         config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
             {"name": "tensorrt", "parameters": [{"key": k, "value": v} for k, v in precision_mode.items()]}]}}
     return config
@@ -101,7 +100,7 @@ def _answer_spec(manifest: Manifest) -> TensorSpec:
 
 def postprocess_config(name: str, manifest: Manifest, batching: Batching, top_k: int) -> dict:
     inputs = [_spec(_answer_spec(manifest)), tensor(wire.IMAGE_SIZE, "int64", [2]),
-              tensor(wire.TOP_K, "int32", [1], optional=True)]
+              tensor(wire.TOP_K_INPUT, "int32", [1], optional=True)]
     outputs = [tensor(w.name, w.dtype, w.dims) for w in wire.wire_outputs(manifest)]
     return {"name": name, "backend": "python", "input": inputs, "output": outputs, **_common(batching, "KIND_CPU"),
             "parameters": _params({STAGE: POSTPROCESS, "top_k": top_k})}
@@ -115,14 +114,15 @@ def ensemble_config(name: str, manifest: Manifest, batching: Batching, top_k: in
     steps = [
         _step(stages[PREPROCESS], {wire.IMAGE: wire.IMAGE}, {n: n for n in graph_inputs + [wire.IMAGE_SIZE]}),
         _step(stages[MODEL], {n: n for n in graph_inputs}, {answer: answer}),
-        _step(stages[POSTPROCESS], {n: n for n in (answer, wire.IMAGE_SIZE, wire.TOP_K)}, {n: n for n in answers}),
+        _step(stages[POSTPROCESS], {n: n for n in (answer, wire.IMAGE_SIZE, wire.TOP_K_INPUT)},
+              {n: n for n in answers}),
     ]
     outputs = [tensor(w.name, w.dtype, w.dims) for w in wire.wire_outputs(manifest)]
     params = {"task": manifest.task, "model": manifest.model, "resolution": "x".join(map(str, manifest.resolution)),
               "top_k": top_k, "labels": json.dumps({str(k): v for k, v in sorted(manifest.labels.items())}),
               "beit_deploy": __version__}
     return {"name": name, "platform": "ensemble", "max_batch_size": batching.max_batch,
-            "input": [tensor(wire.IMAGE, "bytes", [1]), tensor(wire.TOP_K, "int32", [1], optional=True)],
+            "input": [tensor(wire.IMAGE, "bytes", [1]), tensor(wire.TOP_K_INPUT, "int32", [1], optional=True)],
             "output": outputs + [tensor(wire.IMAGE_SIZE, "int64", [2])],
             "ensemble_scheduling": {"step": steps}, "parameters": _params(params)}
 

@@ -3,7 +3,7 @@
 Each client is a thread with its own `BeitTritonClient` (tritonclient's clients are not thread-safe) sending its
 M requests one after another; latency is measured per request, throughput over the whole run. The server's
 statistics before and after give the model stage's mean batch size (inferences / executions), i.e. what the
-dynamic batcher made of the load. `in_process` measures `BeitTRTRunner.predict` on the same images, for the
+dynamic batcher made of the load. `in_process` measures `BeitRunner.predict` on the same images, for the
 table beside it. Requests go only to the URL given (a local server in our runs) and the run always ends.
 """
 
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bench.report import cpu_model
+from ..core import precisions
 from ..core.errors import UsageError
-from ..core.manifest import versions
-from ..runtime.runner import BeitTRTRunner
+from ..core.machine import cpu_model, versions
+from ..runtime.runner import BeitRunner
 from ..runtime.triton_client import BeitTritonClient
 from .configs import MODEL, stage_names
 
@@ -87,9 +87,9 @@ def _client(url, model, protocol, timeout, images, k, requests, latencies, failu
 
 
 def in_process(folder: Path, images: list[bytes], count: int, batch_size: int = 8) -> float:
-    """Images per second of `BeitTRTRunner.predict` (ONNX Runtime, fp32) on `count` images, after one warm-up."""
+    """Images per second of `BeitRunner.predict` (ONNX Runtime, fp32) on `count` images, after one warm-up."""
     items = [images[i % len(images)] for i in range(count)]
-    with BeitTRTRunner(folder, precision="fp32", batch_size=batch_size) as runner:
+    with BeitRunner(folder, precision=precisions.REFERENCE, batch_size=batch_size) as runner:
         runner.predict(items[:batch_size])
         start = time.perf_counter()
         runner.predict(items)
@@ -116,6 +116,6 @@ def to_markdown(report: LoadReport, in_process_ips: float | None, title: str, lo
             f"| Triton ensemble | {r.clients} x {r.requests_per_client} | {r.images_per_second:.2f} | {r.p50_ms:.0f} | "
             f"{r.p95_ms:.0f} | {r.p99_ms:.0f} | {batch} | {r.failed} |"]
     if in_process_ips is not None:
-        rows.append(f"| in-process BeitTRTRunner.predict (batch 8) | 1 x {r.answered} | {in_process_ips:.2f} | - | - "
+        rows.append(f"| in-process BeitRunner.predict (batch 8) | 1 x {r.answered} | {in_process_ips:.2f} | - | - "
                     "| - | 8 | - |")
     return "\n".join(rows) + "\n"

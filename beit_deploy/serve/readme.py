@@ -22,7 +22,7 @@ def repository_readme(served: list, out: Path) -> str:
 {rows}
 
 Each ensemble takes encoded images (`{wire.IMAGE}`, TYPE_STRING, shape [N, 1]: any format Pillow reads) and an
-optional `{wire.TOP_K}` (TYPE_INT32, [N, 1]); it answers with the task's tensors and `{wire.IMAGE_SIZE}` (each
+optional `{wire.TOP_K_INPUT}` (TYPE_INT32, [N, 1]); it answers with the task's tensors and `{wire.IMAGE_SIZE}` (each
 image's height and width). `*_preprocess` resizes and normalises exactly as the export's manifest says,
 `*_model` runs the graph, `*_postprocess` turns its output into answers (top-k ids, scores and labels; a label
 map at the image's own size; visual tokens; an embedding). A bad image fails its own request only.
@@ -55,6 +55,6 @@ A `tensorrt_plan` stage loads only with the TensorRT version and on the GPU mode
 from beit_deploy import BeitTritonClient
 
 with BeitTritonClient("localhost:8000", "{first}") as client:   # or protocol="grpc" on port 8001
-    print(client.predict("photo.jpg").to_dict())   # the same result types as BeitTRTRunner.predict
+    print(client.predict("photo.jpg").to_dict())   # the same result types as BeitRunner.predict
 ```
 """

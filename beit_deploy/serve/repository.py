@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core import backends, precisions
 from ..core.engine_manifest import ENGINE_FILE, ENGINE_MANIFEST, EngineManifest, read_engine_manifest
 from ..core.errors import ArtifactError, UsageError
 from ..core.files import artifact_files, atomic_folder
@@ -23,7 +24,8 @@ from .configs import MODEL, POSTPROCESS, PREPROCESS, Batching
 from .pbtxt import to_pbtxt
 from .readme import repository_readme
 
-BACKENDS = ("python", "onnxruntime", "tensorrt")
+BACKENDS = backends.names(served=True)  # as they were when this module loaded; TritonOptions reads the table
+INSTANCE_KINDS = ("gpu", "cpu")  # where Triton runs the model stage's instances
 DEFAULT_MAX_BATCH = 8
 PLAN_FILE = "model.plan"
 MODEL_PY = '''"""A Triton Python-backend model written by `beit-deploy triton`; the same file serves every stage.
@@ -46,7 +48,7 @@ class TritonOptions:
     out: Path = Path("model_repository")
     name: str | None = None  # the ensemble's name; default: the manifest's model (+ _<H>x<W> for several)
     backend: str | None = None  # tensorrt for an engine folder, python for an export
-    precision: str = "fp32"  # the ONNX graph of the python and onnxruntime stages
+    precision: str = precisions.REFERENCE  # the ONNX graph of the python and onnxruntime stages (a float one)
     max_batch: int | None = None  # default 8, or the engine profile's MAX
     instances: int = 1
     instance_kind: str | None = None  # "gpu" | "cpu"; default gpu for tensorrt/onnxruntime
@@ -56,12 +58,13 @@ class TritonOptions:
     top_k: int = 5  # classes per image when a request does not send TOP_K
 
     def __post_init__(self):
-        if self.backend is not None and self.backend not in BACKENDS:
-            raise UsageError(f"backend '{self.backend}' is not one of {', '.join(BACKENDS)}")
-        if self.precision not in ("fp32", "fp16"):
-            raise UsageError(f"precision '{self.precision}' is not fp32 or fp16")
-        if self.instance_kind not in (None, "gpu", "cpu"):
-            raise UsageError(f"instance kind '{self.instance_kind}' is not gpu or cpu")
+        served, floats = backends.names(served=True), precisions.names(making=precisions.FLOAT)
+        if self.backend is not None and self.backend not in served:
+            raise UsageError(f"backend '{self.backend}' is not one of {', '.join(served)}")
+        if self.precision not in floats:
+            raise UsageError(f"precision '{self.precision}' is not {' or '.join(floats)}")
+        if self.instance_kind not in (None, *INSTANCE_KINDS):
+            raise UsageError(f"instance kind '{self.instance_kind}' is not {' or '.join(INSTANCE_KINDS)}")
         for label, value in (("--max-batch", self.max_batch), ("--instances", self.instances),
                              ("--top-k", self.top_k), *(("--preferred-batch", b) for b in self.preferred_batch)):
             if value is not None and value < 1:
@@ -153,18 +156,19 @@ def _default_name(source: Source, several: bool) -> str:
     return check_name(f"{name}_{m.resolution[0]}x{m.resolution[1]}", "model name") if several else name
 
 
-def _backend(source: Source, options: TritonOptions) -> str:
-    backend = options.backend or ("tensorrt" if source.engine else "python")
-    if backend == "tensorrt" and source.engine is None:
-        raise UsageError(f"--backend tensorrt needs an engine folder and '{source.folder}' is an export: build an "
+def _backend(source: Source, options: TritonOptions) -> backends.Backend:
+    """The model stage's backend: as asked, else TensorRT for an engine folder and python for an export."""
+    row = backends.backend(options.backend or (backends.TENSORRT if source.engine else backends.PYTHON).name)
+    if row.opens == backends.ENGINE and source.engine is None:
+        raise UsageError(f"--backend {row.name} needs an engine folder and '{source.folder}' is an export: build an "
                          f"engine first (beit-deploy build {source.folder}) and pass its folder")
-    if backend != "tensorrt" and source.engine is not None:
-        raise UsageError(f"'{source.folder}' is an engine folder, which holds no ONNX graph for --backend {backend}:"
+    if row.opens != backends.ENGINE and source.engine is not None:
+        raise UsageError(f"'{source.folder}' is an engine folder, which holds no ONNX graph for --backend {row.name}:"
                          " pass the export folder instead")
-    return backend
+    return row
 
 
-def _batching(source: Source, backend: str, options: TritonOptions) -> Batching:
+def _batching(source: Source, backend: backends.Backend, options: TritonOptions) -> Batching:
     """Batch limits: an engine's come from its profile (and may not be exceeded), an ONNX graph's from options."""
     max_batch, preferred = options.max_batch or DEFAULT_MAX_BATCH, options.preferred_batch
     if source.engine is not None:
@@ -176,7 +180,7 @@ def _batching(source: Source, backend: str, options: TritonOptions) -> Batching:
         preferred = preferred or tuple(sorted({min(opt, max_batch), max_batch}))
     if any(b > max_batch for b in preferred):
         raise UsageError(f"--preferred-batch {list(preferred)} goes above the max batch {max_batch}")
-    gpu = (options.instance_kind or ("cpu" if backend == "python" else "gpu")) == "gpu"
+    gpu = (options.instance_kind or backend.instances) == "gpu"
     return Batching(max_batch, options.instances, "KIND_GPU" if gpu else "KIND_CPU", options.max_queue_delay_us,
                     preferred)
 
@@ -203,24 +207,25 @@ def _write_models(root: Path, source: Source, name: str, options: TritonOptions)
                                 "name: export the model again")
     batching, stages = _batching(source, backend, options), configs.stage_names(name)
     file = _model_file(source, backend, options.precision)
-    target = PLAN_FILE if backend == "tensorrt" else file.name
+    target = PLAN_FILE if backend.opens == backends.ENGINE else file.name
     _model_folder(root / stages[PREPROCESS], configs.preprocess_config(stages[PREPROCESS], m, batching), source)
-    _model_folder(root / stages[MODEL], configs.model_config(stages[MODEL], m, batching, backend, target,
+    _model_folder(root / stages[MODEL], configs.model_config(stages[MODEL], m, batching, backend.name, target,
                                                              options.precision, options.ort_tensorrt),
-                  source, python=backend == "python", files=[file], rename={file.name: target})
+                  source, python=backend.ours, files=[file], rename={file.name: target})
     _model_folder(root / stages[POSTPROCESS], configs.postprocess_config(stages[POSTPROCESS], m, batching,
                                                                          options.top_k), source)
     _model_folder(root / name, configs.ensemble_config(name, m, batching, options.top_k), source, python=False)
-    return ServedModel(name, m.task, backend, stages)
+    return ServedModel(name, m.task, backend.name, stages)
 
 
-def _model_file(source: Source, backend: str, precision: str) -> Path:
+def _model_file(source: Source, backend: backends.Backend, precision: str) -> Path:
     """The engine, or the chosen ONNX graph, as a plain file name inside the source folder."""
-    if backend == "tensorrt":
+    if backend.opens == backends.ENGINE:
         return _inside(source.folder, ENGINE_FILE)
     if precision not in source.manifest.artifacts:
         raise UsageError(f"{source.folder} has no {precision} graph (it has: "
-                         f"{', '.join(source.manifest.artifacts)}): export with --fp16, or pass --precision fp32")
+                         f"{', '.join(source.manifest.artifacts)}): export with {precisions.precision(precision).flag}"
+                         f", or pass --precision {precisions.REFERENCE}")
     return _inside(source.folder, source.manifest.artifacts[precision])
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import tasks
+from ..core import precisions, tasks
 from ..core.errors import BeitDeployError, UsageError, describe
 from ..core.manifest import read_manifest
-from ..runtime import postprocess as post, wire
+from ..runtime import answers, postprocess as post, wire
 from ..runtime.backends import OnnxRuntimeBackend
 from ..runtime.preprocess import prepare
 from .configs import MODEL, POSTPROCESS, PREPROCESS, STAGE
@@ -61,7 +61,7 @@ class Model:
 
     def __init__(self, folder: Path, params: dict[str, str]):
         self.manifest = read_manifest(folder)
-        precision = params.get("precision", "fp32")
+        precision = params.get("precision", precisions.REFERENCE)
         file = self.manifest.artifacts.get(precision, "")
         if Path(file).name != file or not (folder / file).is_file():
             raise BeitDeployError(f"{folder} has no {precision} graph '{file}': generate the repository again")
@@ -86,7 +86,7 @@ class Model:
 
 class Postprocess:
     """The graph's answer output (n, ...), IMAGE_SIZE (n, 2), optional TOP_K (n, 1) -> the task's answer tensors
-    (runtime/wire.py), through runtime/postprocess.py's ANSWERS."""
+    (runtime/wire.py), through the task's answer kind (runtime/answers.py)."""
 
     def __init__(self, folder: Path, params: dict[str, str]):
         self.manifest = read_manifest(folder)
@@ -98,10 +98,11 @@ class Postprocess:
 
     def _one(self, feeds: Feeds) -> Answer:
         raw, sizes = feeds[self.task.answer_from], feeds[wire.IMAGE_SIZE]
-        top_k = feeds[wire.TOP_K].reshape(-1) if wire.TOP_K in feeds else np.full(len(raw), self.top_k)
+        asked = wire.TOP_K_INPUT
+        top_k = feeds[asked].reshape(-1) if asked in feeds else np.full(len(raw), self.top_k)
         if (top_k < 1).any():
-            return UsageError(f"{wire.TOP_K} must be at least 1, got {int(top_k.min())}")
-        rows = [wire.encode(post.answer(self.task, raw[k], post.Context(
+            return UsageError(f"{asked} must be at least 1, got {int(top_k.min())}")
+        rows = [wire.encode(answers.answer(self.task, raw[k], post.Context(
             (int(sizes[k][0]), int(sizes[k][1])), self.manifest.grid, self.manifest.labels, int(top_k[k]))))
             for k in range(len(raw))]
         return wire.stack(rows)

@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING
 
 from ..core.engine_manifest import ENGINE_FILE, ENGINES_DIR, TRT_PURPOSE, EngineManifest, TensorRTError, \
     current_gpu, engine_folder, gpu_key, write_engine_manifest
+from ..core import precisions
 from ..core.errors import ArtifactError, UsageError, require
 from ..core.files import artifact_sha256, atomic_folder
-from ..core.manifest import Manifest, TensorSpec, read_manifest, resolution_folders
+from ..core.manifest import ATTENTION_MIN_TENSORRT, DECOMPOSED, Manifest, TensorSpec, read_manifest, \
+    resolution_folders
 from ..core.progress import say, step
 from ..runtime.tensorrt_backend import trt_object
 from . import timing_cache
@@ -34,16 +36,17 @@ if TYPE_CHECKING:
     import tensorrt as trt
 
 
-# Export artifacts TensorRT builds. The Q/DQ graphs (int8, fp8) build strongly typed like the others: the Q/DQ
-# nodes say what runs in int8/fp8, no precision flag is set. int8cpu (MatMulInteger) is an ONNX Runtime CPU form.
-BUILDABLE = {"fp16": "--fp16", "fp32": "", "int8": "--int8", "fp8": "--fp8"}
+# Export artifacts TensorRT builds (the precision table's `tensorrt`), with the export flag that writes each. The
+# Q/DQ graphs (int8, fp8) build strongly typed like the others: the Q/DQ nodes say what runs in int8/fp8, no
+# precision flag is set. int8cpu (MatMulInteger) is an ONNX Runtime CPU form.
+BUILDABLE = {p: precisions.PRECISIONS[p].flag or "" for p in precisions.buildable()}
 
 
 @dataclass(frozen=True)
 class BuildOptions:
     """How to build. `batch` is (MIN, OPT, MAX) of the one profile; None leaves TensorRT's default in place."""
 
-    precision: str = "fp16"  # which export artifact: fp16, fp32, int8 / fp8 (the Q/DQ graphs); see BUILDABLE
+    precision: str = precisions.ENGINE_DEFAULT  # which export artifact: fp16, fp32, int8 / fp8 (Q/DQ); BUILDABLE
     batch: tuple[int, int, int] = (1, 8, 32)
     workspace_gb: float | None = None
     timing_cache: Path | None = None  # None: <out_dir>/timing-<trt>-<gpu>.cache, shared by every build there
@@ -53,8 +56,8 @@ class BuildOptions:
 
     def __post_init__(self):
         if self.precision not in BUILDABLE:
-            raise UsageError(f"precision '{self.precision}' is not one of {', '.join(BUILDABLE)} (int8cpu is an ONNX "
-                             "Runtime CPU graph; TensorRT builds the int8 Q/DQ graph)")
+            raise UsageError(f"precision '{self.precision}' is not one of {', '.join(BUILDABLE)}"
+                             + _instead(self.precision))
         parse_batch(":".join(str(b) for b in self.batch))
         if self.opt_level is not None and not 0 <= self.opt_level <= 5:
             raise UsageError(f"builder optimisation level {self.opt_level} is not in 0..5")
@@ -99,13 +102,38 @@ def strongly_typed_flag_needed(trt_version: str) -> bool:
     return int(trt_version.split(".")[0]) < 11
 
 
+def _instead(name: str) -> str:
+    """' (int8cpu is an ONNX Runtime CPU graph; TensorRT builds the int8 Q/DQ graph)' for a precision with a
+    TensorRT form in its family; '' otherwise."""
+    row = precisions.PRECISIONS.get(name)
+    if row is None or not row.family:
+        return ""
+    other = [p for p in precisions.forms(row.family, gpu=True) if p in BUILDABLE]
+    if not other:
+        return ""
+    qdq = "Q/DQ " if precisions.PRECISIONS[other[0]].making == precisions.QDQ else ""
+    return f" ({name} is an ONNX Runtime {row.device.upper()} graph; TensorRT builds the {other[0]} {qdq}graph)"
+
+
+def check_attention(manifest: Manifest, tensorrt_version: str) -> None:
+    """UsageError when the export's attention form (manifest.attention) needs a newer TensorRT than this one."""
+    need = ATTENTION_MIN_TENSORRT.get(manifest.attention)
+    have = tuple(int(p) for p in tensorrt_version.split(".")[:2] if p.isdigit())
+    if need and have < need:
+        raise UsageError(f"{manifest.model} at {manifest.resolution[0]}x{manifest.resolution[1]} was exported with "
+                         f"{manifest.attention} attention (one ONNX Attention op per layer), which TensorRT "
+                         f"{tensorrt_version} cannot parse (it needs {need[0]}.{need[1]} or newer): export again with "
+                         f"--attention {DECOMPOSED}, or upgrade TensorRT")
+
+
 def build(export_path: Path, options: BuildOptions) -> list[Path]:
     """Build an engine for every resolution folder under `export_path`; returns the engine files."""
     manifests = [(folder, read_manifest(folder)) for folder in resolution_folders(export_path).values()]
     for folder, manifest in manifests:
         if options.precision not in manifest.artifacts:
             raise UsageError(f"{folder} has no {options.precision} graph (it has: {', '.join(manifest.artifacts)})"
-                             f": export with {BUILDABLE[options.precision]}, or build with --precision fp32")
+                             f": export with {BUILDABLE[options.precision]}, or build with --precision "
+                             f"{precisions.REFERENCE}")
     require("tensorrt", "gpu", TRT_PURPOSE)
     return [engine_from_onnx(folder / manifest.artifacts[options.precision], manifest, options)
             for folder, manifest in manifests]
@@ -116,6 +144,7 @@ def engine_from_onnx(onnx_path: Path, manifest: Manifest, options: BuildOptions)
     require("tensorrt", "gpu", TRT_PURPOSE)
     import tensorrt as trt
 
+    check_attention(manifest, trt.__version__)
     gpu = current_gpu()
     onnx_path = Path(onnx_path)
     folder = engine_folder(options.out_dir, manifest)

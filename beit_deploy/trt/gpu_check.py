@@ -5,7 +5,7 @@ Parts, each run only where it can (the first lines of the log say which, and why
 2. tests: `pytest -m "gpu or tensorrt" tests/trt/test_gpu.py` (GPU tests need CUDA, TensorRT tests TensorRT);
 3. attention: transformers' own eager vs SDPA attention, CUDA fp16, beit-base-patch16-224 with random weights,
    batch 1/4/16/32, as the transformers docs' table: ms/iter, speedup, peak memory, memory saved;
-4. baked: beit-deploy's baked model (constant bias, bench.py's form) against both, same batches;
+4. baked: beit-deploy's baked model (constant bias, the exporter's bake form) against both, same batches;
 5. parity on CUDA: baked vs eager, fp32 with TF32 off (max rel error) and fp16 (cosine, max rel error);
 6. TensorRT: where TensorRT is installed, a like-for-like row (fp16 engine of the same model, inputs already on
    the GPU, same timing loop), for each attention form the installed TensorRT parses.
@@ -31,12 +31,17 @@ import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
+from ..core.machine import module_version
+from ..core.manifest import ATTENTION_MIN_TENSORRT, FUSED
+from ..core.precisions import PRECISIONS
+
 TEST_FILE = Path("tests") / "trt" / "test_gpu.py"
 TEST_TIMEOUT_S, BUDGET_S = 300, 420
 BATCHES, WARMUP, ITERS = (1, 4, 16, 32), 10, 30
 BENCH_MODEL, RESOLUTION = "beit-base-patch16-224", (224, 224)
-PARITY = {"fp32_rel": 1e-4, "fp16_cosine": 0.999}
-FUSED_FROM = (10, 14)  # the first TensorRT whose ONNX parser reads the Attention op
+# the export's parity thresholds (core/precisions.py), for the baked model on CUDA
+PARITY = {"fp32_rel": PRECISIONS["fp32"].thresholds["rel"], "fp16_cosine": PRECISIONS["fp16"].thresholds["cosine"]}
+FUSED_FROM = ATTENTION_MIN_TENSORRT[FUSED]  # the first TensorRT whose ONNX parser reads the Attention op
 
 
 class Log:
@@ -53,13 +58,6 @@ class Log:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
-
-
-def _version(module: str) -> str:
-    try:
-        return __import__(module).__version__
-    except Exception as exc:  # noqa: BLE001 - report any failure to import as "missing"
-        return f"missing ({type(exc).__name__})"
 
 
 def environment() -> dict:
@@ -79,7 +77,7 @@ def environment() -> dict:
     except (OSError, subprocess.SubprocessError):
         env["driver"] = None
     for module in ("tensorrt", "onnxruntime", "onnx", "transformers", "polygraphy", "onnxscript", "onnx_ir"):
-        env[module] = _version(module)
+        env[module] = module_version(module)
     try:
         import onnxruntime
 
@@ -179,7 +177,7 @@ def attention_table(log: Log, spec=None, resolution: tuple[int, int] = RESOLUTIO
             row[name] = timed(lambda: model(pixel_values=x), device)
         row["baked"] = timed(lambda: baked(pixel_values=x), device)
         rows.append(row)
-    del model, baked
+    model = baked = None  # freed before the next part (the timing lambdas above are done with them)
     if device == "cuda":
         torch.cuda.empty_cache()
     return {"model": spec.model, "weights": "random" if spec.random_weights else "pretrained", "dtype": "float16",

@@ -53,7 +53,7 @@ def inspect_onnx(path: Path) -> dict:
     try:
         model = onnx.load(str(path), load_external_data=False)
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception as exc:  # noqa: BLE001 - onnx raises several types for a broken file
+    except Exception as exc:  # onnx raises several types for a broken file
         raise ArtifactError(f"{path} is not a readable ONNX graph ({describe(exc)})") from exc
     precisions = node_precisions(inferred)
     by_op: dict[str, dict[str, int]] = collections.defaultdict(lambda: collections.Counter())

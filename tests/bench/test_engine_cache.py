@@ -14,8 +14,8 @@ from beit_deploy.core import engine_manifest as em
 from beit_deploy.exporter.loading import ModelSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trt"))
-from fake_tensorrt import install  # noqa: E402
-from test_build import H100, engine_manifest  # noqa: E402
+from fake_tensorrt import install
+from test_build import H100, engine_manifest
 
 A100 = em.GpuInfo("NVIDIA A100-SXM4-80GB", "8.0")
 

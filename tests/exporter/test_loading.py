@@ -27,6 +27,7 @@ def test_local_folder_preprocessing_is_read(tiny_dir):
     assert loaded.preprocessing.resample == 3 and loaded.task == "segmentation"
 
 
+@pytest.mark.slow  # builds a full-size beit-base twice
 def test_random_weights_are_seeded_and_exercise_every_path():
     a = load_model(ModelSpec("beit-base-patch16-224-pt22k", random_weights=True, seed=3))
     b = load_model(ModelSpec("beit-base-patch16-224-pt22k", random_weights=True, seed=3))

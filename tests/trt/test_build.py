@@ -114,8 +114,13 @@ def test_engine_manifest_missing_or_broken(tmp_path):
         em.read_engine_manifest(tmp_path)
 
 
-def test_compatible_engine_passes():
-    em.check_engine_compatible(engine_manifest(), "10.13.0.35", H100)
+def test_compatible_engine_passes(tmp_path):
+    """engine.json read back from disk is compatible with the TensorRT and GPU it records (no error raised)."""
+    written = engine_manifest()
+    em.write_engine_manifest(tmp_path, written)
+    again = em.read_engine_manifest(tmp_path)
+    assert again == written and (again.tensorrt, again.gpu) == ("10.13.0.35", H100)
+    assert em.check_engine_compatible(again, "10.13.0.35", H100) is None
 
 
 def test_engine_from_another_tensorrt_is_refused():
