@@ -78,6 +78,14 @@ def earlier_form(folder: Path) -> tuple[Manifest | None, str]:
         return None, f"the earlier manifest is unreadable ({exc}); it is replaced"
 
 
+def refuse_other_form(folder: Path, new: GraphForm, replace: bool) -> None:
+    """UsageError when `folder` holds an export of another form and `replace` is off (nothing said otherwise)."""
+    old, _ = earlier_form(folder)
+    problems = GraphForm.of(old).differences(new) if old is not None and not replace else []
+    if problems:
+        raise UsageError(refusal(folder, old, problems))
+
+
 def check_earlier(folder: Path, new: GraphForm, replace: bool) -> None:
     """Before any work: UsageError when `folder` holds an export of another form and `replace` is off; a line
     saying what will happen to the earlier export otherwise."""

@@ -110,22 +110,22 @@ def export_each(spec: ModelSpec, options: ExportOptions, resolved: Resolved | No
     loaded = load_model(spec, resolved)
     with step("hashing the weights (what tells this export's graphs from others')"):
         loaded = dataclasses.replace(loaded, weights_sha256=weights_sha256(loaded.model))
-    for resolution in options.resolutions or (loaded.native_resolution,):
+    chosen = options.resolutions or (loaded.native_resolution,)
+    for resolution in chosen:  # every earlier export of another form refused before the first one is written
+        accumulate.refuse_other_form(*_planned(loaded, resolution, options), options.replace)
+    for resolution in chosen:
         yield export_resolution(loaded, resolution, options)
 
 
 def export_resolution(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOptions) -> ExportResult:
     """Export one resolution into `<out>/<model>/<H>x<W>`, adding to an earlier export of the same graph form
     there (exporter.accumulate) or refusing, before any work, one of another form unless `options.replace`."""
-    folder = Path(options.out_dir) / safe_name(loaded.name) / f"{resolution[0]}x{resolution[1]}"
     if loaded.weights_sha256 is None:
         loaded = dataclasses.replace(loaded, weights_sha256=weights_sha256(loaded.model))
+    folder, planned = _planned(loaded, resolution, options)
     say(f"exporting {loaded.name} at {resolution[0]}x{resolution[1]} -> {folder}")
-    mode = options.bias_mode or bake.choose_bias_mode(loaded.config, resolution)
-    planned = accumulate.GraphForm(loaded.task, loaded.weights_sha256, options.attention, mode,
-                                   loaded.preprocessing.at_resolution(resolution).to_dict(),
-                                   accumulate.describe_weights(loaded.source_record, loaded.weights_record))
     accumulate.check_earlier(folder, planned, options.replace)
+    mode = planned.bias_mode
     done: dict = {}
 
     def merge(tmp: Path, dest: Path) -> None:  # under the model folder's lock, just before the swap
@@ -137,6 +137,15 @@ def export_resolution(loaded: LoadedModel, resolution: tuple[int, int], options:
     except OSError as exc:  # a read-only or full disk, no permission: say so in one line
         raise environment_error(exc, f"writing {folder}", "nothing was written") or exc
     return ExportResult(folder, done["manifest"], done["kept"])
+
+
+def _planned(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOptions):
+    """(the resolution's folder, the graph form this export gives it)."""
+    folder = Path(options.out_dir) / safe_name(loaded.name) / f"{resolution[0]}x{resolution[1]}"
+    mode = options.bias_mode or bake.choose_bias_mode(loaded.config, resolution)
+    return folder, accumulate.GraphForm(loaded.task, loaded.weights_sha256, options.attention, mode,
+                                        loaded.preprocessing.at_resolution(resolution).to_dict(),
+                                        accumulate.describe_weights(loaded.source_record, loaded.weights_record))
 
 
 def _checked_photos(images: Path | None) -> list[Path]:

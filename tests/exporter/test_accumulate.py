@@ -139,3 +139,11 @@ def test_an_earlier_artifact_that_is_a_link_is_not_kept(tiny_dir, tmp_path, caps
     result = run(model, tmp_path, quantize=CPU_INT8)
     assert "not kept: model.fp16.onnx (a symbolic link" in capsys.readouterr().err
     assert result.kept == () and not (folder / "real.fp16").exists()
+
+
+def test_several_resolutions_are_refused_before_the_first_is_written(tiny_dir, tmp_path):
+    model = tiny_dir("classification")
+    run(model, tmp_path, resolutions=((32, 32),), attention="fused")
+    with pytest.raises(UsageError, match="--attention decomposed"):
+        run(model, tmp_path, resolutions=((64, 64), (32, 32)))
+    assert not (tmp_path / "tiny-classification" / "64x64").exists()  # the first resolution was not written
