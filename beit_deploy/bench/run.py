@@ -10,6 +10,7 @@ worker processes in `worker`.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import backends as table, precisions, tasks
@@ -21,7 +22,7 @@ from .report import BACKENDS, BASELINE, E2E_OURS, E2E_TRANSFORMERS, ORT_ARTIFACT
     TORCH_BACKENDS, BenchReport, BenchSettings, Skipped
 from .worker import E2E_RUNNER, E2E_TRANSFORMERS as E2E_TRANSFORMERS_KIND
 
-DEVICES = ("cpu", "cuda")
+DEVICES = ("cpu", "cuda")  # where the torch (and TensorRT) backends run: --device
 
 
 def run_bench(settings: BenchSettings) -> BenchReport:
@@ -122,12 +123,16 @@ def _jobs(settings, backends, resolution, task, inputs, resolved):
     return jobs, skipped, folder
 
 
+@dataclass(frozen=True)
 class _Bench:
     """What a job maker needs: the settings, the jobs' common keys, the model and the export folder."""
 
-    def __init__(self, settings, base, resolution, resolved, task, folder):
-        self.settings, self.base, self.resolution, self.resolved = settings, base, resolution, resolved
-        self.task, self.folder = task, folder
+    settings: BenchSettings
+    base: dict
+    resolution: tuple[int, int]
+    resolved: object  # exporter.loading.Resolved
+    task: str
+    folder: Path | None
 
 
 def _model_job(b: _Bench, name: str) -> dict:
