@@ -56,8 +56,23 @@ def test_corrupt_file_in_a_batch(tiny_export, tmp_path):
     bad.write_bytes(PHOTOS[-1].read_bytes()[:500])
     result = predict(tiny_export("classification", fp16=True), PHOTOS[0], bad, PHOTOS[1], "--json")
     assert result.exit_code != 0
-    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(PHOTOS[0]), str(PHOTOS[1])]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["image"] for r in rows] == [str(PHOTOS[0]), str(bad), str(PHOTOS[1])]  # the failed one as a row
+    assert "corrupt.jpg" in rows[1]["error"] and "top_k" not in rows[1] and "error" not in rows[0]
     assert "corrupt.jpg" in result.stderr and "1 of 3 images" in result.stderr
+    assert "3 images, 2 answered, 1 failed" in result.stderr  # the closing summary
+
+
+def test_folders_with_subfolders(tiny_export, tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    shutil.copy(PHOTOS[0], tmp_path / "top.png")
+    shutil.copy(PHOTOS[1], tmp_path / "a" / "b" / "deep.png")
+    (tmp_path / "a" / "notes.txt").write_text("not an image name: not listed")
+    result = predict(tiny_export("classification", fp16=True), tmp_path, "--json")
+    assert result.exit_code == 0, result.stderr
+    names = [json.loads(line)["image"] for line in result.stdout.splitlines()]
+    assert names == [str(tmp_path / "a" / "b" / "deep.png"), str(tmp_path / "top.png")]
+    assert "2 images, 2 answered, 0 failed" in result.stderr
 
 
 def test_masks_and_overlays(tiny_export, tmp_path):
@@ -114,3 +129,30 @@ def test_palettes():
     assert not is_ade(other)
     np.testing.assert_array_equal(palette_for(other), deterministic_palette(5))
     assert len({tuple(c) for c in deterministic_palette(150)}) == 150
+
+
+def test_masks_and_overlays_never_clobber_other_files(tiny_export, tmp_path):
+    """Before: `--masks DIR` with the photo a.png in DIR overwrote a.png with its mask (exit 0)."""
+    folder, photos = tiny_export("segmentation"), tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(PHOTOS[0], photos / "a.png")
+    shutil.copy(PHOTOS[1], photos / "b.png")
+    before = (photos / "a.png").read_bytes()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (photos / "b.png").unlink()
+    (photos / "b.png").symlink_to(PHOTOS[1].resolve())  # an input that is a link: read, never written through
+    result = predict(folder, photos / "a.png", photos / "b.png", "--masks", photos)
+    assert result.exit_code == 1 and "a.png' exists and is not a mask beit-deploy wrote" in result.stderr
+    assert (photos / "a.png").read_bytes() == before and (photos / "b.png").is_symlink()
+    assert "2 mask/overlay file(s) were not written" in result.stderr
+    masks, overlays = tmp_path / "masks", tmp_path / "overlays"
+    for _ in range(2):  # a second run replaces its own earlier outputs
+        result = predict(folder, photos / "a.png", "--masks", masks, "--overlay", overlays)
+        assert result.exit_code == 0, result.stderr
+    result = predict(folder, photos / "a.png", "--masks", overlays)  # an overlay is not a mask
+    assert result.exit_code == 1 and "is not a mask" in result.stderr
+    (masks / "a.png").unlink()
+    (masks / "a.png").symlink_to(victim)
+    result = predict(folder, photos / "a.png", "--masks", masks)
+    assert result.exit_code == 1 and victim.read_text() == "precious"

@@ -26,10 +26,11 @@ ORT_FUSED, ORT_PLAIN = table.bench_name(table.ONNXRUNTIME, "fused"), table.bench
 TORCH_BACKENDS = table.names(opens=table.MODEL)
 BACKENDS = (*TORCH_BACKENDS, *ORT_ARTIFACTS, ORT_FUSED, ORT_PLAIN, table.TENSORRT.name)
 BASELINE = table.EAGER.name
-DEFAULT_BACKENDS = (*TORCH_BACKENDS, *(n for n, p in ORT_ARTIFACTS.items()
+# autocast rows (eager-bf16) only when asked: they need a CPU with native bf16
+DEFAULT_BACKENDS = (*(n for n in TORCH_BACKENDS if table.backend(n).autocast is None),
+                    *(n for n, p in ORT_ARTIFACTS.items()
                                       if p in precisions.names(making=precisions.FLOAT)), table.TENSORRT.name)
 E2E_OURS, E2E_TRANSFORMERS = "beit-deploy runner", "transformers"
-WIDE_CI = 10.0  # % of the median: a wider 95 % interval is flagged (the machine was busy, or too few iterations)
 
 
 # Where each backend's inputs live while it is timed, so that the rows compare like with like.
@@ -146,26 +147,6 @@ def settings_dict(settings: BenchSettings, info: dict) -> dict:
             "inputs": INPUTS_POLICY} | info
 
 
-def load_average() -> list[float] | None:
-    """The 1, 5 and 15 minute load averages (None where the system does not say)."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def wide_intervals(report: "BenchReport") -> list[Measurement]:
-    """The rows whose 95 % interval is wider than ±WIDE_CI %."""
-    return [r for r in (*report.results, *report.end_to_end) if r.ci_percent is not None and r.ci_percent > WIDE_CI]
-
-
-def load_line(m: dict) -> str:
-    """'Load average (1/5/15 min): 0.52/0.61/0.70 before, 1.95/1.02/0.81 after'."""
-    load = m.get("load") or {}
-    text = {k: "/".join(f"{x:.2f}" for x in v) if v else "unknown" for k, v in load.items()}
-    return f"Load average (1/5/15 min): {text.get('before', 'unknown')} before, {text.get('after', 'unknown')} after"
-
-
 def machine_line(m: dict) -> str:
     v = m["versions"]
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
@@ -173,18 +154,30 @@ def machine_line(m: dict) -> str:
             f"transformers {v.get('transformers')}, onnxruntime {v.get('onnxruntime')}, Python {m['python']}")
 
 
+WIDE_INTERVAL_PERCENT = 10.0
+
+
+def load_lines(report: BenchReport) -> list[str]:
+    """The load average before and after the run and, when the machine was busier than its cores and some
+    interval is wider than ±WIDE_INTERVAL_PERCENT, a warning saying so (ratios within one run still compare)."""
+    before, after = report.settings.get("load_average_1min") or (None, None)
+    if before is None or after is None:
+        return []
+    lines = [f"Load: 1-min load average {before:.1f} before the run, {after:.1f} after.", ""]
+    widest = max((r.ci_percent or 0.0 for r in (*report.results, *report.end_to_end)), default=0.0)
+    if max(before, after) > (report.machine.get("physical_cores") or 1) and widest > WIDE_INTERVAL_PERCENT:
+        lines += [f"**Warning**: the machine was busy (load {max(before, after):.1f} on "
+                  f"{report.machine.get('physical_cores')} cores) and some 95 % intervals reach ±{widest:.0f}%: "
+                  "absolute times are inflated and noisy; compare ratios within this run only.", ""]
+    return lines
+
+
 def to_markdown(report: BenchReport) -> str:
     """Machine and settings, one doc-style table per backend against eager, end to end, skipped backends."""
     s = report.settings
     lines = [f"**{s['model']}** ({s['weights']} weights) at {s['resolution'][0]}x{s['resolution'][1]}, "
              f"{s['device']}, torch dtype {s['dtype']}, {s['iters']} iterations after {s['warmup']} warm-up",
-             "", f"Machine: {machine_line(report.machine)}", "", load_line(report.machine), ""]
-    wide = wide_intervals(report)
-    if wide:
-        lines += [f"**Warning:** {len(wide)} row(s) have a 95 % interval wider than ±{WIDE_CI:.0f} % ("
-                  + ", ".join(f"{r.backend} batch {r.batch_size} ±{r.ci_percent:.0f}%" for r in wide)
-                  + "): the machine was busy or the iterations too few; compare them with care, or rerun on an "
-                  "idle machine with more --iters.", ""]
+             "", f"Machine: {machine_line(report.machine)}", ""] + load_lines(report)
     base = {r.batch_size: r for r in report.results if r.backend == BASELINE}
     for backend in dict.fromkeys(r.backend for r in report.results if r.backend != BASELINE):
         lines += [f"#### {backend}", "",

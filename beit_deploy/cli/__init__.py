@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import click
 
+from .batch_commands import batch
 from .export_commands import bench, export, models
 from .proof_commands import compare, verify
 from .run_commands import predict
@@ -19,5 +20,5 @@ def main():
     """Export BEiT models to ONNX and TensorRT, run them, and prove they answer like the original."""
 
 
-for _command in (models, export, bench, build, inspect, predict, verify, compare, triton, serve):
+for _command in (models, export, bench, build, inspect, predict, batch, verify, compare, triton, serve):
     main.add_command(_command)

@@ -37,7 +37,8 @@ def models(as_json):
 @click.option("--resolution", "-r", "resolutions", multiple=True,
               help="N or HxW, multiples of the patch size; repeat for several. Default: the model's native one.")
 @click.option("--random-weights", is_flag=True, help="Seeded random weights instead of pretrained ones.")
-@click.option("--seed", default=0, show_default=True, help="Seed for --random-weights.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed for --random-weights.")
 @click.option("--revision", default=None,
               help="Hub branch, tag or commit of the weights (from_pretrained's revision). Default: main.")
 @click.option("--out", "out_dir", default="export", show_default=True, type=click.Path(file_okay=False),

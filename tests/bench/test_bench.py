@@ -89,25 +89,17 @@ def test_ort_session_options():
     assert ort_session_options(threads=3).intra_op_num_threads == 3
 
 
-def test_the_report_records_the_load_and_flags_wide_intervals(bench_run):
+def test_load_and_its_warning(bench_run):
+    from beit_deploy.bench.report import BenchReport, Measurement, load_lines
+
     report, markdown, _ = bench_run
-    load = report["machine"]["load"]
-    assert len(load["before"]) == 3 and len(load["after"]) == 3
-    assert "Load average (1/5/15 min):" in markdown
-
-
-def test_wide_intervals_are_warned_about():
-    from beit_deploy.bench.report import BenchReport, summarise, to_markdown, wide_intervals
-
-    steady, noisy = summarise("eager", 1, [1.0, 1.01, 0.99], 100), summarise("onnxruntime", 1, [1.0, 2.0, 0.5], 90)
-    report = BenchReport({"cpu": "x", "physical_cores": 2, "logical_cpus": 2, "python": "3", "versions": {},
-                          "load": {"before": [0.5, 0.4, 0.3], "after": [2.0, 1.0, 0.5]}},
-                         {"model": "m", "weights": "random", "resolution": [64, 64], "device": "cpu",
-                          "dtype": "fp32", "iters": 3, "warmup": 0}, (steady, noisy), (), ())
-    assert wide_intervals(report) == [noisy]
-    markdown = to_markdown(report)
-    assert "0.50/0.40/0.30 before, 2.00/1.00/0.50 after" in markdown
-    assert "**Warning:** 1 row(s) have a 95 % interval wider than ±10 % (onnxruntime batch 1 ±" in markdown
+    before, after = report["settings"]["load_average_1min"]
+    assert f"1-min load average {before:.1f} before the run, {after:.1f} after" in markdown
+    wide = Measurement("eager", 1, 1.0, 0.9, 25.0, 1.0, None, 10)
+    busy = BenchReport({"physical_cores": 2}, {"load_average_1min": [9.0, 8.0]}, (wide,), (), ())
+    assert "**Warning**" in "\n".join(load_lines(busy)) and "±25%" in "\n".join(load_lines(busy))
+    quiet = BenchReport({"physical_cores": 2}, {"load_average_1min": [0.5, 1.0]}, (wide,), (), ())
+    assert "Warning" not in "\n".join(load_lines(quiet))
 
 
 def test_bench_on_an_export_folder_measures_its_graphs(tiny_export, tmp_path):
