@@ -69,8 +69,8 @@ def test_revision_reaches_from_pretrained(monkeypatch):
             calls.append((model, kwargs))
             return "model"
 
-    assert loading._from_pretrained(Fake, "beit-base-patch16-224", "registry", "refs/pr/3") == "model"
-    assert calls == [("microsoft/beit-base-patch16-224", {"revision": "refs/pr/3"})]
+    assert loading._from_pretrained(Fake, "beit-base-patch16-224", "registry", revision="refs/pr/3") == "model"
+    assert calls == [("microsoft/beit-base-patch16-224", {"local_files_only": False, "revision": "refs/pr/3"})]
 
 
 @pytest.mark.parametrize("extra", [[], ["--random-weights"]])
