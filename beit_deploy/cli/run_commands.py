@@ -10,7 +10,7 @@ import click
 from ..core.errors import UsageError
 from ..core.jsontext import dumps as _json
 from ..runtime.preprocess import DEFAULT_MAX_PIXELS
-from .common import friendly, json_option, library_choice, precision_choice
+from .common import friendly, json_option, library_choice, option, precision_choice
 
 
 @click.command()
@@ -26,9 +26,10 @@ from .common import friendly, json_option, library_choice, precision_choice
 @click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False), default=None,
               help="Segmentation: write each photo with coloured classes and a legend here.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per backend call (default 8).")
-@click.option("--server", default=None, help="Ask a Triton server (host:port) instead; then every argument is an "
-              "image. See `beit-deploy serve`.")
-@click.option("--model", "served_model", default=None, help="With --server: the served ensemble's name.")
+@click.option("--server", default=None, help="Ask a Triton server (host[:port]) instead; then every argument is an "
+              "image. Default port: 8000 for http, 8001 for grpc. See `beit-deploy serve`.")
+@option("--served-model", "served_model", aliases=("--model",), default=None,
+        help="With --server: the served ensemble's name (`beit-deploy serve` prints it).")
 @click.option("--protocol", type=library_choice("runtime.triton_client", "PROTOCOLS"), default="http",
               show_default=True,
               help="With --server: the endpoint's protocol.")
@@ -40,16 +41,17 @@ from .common import friendly, json_option, library_choice, precision_choice
 def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, batch_size, server, served_model,
             protocol, max_pixels, no_hash_check):
     """Run an export (resolution folder, ONNX file or TensorRT engine) on IMAGES (files or folders), or, with
-    --server URL --model NAME, ask a Triton server about PATH and IMAGES."""
+    --server URL --served-model NAME, ask a Triton server about PATH and IMAGES."""
     from ..core.progress import say
     from ..runtime import answers
     from ..runtime.palette import output_name, save_mask, save_overlay
     from ..runtime.preprocess import collect_images
 
     if server and not served_model:
-        raise UsageError("--server needs --model NAME, the served ensemble (`beit-deploy serve` prints it)")
+        raise UsageError("--server needs --served-model NAME, the served ensemble (`beit-deploy serve` prints it)")
     if not server and not images:
-        raise UsageError("give an export (PATH) and at least one image, or --server URL --model NAME with images")
+        raise UsageError("give an export (PATH) and at least one image, or --server URL --served-model NAME with "
+                         "images")
     files = collect_images((path, *images) if server else images)
     failed, taken = 0, set()
     with _predictor(path, server, served_model, protocol, precision, batch_size, max_pixels,
