@@ -258,8 +258,11 @@ def _measure(jobs: dict, e2e_jobs: dict, photos: int, settings: BenchSettings):
     with Workers(jobs | e2e_jobs) as workers:
         for batch, names in rounds:
             what = f"{batch} photos end to end" if names[0] in e2e_jobs else f"batch {batch}"
-            with step(f"{what}: {settings.warmup} warm-up + {settings.iters} timed iteration(s) each, interleaved"):
-                for name, (times, peak) in workers.measure(batch, settings.iters, settings.warmup, names).items():
+            calls = len(names) * (settings.iters + (1 if settings.warmup else 0))
+            with step(f"{what}: {settings.warmup} warm-up + {settings.iters} timed iteration(s) each, interleaved",
+                      total=calls, unit="run") as running:
+                measured = workers.measure(batch, settings.iters, settings.warmup, names, running.advance)
+                for name, (times, peak) in measured.items():
                     row = summarise(name, batch, times, peak)
                     (e2e if name in e2e_jobs else results).append(row)
                     say(f"  {name:18} {row.seconds_per_iter:9.4f} s/iter {row.images_per_second:9.1f} img/s")

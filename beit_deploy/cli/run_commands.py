@@ -42,7 +42,7 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
             protocol, max_pixels, no_hash_check):
     """Run an export (resolution folder, ONNX file or TensorRT engine) on IMAGES (files or folders), or, with
     --server URL --served-model NAME, ask a Triton server about PATH and IMAGES."""
-    from ..core.progress import say
+    from ..core.progress import bars_on, outside_bars, say, tracked
     from ..runtime import answers
     from ..runtime.palette import output_name, save_mask, save_overlay
     from ..runtime.preprocess import collect_images
@@ -58,15 +58,18 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
                     not no_hash_check) as runner:
         if (masks_dir or overlay_dir) and not answers.of(runner.task).label_map:
             raise UsageError(f"--masks/--overlay need a segmentation model; this one does {runner.task}")
-        for n, p in enumerate(runner.predict_each(files, top_k, keep_rgb=bool(overlay_dir)), 1):
-            if len(files) >= 10:
+        predictions = runner.predict_each(files, top_k, keep_rgb=bool(overlay_dir))
+        for n, p in enumerate(tracked(predictions, "predicting", total=len(files), unit="img"), 1):
+            if len(files) >= 10 and not bars_on():  # a log gets a line per image, a terminal the bar
                 say(f"[{n}/{len(files)}] {p.image}")
             if p.error is not None:
-                click.echo(f"error: {p.error}", err=True)
+                with outside_bars():
+                    click.echo(f"error: {p.error}", err=True)
                 failed += 1
                 continue
-            click.echo(_json({"image": p.image, **p.result.to_dict()}) if as_json
-                       else f"{p.image}\n{p.result.summary()}")
+            with outside_bars():  # a result on the terminal goes above the bar, not through it
+                click.echo(_json({"image": p.image, **p.result.to_dict()}) if as_json
+                           else f"{p.image}\n{p.result.summary()}")
             if masks_dir or overlay_dir:
                 name = output_name(p.image, taken)
                 if masks_dir:

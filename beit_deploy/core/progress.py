@@ -44,6 +44,7 @@ def set_verbosity(level: int) -> None:
     if level < VERBOSE:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' own weight-loading bars
 
 
 def verbosity() -> int:
@@ -76,6 +77,17 @@ def say(message: str) -> None:
         _open_bars[-1].write(message, file=sys.stderr)
     else:
         print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def outside_bars():
+    """`with outside_bars(): print(result)`: open bars are cleared while the block writes (to stdout, say) and
+    drawn again after, so results and bar do not mix on one terminal."""
+    if not _open_bars:
+        yield
+        return
+    with _open_bars[-1].external_write_mode(file=sys.stdout):
+        yield
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ import numpy as np
 from ..core import precisions, tasks
 from ..core.errors import MissingDependencyError, ParityError, UsageError
 from ..core.manifest import Preprocessing, TensorSpec
-from ..core.progress import say, step
+from ..core.progress import say, step, tracked
 from . import parity, quantize_tools as tools
 
 FILES = {p: precisions.PRECISIONS[p].file for p in precisions.names(making=precisions.QDQ)
@@ -113,7 +113,7 @@ def calibration_set(folder: Path | None, inputs: list[TensorSpec], preprocessing
     paths = parity.sample_images(folder)
     where = str(folder) if folder else "the parity photos"
     pixels, skipped = [], []
-    for path in paths:
+    for path in tracked(paths, "calibration photos", unit="img"):
         try:
             pixels.append(preprocess_one(load_image(path).rgb, preprocessing))
         except ImageError as exc:

@@ -19,6 +19,7 @@ from ..core.engine_manifest import ENGINE_FILE, ENGINE_MANIFEST, EngineManifest,
 from ..core.errors import ArtifactError, UsageError
 from ..core.files import artifact_files, atomic_folder
 from ..core.manifest import FILENAME, Manifest, read_manifest, resolution_folders
+from ..core.progress import step
 from . import configs
 from .configs import MODEL, POSTPROCESS, PREPROCESS, Batching
 from .pbtxt import to_pbtxt
@@ -114,10 +115,10 @@ def write_repository(paths: list[Path], options: TritonOptions) -> list[ServedMo
     """Write the model repository `options.out` for the exports/engines at `paths` (replacing an earlier one)."""
     found = sources(paths)
     if options.name is not None and len(found) > 1:
-        raise UsageError(f"--name names one model, and these paths hold {len(found)} resolutions: leave it out "
-                         "(names then come from the manifests)")
-    names = [check_name(options.name, "--name") if options.name is not None else _default_name(s, len(found) > 1)
-             for s in found]
+        raise UsageError(f"--served-model names one model, and these paths hold {len(found)} resolutions: leave it "
+                         "out (names then come from the manifests)")
+    names = [check_name(options.name, "--served-model") if options.name is not None
+             else _default_name(s, len(found) > 1) for s in found]
     folders = [n for name in names for n in (name, *configs.stage_names(name).values())]
     if len(set(folders)) < len(folders):
         raise UsageError(f"two models would both be named {sorted(n for n in folders if folders.count(n) > 1)[0]}:"
@@ -125,8 +126,11 @@ def write_repository(paths: list[Path], options: TritonOptions) -> list[ServedMo
     _check_out(Path(options.out), found)
     served = []
     with atomic_folder(Path(options.out), ours=_is_repository) as tmp:
-        for source, name in zip(found, names):
-            served.append(_write_models(tmp, source, name, options))
+        with step(f"writing the model repository {options.out} ({len(found)} model(s))", total=len(found),
+                  unit="model") as writing:
+            for source, name in zip(found, names):
+                served.append(_write_models(tmp, source, name, options))
+                writing.advance()
         (tmp / "README.md").write_text(repository_readme(served, Path(options.out)))
     return served
 
