@@ -76,5 +76,6 @@ def compare(path, runners, images, random_inputs, atol, rtol, cosine, reference,
     for name, reason in outcome.skipped.items():
         click.echo(f"skipped {name}: {reason}")
     if not outcome.passed:
-        raise ParityError("comparison FAILED: " + ", ".join(outcome.failed()))
+        raise ParityError("comparison FAILED: " + ", ".join(outcome.failed())
+                          + " (-v shows Polygraphy's figures for every output and iteration)")
     click.echo("comparison PASSED: " + ", ".join(f"{a} vs {b}" for a, b, _ in outcome.pairs))
