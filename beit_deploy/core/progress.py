@@ -166,6 +166,7 @@ def _bar(what: str, total: int | None, unit: str):
         _open_bars.remove(bar)
         stop.set()
         ticker.join()
+        bar.refresh()  # the final count, drawn once even for a step quicker than the redraw interval
         bar.close()
 
 
