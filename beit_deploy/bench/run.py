@@ -50,12 +50,12 @@ def _check(settings: BenchSettings) -> None:
     if unknown:
         raise UsageError(f"unknown backend(s) {', '.join(unknown)}: choose from {', '.join(BACKENDS)}")
     if not settings.batch_sizes or min(settings.batch_sizes) < 1:
-        raise UsageError("batch sizes must be positive integers, e.g. --batch-sizes 1,4,16")
+        raise UsageError("batch sizes must be positive integers, e.g. --batch-size 1,4,16")
     if settings.iters < 1 or settings.warmup < 0:
         raise UsageError("--iters must be at least 1 and --warmup at least 0")
     floats = precisions.names(making=precisions.FLOAT)
     if settings.device not in DEVICES or settings.dtype not in floats:
-        raise UsageError(f"--device is {' or '.join(DEVICES)}, --dtype {' or '.join(floats)}")
+        raise UsageError(f"--device is {' or '.join(DEVICES)}, --precision {' or '.join(floats)}")
     if settings.device == "cuda":
         import torch
 
@@ -135,7 +135,7 @@ _JOBS = {**{n: _model_job for n in TORCH_BACKENDS}, **{n: _graph_job for n in OR
 
 
 def cached_engine(settings: BenchSettings, folder: Path) -> Path:
-    """A TensorRT engine of the export (precision --dtype, batch profile up to the largest batch), built once
+    """A TensorRT engine of the export (precision --precision, batch profile up to the largest batch), built once
     and reused while its engine.json names this ONNX graph, this TensorRT version and this GPU: the folder is
     keyed on all three (`engine_cache_dir`), and engine.json is checked again before reuse."""
     from ..core.engine_manifest import current_gpu, engine_folder, read_engine_manifest, unavailable_reason

@@ -49,7 +49,7 @@ A `tensorrt_plan` stage loads only with the TensorRT version and on the GPU mode
 
 ## Call it
 
-    beit-deploy predict --server localhost:8000 --model {first} photo.jpg
+    beit-deploy predict --server localhost:8000 --served-model {first} photo.jpg
 
 ```python
 from beit_deploy import BeitTritonClient

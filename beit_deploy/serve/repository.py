@@ -66,8 +66,8 @@ class TritonOptions:
             raise UsageError(f"precision '{self.precision}' is not {' or '.join(floats)}")
         if self.instance_kind not in (None, *INSTANCE_KINDS):
             raise UsageError(f"instance kind '{self.instance_kind}' is not {' or '.join(INSTANCE_KINDS)}")
-        for label, value in (("--max-batch", self.max_batch), ("--instances", self.instances),
-                             ("--top-k", self.top_k), *(("--preferred-batch", b) for b in self.preferred_batch)):
+        for label, value in (("--max-batch-size", self.max_batch), ("--instances", self.instances),
+                             ("--top-k", self.top_k), *(("--preferred-batch-size", b) for b in self.preferred_batch)):
             if value is not None and value < 1:
                 raise UsageError(f"{label} must be at least 1, got {value}")
         if self.max_queue_delay_us < 0:
@@ -97,7 +97,7 @@ def check_name(name: str, what: str) -> str:
     """`name` if it is safe as a Triton model name and folder name (letters, digits, _ . -; not . or ..)."""
     if not _NAME.fullmatch(name) or set(name) == {"."}:
         raise UsageError(f"{what} '{name}' cannot name a Triton model: use letters, digits, '_', '.' and '-' "
-                         "(at most 100, starting with a letter or digit), e.g. --name beit_base")
+                         "(at most 100, starting with a letter or digit), e.g. --served-model beit_base")
     return name
 
 
@@ -178,12 +178,12 @@ def _batching(source: Source, backend: backends.Backend, options: TritonOptions)
     if source.engine is not None:
         low, opt, high = _profile_batch(source)
         if options.max_batch and options.max_batch > high:
-            raise UsageError(f"--max-batch {options.max_batch} is above the engine's profile ({low}:{opt}:{high}):"
-                             f" use at most {high}, or rebuild with a larger --batch")
+            raise UsageError(f"--max-batch-size {options.max_batch} is above the engine's profile ({low}:{opt}:{high}):"
+                             f" use at most {high}, or rebuild with a larger --batch-profile")
         max_batch = options.max_batch or high
         preferred = preferred or tuple(sorted({min(opt, max_batch), max_batch}))
     if any(b > max_batch for b in preferred):
-        raise UsageError(f"--preferred-batch {list(preferred)} goes above the max batch {max_batch}")
+        raise UsageError(f"--preferred-batch-size {list(preferred)} goes above the max batch {max_batch}")
     gpu = (options.instance_kind or backend.instances) == "gpu"
     return Batching(max_batch, options.instances, "KIND_GPU" if gpu else "KIND_CPU", options.max_queue_delay_us,
                     preferred)
@@ -199,7 +199,7 @@ def _profile_batch(source: Source) -> tuple[int, int, int]:
     low, opt, high = batches.pop()
     if low != 1:
         raise UsageError(f"the engine in {source.folder} takes batches from {low} and Triton sends batches from 1: "
-                         "rebuild it with --batch 1:OPT:MAX")
+                         "rebuild it with --batch-profile 1:OPT:MAX")
     return low, opt, high
 
 
