@@ -5,9 +5,11 @@ its options to one library call.
 
 from __future__ import annotations
 
+import functools
+
 import click
 
-from .common import Group
+from .common import Group, verbosity_options
 from .export_commands import bench, export, models
 from .proof_commands import compare, verify
 from .run_commands import predict
@@ -17,6 +19,7 @@ from .trt_commands import build, inspect
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="beit-deploy")
+@functools.partial(verbosity_options, for_group=True)
 def main():
     """Export BEiT models to ONNX and TensorRT, run them, and prove they answer like the original."""
 

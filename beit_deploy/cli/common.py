@@ -137,9 +137,11 @@ def json_option(help: str, report: bool = False):  # noqa: A002 - click's own ar
     return decorate
 
 
-def verbosity_options(command):
+def verbosity_options(command, for_group: bool = False):
     """-q/--quiet (no progress, only results, warnings and errors) and -v/--verbose (third-party libraries' own
-    logs too) on a command; the wrapper sets core.progress's verbosity for the command's run, then restores it."""
+    logs too) on a command: given, they set core.progress's verbosity for the command's run, then restore it.
+    for_group=True: on the group (`beit-deploy -q export ...`), kept for the command it runs (Group.main restores
+    it when the command ends); a command's own flag wins."""
     from ..core import progress
 
     @functools.wraps(command)
@@ -147,14 +149,13 @@ def verbosity_options(command):
         if quiet and verbose:
             raise click.UsageError("-q/--quiet and -v/--verbose contradict each other: give one")
         before = os.environ.get(progress.VERBOSITY_ENV)
-        progress.set_verbosity(progress.QUIET if quiet else progress.VERBOSE if verbose else progress.NORMAL)
+        # neither flag: the group's (or the environment's) level, applied to the third-party loggers too
+        progress.set_verbosity(progress.QUIET if quiet else progress.VERBOSE if verbose else progress.verbosity())
         try:
             return command(*args, **kwargs)
         finally:
-            if before is None:
-                os.environ.pop(progress.VERBOSITY_ENV, None)
-            else:
-                os.environ[progress.VERBOSITY_ENV] = before
+            if not for_group:
+                _restore(before)
 
     wrapper = click.option("-v", "--verbose", is_flag=True,
                            help="Also show third-party libraries' logs (Polygraphy, ModelOpt, ONNX Runtime, "
@@ -163,11 +164,23 @@ def verbosity_options(command):
                         help="No progress lines or bars: results, warnings and errors only.")(wrapper)
 
 
+def _restore(level: str | None) -> None:
+    from ..core import progress
+
+    if level is None:
+        os.environ.pop(progress.VERBOSITY_ENV, None)
+    else:
+        os.environ[progress.VERBOSITY_ENV] = level
+
+
 class Group(click.Group):
     """The command group: click's own usage errors (a bad value, an unknown option, a missing argument) come out
     as the tool's one `error:` line naming the command's --help, exit 2, like every other error."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from ..core.progress import VERBOSITY_ENV
+
+        before = os.environ.get(VERBOSITY_ENV)  # `beit-deploy -q CMD` sets it for CMD only
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
@@ -183,6 +196,8 @@ class Group(click.Group):
             if exc.errno != errno.EPIPE:  # a closed pipe (`| head`) ends the output, as click's standalone mode
                 raise
             code = 1
+        finally:
+            _restore(before)
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else 0)

@@ -124,3 +124,20 @@ def test_polygraphy_log_only_with_verbose(tiny_export):
     assert plain.exit_code == 0 and plain.stdout.strip() == "comparison PASSED: onnxrt-fp32 vs torch"
     verbose = CliRunner().invoke(main, [*args, "-v"])
     assert verbose.exit_code == 0 and "[I] Accuracy Comparison" in verbose.stdout
+
+
+def test_lines_only_without_tqdm(capsys, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if not installed
+    counted_step()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "counting..." and lines[1].startswith("counting: done in") and len(lines) == 2
+
+
+def test_quiet_on_the_group_reaches_the_command(tiny_export, tmp_path):
+    folder = tiny_export("classification")
+    quiet = CliRunner().invoke(main, ["-q", "triton", str(folder), "--out", str(tmp_path / "q")])
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+    assert progress.verbosity() == progress.NORMAL  # restored when the command ended
+    loud = CliRunner().invoke(main, ["-q", "triton", str(folder), "--out", str(tmp_path / "v"), "-v"])
+    assert loud.exit_code == 0 and "writing the model repository" in loud.stderr  # the command's flag wins
