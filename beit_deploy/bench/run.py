@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import backends as table, precisions, tasks
@@ -22,7 +23,8 @@ from .report import BACKENDS, BASELINE, E2E_OURS, E2E_TRANSFORMERS, ORT_ARTIFACT
     TORCH_BACKENDS, BenchReport, BenchSettings, Skipped
 from .worker import E2E_RUNNER, E2E_TRANSFORMERS as E2E_TRANSFORMERS_KIND
 
-DEVICES = ("cpu", "cuda")
+DEVICES = ("cpu", "cuda")  # where the torch (and TensorRT) backends run: --device
+
 
 def run_bench(settings: BenchSettings) -> BenchReport:
     """Measure every backend at every batch size (ascending), plus the end-to-end row."""
@@ -88,12 +90,16 @@ def _jobs(settings, backends, resolution, task, inputs, resolved):
     return jobs, skipped, folder
 
 
+@dataclass(frozen=True)
 class _Bench:
     """What a job maker needs: the settings, the jobs' common keys, the model and the export folder."""
 
-    def __init__(self, settings, base, resolution, resolved, task, folder):
-        self.settings, self.base, self.resolution, self.resolved = settings, base, resolution, resolved
-        self.task, self.folder = task, folder
+    settings: BenchSettings
+    base: dict
+    resolution: tuple[int, int]
+    resolved: object  # exporter.loading.Resolved
+    task: str
+    folder: Path | None
 
 
 def _model_job(b: _Bench, name: str) -> dict:

@@ -161,7 +161,7 @@ def verbosity_options(command, for_group: bool = False):
                            help="Also show third-party libraries' logs (Polygraphy, ModelOpt, ONNX Runtime, "
                                 "transformers).")(wrapper)
     return click.option("-q", "--quiet", is_flag=True,
-                        help="No progress lines or bars: results, warnings and errors only.")(wrapper)
+                        help="No progress lines or bars: results, warnings, notes and errors only.")(wrapper)
 
 
 def _restore(level: str | None) -> None:

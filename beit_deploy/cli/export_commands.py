@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from ..core.errors import UsageError
-from ..core.jsontext import dumps as _json
 from ..bench import report as bench_rows
 from ..core import precisions
+from ..core.errors import UsageError
+from ..core.jsontext import dumps as _json
 from ..core.manifest import ATTENTION_FORMS, BIAS_MODES, DECOMPOSED
 from .common import friendly, images_option, json_option, library_choice, option, precision_choice, \
     precision_flags

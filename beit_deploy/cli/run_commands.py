@@ -45,7 +45,7 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
     from ..core.progress import bars_on, outside_bars, say, tracked
     from ..runtime import answers
     from ..runtime.palette import output_name, save_mask, save_overlay
-    from ..runtime.preprocess import collect_images
+    from ..runtime.preprocess import ImageError, collect_images
 
     if server and not served_model:
         raise UsageError("--server needs --served-model NAME, the served ensemble (`beit-deploy serve` prints it)")
@@ -53,7 +53,7 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
         raise UsageError("give an export (PATH) and at least one image, or --server URL --served-model NAME with "
                          "images")
     files = collect_images((path, *images) if server else images)
-    failed, taken = 0, set()
+    failed, unread, taken = 0, 0, set()
     with _predictor(path, server, served_model, protocol, precision, batch_size, max_pixels,
                     not no_hash_check) as runner:
         if (masks_dir or overlay_dir) and not answers.of(runner.task).label_map:
@@ -66,6 +66,7 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
                 with outside_bars():
                     click.echo(f"error: {p.error}", err=True)
                 failed += 1
+                unread += isinstance(p.error, ImageError)
                 continue
             with outside_bars():  # a result on the terminal goes above the bar, not through it
                 click.echo(_json({"image": p.image, **p.result.to_dict()}) if as_json
@@ -77,7 +78,8 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
                 if overlay_dir:
                     save_overlay(p.rgb, p.result.label_map, runner.labels, Path(overlay_dir) / name)
     if failed:
-        click.echo(f"error: {failed} of {len(files)} images could not be read", err=True)
+        what = "could not be read" if unread == failed else "got no answer (see above)"
+        click.echo(f"error: {failed} of {len(files)} images {what}", err=True)
         sys.exit(1)
 
 

@@ -13,7 +13,7 @@ from .common import backend_choice, friendly, library_choice, option, precision_
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", default="model_repository", show_default=True, type=click.Path(file_okay=False),
-              help="The model repository to write (replaced as a whole).")
+              help="The model repository to add to (created if needed; its other models and files are kept).")
 @option("--served-model", "name", aliases=("--name",), default=None,
         help="Name of the served ensemble. Default: the export's model name.")
 @click.option("--backend", type=backend_choice(served=True), default=None,

@@ -6,10 +6,10 @@ is a terminal, a bar (tqdm, imported only then) counts what the step does (`step
 Where stderr is not a terminal (a log, a pipe, CI) there is no bar: the lines only, as a log wants them.
 
 How much is said is one setting for the whole process, `set_verbosity` (the CLI's -q/-v), kept in the
-environment so that worker processes (the benchmark's, ModelOpt's) inherit it: QUIET says nothing here (errors
-and results still go out), NORMAL the lines and bars, VERBOSE also lets third-party libraries talk (Polygraphy,
-ModelOpt, ONNX Runtime, transformers: `chatty()` says whether they may). BEIT_DEPLOY_PROGRESS=1 (or 0) forces the
-bars on (or off) whatever stderr is.
+environment so that worker processes (the benchmark's, ModelOpt's) inherit it: QUIET says only warnings and
+notes here (errors and results still go out), NORMAL the lines and bars, VERBOSE also lets third-party libraries
+talk (Polygraphy, ModelOpt, ONNX Runtime, transformers: `chatty()` says whether they may). BEIT_DEPLOY_PROGRESS=1
+(or 0) forces the bars on (or off) whatever stderr is.
 
 With BEIT_DEPLOY_MEMORY=1 (Linux), each finished step also says the process's resident memory and its peak during
 the step (the kernel's high-water mark, reset at every step start), which is how the export's per-stage memory
@@ -70,8 +70,8 @@ def bars_on() -> bool:
 
 
 def say(message: str) -> None:
-    """One line on stderr, drawn above any open bar; under -q only warnings."""
-    if verbosity() <= QUIET and not message.lstrip().startswith("warning:"):
+    """One line on stderr, drawn above any open bar; under -q only warnings and notes (advice, not progress)."""
+    if verbosity() <= QUIET and not message.lstrip().startswith(("warning:", "note:")):
         return
     if _open_bars:
         _open_bars[-1].write(message, file=sys.stderr)

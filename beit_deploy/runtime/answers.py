@@ -21,6 +21,7 @@ from . import postprocess as post
 # Answer tensors (per image; runtime/wire.py stacks and pads them per request)
 CLASS_IDS, SCORES, LABELS, FRACTIONS = "CLASS_IDS", "SCORES", "LABELS", "FRACTIONS"
 LABEL_MAP, TOKENS, EMBEDDING = "LABEL_MAP", "TOKENS", "EMBEDDING"
+PROBABILITIES = "PROBABILITIES"  # classifiers: every class's probability, for Triton's classification extension
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class AnswerKind:
 
     name: str = ""
     label_map: bool = False
+    top_k: bool = False  # whether answers list the top k (a served ensemble then takes TOP_K)
 
     def answer(self, output: np.ndarray, context: post.Context, task: str) -> post.Result:
         """One image's row of the task's output (`task.answer_from`, batch axis removed) -> its result."""
@@ -48,8 +50,9 @@ class AnswerKind:
         """The answer tensors of an export of this kind, per image."""
         raise NotImplementedError
 
-    def encode(self, result) -> dict[str, np.ndarray]:
-        """One image's result -> its answer tensors (no batch axis)."""
+    def encode(self, result, output: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """One image's result (and its raw output, where the kind sends more of it) -> its answer tensors (no
+        batch axis)."""
         raise NotImplementedError
 
     def decode(self, row: dict[str, np.ndarray], size: tuple[int, int], task: str) -> post.Result:
@@ -75,17 +78,19 @@ class TopK(AnswerKind):
     """Classification: the top-k classes by softmax score, with labels."""
 
     name = tasks.TOP_K
+    top_k = True
 
     def answer(self, output, context, task):
         return post.classify(output, context.labels, context.top_k, task)
 
     def wire(self, manifest):
-        return WireTensor(CLASS_IDS, "int64", (-1,)), WireTensor(SCORES, "float64", (-1,)), \
-            WireTensor(LABELS, "bytes", (-1,))
+        return WireTensor(CLASS_IDS, "int64", (-1,)), WireTensor(SCORES, "float32", (-1,)), \
+            WireTensor(LABELS, "bytes", (-1,)), WireTensor(PROBABILITIES, "float32", (_classes(manifest),))
 
-    def encode(self, result):
-        return {CLASS_IDS: np.array([c.id for c in result.top_k], np.int64),
-                SCORES: np.array([c.score for c in result.top_k], np.float64), LABELS: _strings(result.top_k)}
+    def encode(self, result, output=None):
+        out = {CLASS_IDS: np.array([c.id for c in result.top_k], np.int64),
+               SCORES: np.array([c.score for c in result.top_k], np.float32), LABELS: _strings(result.top_k)}
+        return out if output is None else {**out, PROBABILITIES: post.softmax(output).astype(np.float32)}
 
     def decode(self, row, size, task):
         return post.Classification(tuple(post.ClassScore(i, label, s) for i, s, label in _listed(row, SCORES)),
@@ -121,13 +126,14 @@ class LabelMapKind(AnswerKind):
         return post.segment(output, context.size, context.labels, task)
 
     def wire(self, manifest):
-        return WireTensor(LABEL_MAP, "int64", (-1, -1)), WireTensor(CLASS_IDS, "int64", (-1,)), \
-            WireTensor(FRACTIONS, "float64", (-1,)), WireTensor(LABELS, "bytes", (-1,))
+        return WireTensor(LABEL_MAP, post.label_dtype(_classes(manifest)).name, (-1, -1)), \
+            WireTensor(CLASS_IDS, "int64", (-1,)), WireTensor(FRACTIONS, "float32", (-1,)), \
+            WireTensor(LABELS, "bytes", (-1,))
 
-    def encode(self, result):
-        return {LABEL_MAP: result.label_map.astype(np.int64, copy=False),
+    def encode(self, result, output=None):
+        return {LABEL_MAP: result.label_map,  # already in label_dtype(classes): 1 byte a pixel up to 255 classes
                 CLASS_IDS: np.array([c.id for c in result.classes], np.int64),
-                FRACTIONS: np.array([c.fraction for c in result.classes], np.float64),
+                FRACTIONS: np.array([c.fraction for c in result.classes], np.float32),
                 LABELS: _strings(result.classes)}
 
     def decode(self, row, size, task):
@@ -154,7 +160,7 @@ class VisualTokensKind(AnswerKind):
     def wire(self, manifest):
         return (WireTensor(TOKENS, "int64", tuple(manifest.grid)),)
 
-    def encode(self, result):
+    def encode(self, result, output=None):
         return {TOKENS: result.tokens.astype(np.int64, copy=False)}
 
     def decode(self, row, size, task):
@@ -173,7 +179,7 @@ class EmbeddingKind(AnswerKind):
         source = next(s for s in manifest.outputs if s.name == tasks.task(manifest.task).answer_from)
         return (WireTensor(EMBEDDING, "float32", tuple(source.shape[1:])),)
 
-    def encode(self, result):
+    def encode(self, result, output=None):
         return {EMBEDDING: np.asarray(result.vector, np.float32)}
 
     def decode(self, row, size, task):
@@ -192,6 +198,11 @@ def of(task: str | tasks.Task) -> AnswerKind:
 def answer(task: tasks.Task, output: np.ndarray, context: post.Context) -> post.Result:
     """One image's answer from its row of the task's output (`task.answer_from`, batch axis removed)."""
     return of(task).answer(output, context, task.name)
+
+
+def _classes(manifest: Manifest) -> int:
+    """How many classes the task's output scores (its second axis)."""
+    return int(next(s for s in manifest.outputs if s.name == tasks.task(manifest.task).answer_from).shape[1])
 
 
 def _strings(items) -> np.ndarray:

@@ -29,6 +29,7 @@ PROTOCOLS = ("http", "grpc")
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}  # Triton's own defaults, and `beit-deploy serve`'s
 _SPELLED = {"http": "HTTP", "grpc": "gRPC"}
 _PURPOSE = "talking to a Triton server"
+_REFUSED = ("400", "StatusCode.INVALID_ARGUMENT")  # HTTP and gRPC statuses of a request the server refused
 
 
 class TritonServerError(BeitDeployError):
@@ -70,7 +71,9 @@ class BeitTritonClient(Predictor):
         config = self._client.get_model_config(self.model, **self._json)
         config = config.get("config", config)  # gRPC wraps it
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        self._outputs = [o["name"] for o in config.get("output", [])]
+        # every answer tensor but PROBABILITIES (all classes: for stock clients' classification extension)
+        self._outputs = [o["name"] for o in config.get("output", []) if o["name"] != wire.PROBABILITIES]
+        self._top_k_input = any(i.get("name") == wire.TOP_K_INPUT for i in config.get("input", []))
         if "task" not in params:
             raise TritonServerError(f"'{self.model}' on {self.url} is not an ensemble written by `beit-deploy "
                                     "triton` (its config has no task parameter): pass the ensemble's name")
@@ -125,8 +128,9 @@ class BeitTritonClient(Predictor):
         except BeitDeployError as exc:
             error = exc  # `exc` itself is unbound after the except block
             return lambda: error
-        inputs = [self._input(wire.IMAGE, np.array([[data]], dtype=object), "BYTES"),
-                  self._input(wire.TOP_K_INPUT, np.array([[top_k]], dtype=np.int32), "INT32")]
+        inputs = [self._input(wire.IMAGE, np.array([[data]], dtype=object), "BYTES")]
+        if self._top_k_input:  # classifiers only
+            inputs.append(self._input(wire.TOP_K_INPUT, np.array([[top_k]], dtype=np.int32), "INT32"))
         outputs = [self._tc.InferRequestedOutput(name) for name in self._outputs]  # binary on HTTP by default
         if self.protocol == "http":
             request = self._client.async_infer(self.model, inputs, outputs=outputs)
@@ -150,6 +154,9 @@ class BeitTritonClient(Predictor):
             return Prediction(name, error=answer)
         if isinstance(answer, BaseException):
             message = answer.message() if hasattr(answer, "message") and callable(answer.message) else describe(answer)
+            status = str(answer.status()) if hasattr(answer, "status") and callable(answer.status) else ""
+            if status in _REFUSED:  # the request's own fault: the only thing it carries is the image
+                return Prediction(name, error=ImageError(f"'{name}': the server could not read it: {message}"))
             return Prediction(name, error=TritonServerError(f"'{name}': the server answered: {message}"))
         row = {o: answer.as_numpy(o)[0] for o in self._outputs}
         size = (int(row[wire.IMAGE_SIZE][0]), int(row[wire.IMAGE_SIZE][1]))

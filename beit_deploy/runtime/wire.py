@@ -2,8 +2,11 @@
 
 The Triton `postprocess` stage turns each image's result (runtime/postprocess.py) into tensors with `encode`,
 `stack` joins the images of one request (padding where sizes differ), and `BeitTritonClient` turns each row back
-into the same dataclass with `decode`. Floats that `predict` reports as Python floats (scores, fractions) travel
-as float64, so a served answer equals the in-process one bit for bit when the logits do. numpy only.
+into the same dataclass with `decode` (runtime/answers.py holds each answer kind's tensors). Scores and fractions
+travel as FP32 (what any KServe client expects; within 1e-7 of the in-process float64), label maps in the smallest
+integer type that holds the classes (uint8 for up to 255), and classifiers add every class's probability
+(`PROBABILITIES`, FP32) for Triton's classification extension (`class_count`, with the ensemble's labels.txt).
+numpy only.
 """
 
 from __future__ import annotations
@@ -13,14 +16,14 @@ import numpy as np
 from ..core import tasks
 from ..core.manifest import Manifest
 from . import answers
-from .answers import (CLASS_IDS, EMBEDDING, FRACTIONS, LABEL_MAP, LABELS, SCORES, TOKENS,  # noqa: F401 - the
-                      WireTensor)  # answer tensors' names, importable from here as before
+from .answers import (CLASS_IDS, EMBEDDING, FRACTIONS, LABEL_MAP, LABELS, PROBABILITIES,  # noqa: F401 - the
+                      SCORES, TOKENS, WireTensor)  # answer tensors' names, importable from here as before
 from .postprocess import Result
 
 IMAGE, IMAGE_SIZE = "IMAGE", "IMAGE_SIZE"  # ensemble input, size of each image
 TOP_K_INPUT = "TOP_K"  # optional input: classes per image (not the answer kind tasks.TOP_K)
 TOP_K = TOP_K_INPUT  # the name it had first
-_PAD = {"int64": -1, "float64": 0.0, "float32": 0.0, "bytes": b""}
+_PAD = {"int64": -1, "int32": -1, "uint16": 65535, "uint8": 255, "float64": 0.0, "float32": 0.0, "bytes": b""}
 
 
 def wire_outputs(manifest: Manifest) -> tuple[WireTensor, ...]:
@@ -28,9 +31,10 @@ def wire_outputs(manifest: Manifest) -> tuple[WireTensor, ...]:
     return answers.of(manifest.task).wire(manifest)
 
 
-def encode(result: Result) -> dict[str, np.ndarray]:
-    """One image's result -> its answer tensors (no batch axis)."""
-    return answers.of(result.task).encode(result)
+def encode(result: Result, output: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """One image's result -> its answer tensors (no batch axis); with the image's raw `output`, a classifier's
+    PROBABILITIES too."""
+    return answers.of(result.task).encode(result, output)
 
 
 def stack(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -39,6 +43,9 @@ def stack(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     out = {}
     for name in rows[0]:
         arrays = [row[name] for row in rows]
+        if len(arrays) == 1:  # one image per request (the usual case): no padded copy
+            out[name] = arrays[0][None]
+            continue
         shape = tuple(max(a.shape[d] for a in arrays) for d in range(arrays[0].ndim))
         kind = "bytes" if arrays[0].dtype == object else arrays[0].dtype.name
         batch = np.full((len(arrays), *shape), _PAD[kind], dtype=arrays[0].dtype)

@@ -1,43 +1,40 @@
 """`beit-deploy triton`: a Triton Inference Server model repository generated from exports or engine folders.
 
-For each export (a resolution folder) or engine folder (`beit-deploy build` output) it writes the four models of
-configs.py. The Python-backend models get one static `model.py` (the same text for every stage and model: it
-imports beit-deploy's stage code from the server's Python environment) and a copy of the export's
+For each export (a resolution folder) or engine folder (`beit-deploy build` output) it adds the four models of
+configs.py to the repository. The Python-backend models get one static `model.py` (the same text for every stage
+and model: it imports beit-deploy's stage code from the server's Python environment) and a copy of the export's
 `manifest.json`, from which they read every setting at run time. Only files the manifest names inside the
-source folder are copied, under plain names; the repository is written atomically (core.files.atomic_folder).
+source folder are copied, under plain names, each checked against the manifest's sha256 as it is written.
+Each model folder is written aside and swapped in whole (core.files.atomic_folder), and only over a folder that
+carries beit-deploy's mark (marks.py): the repository's other models and files are never touched.
 """
 
 from __future__ import annotations
 
+import os
 import re
-import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import __version__
 from ..core import backends, precisions
 from ..core.engine_manifest import ENGINE_FILE, ENGINE_MANIFEST, EngineManifest, read_engine_manifest
 from ..core.errors import ArtifactError, UsageError
-from ..core.files import artifact_files, atomic_folder
-from ..core.manifest import FILENAME, Manifest, read_manifest, resolution_folders
-from ..core.progress import step
-from . import configs
+from ..core.files import atomic_folder
+from ..core.manifest import FILENAME, Manifest, check_artifact, read_manifest, resolution_folders
+from ..core.progress import say, step
+from . import configs, marks
 from .configs import MODEL, POSTPROCESS, PREPROCESS, Batching
+from .marks import MODEL_PY
 from .pbtxt import to_pbtxt
-from .readme import repository_readme
+from .readme import README_TITLE, repository_readme
 
 BACKENDS = backends.names(served=True)  # as they were when this module loaded; TritonOptions reads the table
 INSTANCE_KINDS = ("gpu", "cpu")  # where Triton runs the model stage's instances
 DEFAULT_MAX_BATCH = 8
 PLAN_FILE = "model.plan"
-MODEL_PY = '''"""A Triton Python-backend model written by `beit-deploy triton`; the same file serves every stage.
-
-Which stage it is (preprocess, model or postprocess) comes from config.pbtxt's `beit_deploy.stage` parameter,
-and every setting from the manifest.json beside this file. The code is beit-deploy's own, imported from the
-Python environment the server runs in: `pip install beit-deploy` there (numpy < 2 for Triton 2.51's stub).
-"""
-
-from beit_deploy.serve.stages import TritonPythonModel  # noqa: F401
-'''
+MAX_INSTANCES = 64
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _TENSOR = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
 
@@ -66,6 +63,9 @@ class TritonOptions:
             raise UsageError(f"precision '{self.precision}' is not {' or '.join(floats)}")
         if self.instance_kind not in (None, *INSTANCE_KINDS):
             raise UsageError(f"instance kind '{self.instance_kind}' is not {' or '.join(INSTANCE_KINDS)}")
+        if self.instances > MAX_INSTANCES:
+            raise UsageError(f"--instances {self.instances} is more than {MAX_INSTANCES} per stage (each instance of "
+                             "a Python stage is a process with its own copy of the model): use fewer")
         for label, value in (("--max-batch-size", self.max_batch), ("--instances", self.instances),
                              ("--top-k", self.top_k), *(("--preferred-batch-size", b) for b in self.preferred_batch)):
             if value is not None and value < 1:
@@ -112,8 +112,10 @@ def sources(paths: list[Path]) -> list[Source]:
 
 
 def write_repository(paths: list[Path], options: TritonOptions) -> list[ServedModel]:
-    """Write the model repository `options.out` for the exports/engines at `paths` (replacing an earlier one)."""
-    found = sources(paths)
+    """Add the models for the exports/engines at `paths` to the repository `options.out` (created if needed):
+    each model folder is written aside and swapped in whole; earlier models of the same names that `triton`
+    wrote are replaced, every other model and file is left as it is. Nothing is written when a name is taken."""
+    found, out = sources(paths), Path(options.out)
     if options.name is not None and len(found) > 1:
         raise UsageError(f"--served-model names one model, and these paths hold {len(found)} resolutions: leave it "
                          "out (names then come from the manifests)")
@@ -123,41 +125,58 @@ def write_repository(paths: list[Path], options: TritonOptions) -> list[ServedMo
     if len(set(folders)) < len(folders):
         raise UsageError(f"two models would both be named {sorted(n for n in folders if folders.count(n) > 1)[0]}:"
                          " serve them in separate repositories or choose other names")
-    _check_out(Path(options.out), found)
+    _check_out(out, found, folders)
+    plans = [(source, name, _plan(source, options)) for source, name in zip(found, names)]
+    out.mkdir(parents=True, exist_ok=True)
     served = []
-    with atomic_folder(Path(options.out), ours=_is_repository) as tmp:
-        with step(f"writing the model repository {options.out} ({len(found)} model(s))", total=len(found),
-                  unit="model") as writing:
-            for source, name in zip(found, names):
-                served.append(_write_models(tmp, source, name, options))
-                writing.advance()
-        (tmp / "README.md").write_text(repository_readme(served, Path(options.out)))
+    with step(f"writing {len(found)} model(s) into {out}", total=len(found), unit="model") as writing:
+        for source, name, plan in plans:
+            served.append(_write_models(out, source, name, options, plan))
+            writing.advance()
+    _write_readme(out)
     return served
 
 
-def _check_out(out: Path, found: list[Source]) -> None:
-    """`out` is replaced as a whole: never an export or engine folder (or one holding them), never a folder
-    that is not a model repository this command wrote."""
+def _check_out(out: Path, found: list[Source], folders: list[str]) -> None:
+    """UsageError, before anything is written, for an `out` inside a folder it serves, or one of whose names
+    is taken by something `triton` did not write."""
     target = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out '{out}' is a file, not a folder: choose a folder for the model repository")
     for source in found:
         folder = source.folder.resolve()
-        if target == folder or target in folder.parents or folder in target.parents:
-            raise UsageError(f"--out {out} would replace or sit inside {source.folder}, which it serves: write the "
+        if target == folder or folder in target.parents:
+            raise UsageError(f"--out {out} would sit inside {source.folder}, which it serves: write the "
                              "repository elsewhere, e.g. --out model_repository")
-    if out.exists() and any(out.iterdir()) and not _is_repository(out):
-        raise UsageError(f"'{out}' exists and is not a model repository (it would be replaced as a whole): choose "
-                         "another --out, or remove it first")
+    for name in folders:
+        path = out / name
+        if (path.exists() or path.is_symlink()) and not marks.generated(path):
+            raise UsageError(f"'{path}' exists and was not written by `beit-deploy triton`; nothing was changed: "
+                             "choose another --served-model, or move it away")
 
 
-def _is_repository(folder: Path) -> bool:
-    """A model repository (this command's or another's): folders with a config.pbtxt in them."""
-    return any(Path(folder).glob("*/config.pbtxt"))
+def _write_readme(out: Path) -> None:
+    """The repository's README.md, listing every model `triton` wrote there; a README.md of someone else's is
+    left as it is."""
+    readme = out / "README.md"
+    if readme.is_symlink() or (readme.exists() and not readme.read_text(errors="replace").startswith(README_TITLE)):
+        say(f"note: {readme} was not written by beit-deploy; it is left as it is")
+        return
+    served = [ServedModel(m["ensemble"], m["task"], m["backend"], configs.stage_names(m["ensemble"]))
+              for p in sorted(out.iterdir()) if (m := marks.read_mark(p)) and m.get("stage") == "ensemble"
+              and isinstance(m.get("ensemble"), str) and _NAME.fullmatch(m["ensemble"])]
+    with tempfile.NamedTemporaryFile("w", dir=out, prefix=".README.", suffix=".tmp", delete=False) as tmp:
+        tmp.write(repository_readme(served, out))
+    os.replace(tmp.name, readme)
 
 
 def _default_name(source: Source, several: bool) -> str:
+    """The manifest's model name (+ _<H>x<W> when several), made a Triton name: characters other than letters,
+    digits, '_', '.' and '-' become '_' and it starts with a letter or digit, so every name `export` makes works."""
     m = source.manifest
-    name = check_name(m.model, f"the model name in {source.folder / FILENAME}")
-    return check_name(f"{name}_{m.resolution[0]}x{m.resolution[1]}", "model name") if several else name
+    suffix = f"_{m.resolution[0]}x{m.resolution[1]}" if several else ""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", m.model).lstrip("_.-")[:100 - len(suffix)] or "model"
+    return check_name(name + suffix, f"the model name in {source.folder / FILENAME}")
 
 
 def _backend(source: Source, options: TritonOptions) -> backends.Backend:
@@ -203,34 +222,63 @@ def _profile_batch(source: Source) -> tuple[int, int, int]:
     return low, opt, high
 
 
-def _write_models(root: Path, source: Source, name: str, options: TritonOptions) -> ServedModel:
+@dataclass(frozen=True)
+class _Plan:
+    """What one source's models will be: the model stage's backend, batching, and the files copied into it
+    (source file -> (name in the version folder, sha256 it must have, or None where none is recorded))."""
+
+    backend: backends.Backend
+    batching: Batching
+    target: str
+    files: dict[Path, tuple[str, str | None]]
+
+
+def _plan(source: Source, options: TritonOptions) -> _Plan:
+    """Everything checked before anything is written: names, batch limits, and the files to copy (inside the
+    source folder, listed by its manifest, of the recorded size and sha256)."""
     backend, m = _backend(source, options), source.manifest
     for spec in (*m.inputs, *m.outputs):
         if not _TENSOR.fullmatch(spec.name):
             raise ArtifactError(f"{source.folder / FILENAME} names a tensor '{spec.name}', which is not a plain "
                                 "name: export the model again")
-    batching, stages = _batching(source, backend, options), configs.stage_names(name)
-    file = _model_file(source, backend, options.precision)
-    target = PLAN_FILE if backend.opens == backends.ENGINE else file.name
-    _model_folder(root / stages[PREPROCESS], configs.preprocess_config(stages[PREPROCESS], m, batching), source)
-    _model_folder(root / stages[MODEL], configs.model_config(stages[MODEL], m, batching, backend.name, target,
-                                                             options.precision, options.ort_tensorrt),
-                  source, python=backend.ours, files=[file], rename={file.name: target})
-    _model_folder(root / stages[POSTPROCESS], configs.postprocess_config(stages[POSTPROCESS], m, batching,
-                                                                         options.top_k), source)
-    _model_folder(root / name, configs.ensemble_config(name, m, batching, options.top_k), source, python=False)
-    return ServedModel(name, m.task, backend.name, stages)
-
-
-def _model_file(source: Source, backend: backends.Backend, precision: str) -> Path:
-    """The engine, or the chosen ONNX graph, as a plain file name inside the source folder."""
+    batching = _batching(source, backend, options)
     if backend.opens == backends.ENGINE:
-        return _inside(source.folder, ENGINE_FILE)
-    if precision not in source.manifest.artifacts:
-        raise UsageError(f"{source.folder} has no {precision} graph (it has: "
-                         f"{', '.join(source.manifest.artifacts)}): export with {precisions.precision(precision).flag}"
-                         f", or pass --precision {precisions.REFERENCE}")
-    return _inside(source.folder, source.manifest.artifacts[precision])
+        engine = _inside(source.folder, ENGINE_FILE)
+        if engine.stat().st_size != source.engine.engine_bytes:
+            raise ArtifactError(f"'{engine}' holds {engine.stat().st_size} bytes but {ENGINE_MANIFEST} says "
+                                f"{source.engine.engine_bytes}: build the engine again")
+        return _Plan(backend, batching, PLAN_FILE, {engine: (PLAN_FILE, None)})
+    if options.precision not in m.artifacts:
+        raise UsageError(f"{source.folder} has no {options.precision} graph (it has: {', '.join(m.artifacts)}): "
+                         f"export with {precisions.precision(options.precision).flag}, or pass --precision "
+                         f"{precisions.REFERENCE}")
+    check_artifact(source.folder, m, options.precision, hashes=True)
+    files = {_inside(source.folder, name): (name, m.sha256.get(name))
+             for name in m.files_of(options.precision, source.folder)}
+    return _Plan(backend, batching, m.artifacts[options.precision], files)
+
+
+def _write_models(root: Path, source: Source, name: str, options: TritonOptions, plan: _Plan) -> ServedModel:
+    """The four model folders of one source, each written aside and swapped in whole (the model stage, which
+    copies and hash-checks the graph, first; the ensemble, which clients call, last)."""
+    m, batching, stages = source.manifest, plan.batching, configs.stage_names(name)
+    backend = plan.backend
+    info = {"ensemble": name, "task": m.task, "backend": backend.name, "beit_deploy": __version__}
+    _model_folder(root / stages[MODEL], configs.model_config(stages[MODEL], m, batching, backend.name, plan.target,
+                                                             options.precision, options.ort_tensorrt),
+                  source, {**info, "stage": MODEL}, python=backend.ours, files=plan.files)
+    _model_folder(root / stages[PREPROCESS], configs.preprocess_config(stages[PREPROCESS], m, batching), source,
+                  {**info, "stage": PREPROCESS})
+    _model_folder(root / stages[POSTPROCESS], configs.postprocess_config(stages[POSTPROCESS], m, batching,
+                                                                         options.top_k), source,
+                  {**info, "stage": POSTPROCESS})
+    _model_folder(root / name, configs.ensemble_config(name, m, batching, options.top_k), source,
+                  {**info, "stage": "ensemble"}, python=False, top={configs.LABELS_FILE: configs.labels_text(m)})
+    if not backend.ours:  # the bundled server has Triton's Python backend only
+        say(f"note: {name}'s {backend.name} model stage needs Triton's {backend.name} backend, which the bundled "
+            "CPU server (the serve extra's Triton 2.51) lacks: serve it with the official container (see "
+            f"{root / 'README.md'}), or write it with --backend python to serve it here")
+    return ServedModel(name, m.task, backend.name, stages)
 
 
 def _inside(folder: Path, name: str) -> Path:
@@ -242,16 +290,21 @@ def _inside(folder: Path, name: str) -> Path:
     return path
 
 
-def _model_folder(folder: Path, config: dict, source: Source, python: bool = True, files=(), rename=None) -> None:
-    """<model>/config.pbtxt and <model>/1/: model.py + manifest.json for Python models, and copies of `files`
-    (with any external data), renamed by `rename`. Copies, not links: editing the repository never touches the
-    export."""
-    version = folder / "1"
-    version.mkdir(parents=True)
-    (folder / "config.pbtxt").write_text(to_pbtxt(config) + "\n")
-    if python:
-        (version / "model.py").write_text(MODEL_PY)
-        shutil.copyfile(_inside(source.folder, FILENAME), version / FILENAME)
-    for file in files:
-        for part in artifact_files(file.parent, file.name):
-            shutil.copyfile(part, version / (rename or {}).get(part.name, part.name))
+def _model_folder(folder: Path, config: dict, source: Source, info: dict, python: bool = True, files=None,
+                  top=None) -> None:
+    """<model>/config.pbtxt, `top` files beside it, and <model>/1/: model.py + manifest.json for Python models
+    and the checked copies of `files`; then beit-deploy's mark. Written aside, swapped in whole. Copies, not
+    links: editing the repository never touches the export."""
+    with atomic_folder(folder, ours=marks.generated) as tmp:
+        version = tmp / "1"
+        version.mkdir()
+        (tmp / "config.pbtxt").write_text(to_pbtxt(config) + "\n")
+        for file_name, text in (top or {}).items():
+            if text:
+                (tmp / file_name).write_text(text)
+        if python:
+            (version / "model.py").write_text(MODEL_PY)
+            marks.copy_checked(_inside(source.folder, FILENAME), version / FILENAME)
+        for path, (target, digest) in (files or {}).items():
+            marks.copy_checked(path, version / target, digest)
+        marks.write_mark(tmp, info)

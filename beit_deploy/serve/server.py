@@ -8,14 +8,21 @@ on PATH), which must have numpy < 2 and beit-deploy itself.
 
 The server runs in its own process group, bound to 127.0.0.1 unless asked otherwise, and dies with the process
 that started it (PR_SET_PDEATHSIG on Linux); `stop()` sends SIGTERM, waits, then kills what is left of the group.
+
+Before it starts: the repository's Python models must be the ones `beit-deploy triton` generated (marks.py), every
+backend it needs must be installed, and its ports free. Once ready, the server answering must be this one (it
+holds the listening socket), and `alive()` watches both the server and each stage's process (a stage killed for
+memory would fail every request while the server still says it is ready). The server sees the repository
+through a link in its scratch folder (the Python backend's stubs cannot take a path with spaces), its Python
+backend's shared-memory regions carry a prefix of ours, and both are removed on every exit path; leftovers of
+a start that was killed outright are removed by the next one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
-import importlib.util
+import math
 import os
 import re
 import shutil
@@ -30,18 +37,17 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import BeitDeployError, UsageError
+from ..core.errors import UsageError
+from ..core.progress import say
+from . import marks, watch
+from .install import (SERVER_HINT, Installation, ServerError, backend_folder,  # noqa: F401 - SERVER_HINT: API
+                      check_python_environment, find_server)
 
-SERVER_HINT = "pip install 'beit-deploy[serve]' (the tritonserver of nvidia-pytriton), or put Triton's tritonserver " \
-              "on PATH"
+
 
 
 # Errors a CPU-only host always logs (no CUDA driver, NVML or DCGM): not why anything failed.
 _CPU_NOISE = re.compile(r"CUDA|Cuda|NVML|DCGM|pinned memory")
-
-
-class ServerError(BeitDeployError):
-    """The Triton server could not be found, started, or did not become ready."""
 
 
 @dataclass(frozen=True)
@@ -56,26 +62,19 @@ class ServerOptions:
     stop_timeout: float = 20.0
     log_verbose: int = 0
 
-
-@dataclass(frozen=True)
-class Installation:
-    """A tritonserver binary, and for nvidia-pytriton's, where its backends and Python backend stubs are."""
-
-    binary: Path
-    backends: Path | None = None  # None: the server's own default (an official install)
-    stubs: Path | None = None
-
-
-def find_server() -> Installation:
-    """The tritonserver on PATH, else nvidia-pytriton's; ServerError naming what to install otherwise."""
-    on_path = shutil.which("tritonserver")
-    if on_path:
-        return Installation(Path(on_path))
-    spec = importlib.util.find_spec("pytriton")  # locates the package without importing it
-    root = Path(spec.origin).parent / "tritonserver" if spec and spec.origin else None
-    if root is None or not (root / "bin" / "tritonserver").is_file():
-        raise ServerError(f"no Triton server found: {SERVER_HINT}")
-    return Installation(root / "bin" / "tritonserver", root / "backends", root / "python_backend_stubs")
+    def __post_init__(self):
+        for what, port in (("--http-port", self.http_port), ("--grpc-port", self.grpc_port),
+                           ("--metrics-port", self.metrics_port)):
+            if not isinstance(port, int) or not 0 <= port <= 65535:
+                raise UsageError(f"{what} {port} is not a port number (0 to 65535; 0: a free one)")
+        if not isinstance(self.startup_timeout, (int, float)) or not math.isfinite(self.startup_timeout) or \
+                self.startup_timeout <= 0:
+            raise UsageError(f"--startup-timeout {self.startup_timeout} is not a number of seconds above 0")
+        try:
+            socket.getaddrinfo(self.host, None, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError, ValueError):
+            raise UsageError(f"--host '{self.host}' is not an address or a name this machine resolves: use e.g. "
+                             "127.0.0.1 (this machine only) or 0.0.0.0 (every address)") from None
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -87,16 +86,6 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
         return [s.getsockname()[1] for s in socks]
 
 
-def check_python_environment() -> None:
-    """The Python-backend models run in this environment: numpy < 2 (Triton 2.51's stub exchanges tensors
-    wrongly with numpy 2) and Pillow + ONNX Runtime (beit-deploy's own dependencies)."""
-    import numpy
-
-    if int(numpy.__version__.split(".")[0]) >= 2:
-        raise ServerError(f"this Python environment has numpy {numpy.__version__}; Triton 2.51's Python backend "
-                          "needs numpy < 2 for its models (which run here): pip install 'numpy<2'")
-
-
 class TritonServer:
     """A running server: `with TritonServer(repo) as server: server.http_url ...`. Ports 0 become free ones."""
 
@@ -106,13 +95,17 @@ class TritonServer:
         if not self.repository.is_dir() or not any(self.repository.glob("*/config.pbtxt")):
             raise UsageError(f"'{repository}' is not a model repository (no <model>/config.pbtxt in it): write one "
                              "with `beit-deploy triton EXPORT --out REPOSITORY`")
+        self.installation = installation or find_server()
+        marks.check_repository(self.repository, self.installation.backends, self.installation.binary)
         ports = [options.http_port, options.grpc_port, options.metrics_port]
         free = iter(free_ports(ports.count(0), options.host))
         self.http_port, self.grpc_port, self.metrics_port = (p or next(free) for p in ports)
         self.options = options
-        self.installation = installation or find_server()
         self.process: subprocess.Popen | None = None
+        self.stages: dict[int, str] = {}
         self._scratch: tempfile.TemporaryDirectory | None = None
+        self._hold: int | None = None
+        self._shm = f"{watch.SHM_PREFIX}{os.getpid()}_{os.urandom(4).hex()}_"
 
     @property
     def http_url(self) -> str:
@@ -129,45 +122,67 @@ class TritonServer:
     def start(self) -> "TritonServer":
         """Start the server and wait until every model is ready (ServerError with the log's tail if not)."""
         check_python_environment()
-        self._scratch = tempfile.TemporaryDirectory(prefix="beit-deploy-triton-")
+        for line in watch.clean_leftovers():
+            say(f"removed {line}, left by a Triton start that was killed")
+        self._check_ports()
+        self._scratch = tempfile.TemporaryDirectory(prefix=watch.SCRATCH_PREFIX)
         try:
+            self._hold = watch.hold(Path(self._scratch.name))
             self._launch()
             self._wait_ready()
+            self._check_listener()
+            self.stages = watch.stages(self.process.pid)
         except BaseException:
             self.stop()
             raise
         return self
 
+    def _check_ports(self) -> None:
+        names = {"HTTP": self.http_port, "gRPC": self.grpc_port, "metrics": self.metrics_port}
+        for what, port in names.items():
+            problem = watch.port_problem(self.options.host, port)
+            if problem is not None:
+                fix = f"stop what holds it, or pass another --{what.lower()}-port (0: a free one)" \
+                    if "taken" in problem else "pass another --host"
+                raise ServerError(f"cannot serve {what}: {problem}: {fix}")
+
+    def _check_listener(self) -> None:
+        """The server that answered must be ours: the one holding the HTTP port's listening socket."""
+        holders = watch.listener_pids(self.http_port)
+        if holders is not None and self.process.pid not in holders:
+            who = f"process {', '.join(map(str, sorted(holders)))}" if holders else "a process of another user"
+            raise ServerError(f"another server ({who}) answers on port "
+                              f"{self.http_port}, not the tritonserver started here: stop it, or pass another "
+                              "--http-port")
+
+    def alive(self) -> str | None:
+        """None while the server and each of its stage processes run; else what stopped, in words."""
+        if self.process is None or self.process.poll() is not None:
+            code = self.process.returncode if self.process is not None else None
+            return f"tritonserver stopped by itself (status {code}): {self.log_summary()}"
+        dead = sorted(name for pid, name in self.stages.items() if not watch.alive(pid))
+        if dead:
+            return (f"the stage {dead[0]} stopped (its process died: killed for memory?), so every request to it "
+                    "would fail: start the server again")
+        return None
+
     def _launch(self) -> None:
-        command = [str(self.installation.binary), f"--model-repository={self.repository}",
+        link = Path(self._scratch.name) / "repository"  # the stubs cannot take a path with spaces
+        link.symlink_to(self.repository, target_is_directory=True)
+        command = [str(self.installation.binary), f"--model-repository={link}",
                    f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
                    f"--metrics-port={self.metrics_port}", f"--http-address={self.options.host}",
                    f"--grpc-address={self.options.host}", f"--metrics-address={self.options.host}",
                    f"--exit-timeout-secs={int(self.options.stop_timeout)}",
+                   f"--backend-config=python,shm-region-prefix-name={self._shm}",
                    f"--log-verbose={self.options.log_verbose}"]
         if self.installation.backends is not None:
-            command.append(f"--backend-directory={self._backends()}")
+            command.append(f"--backend-directory={backend_folder(self.installation, Path(self._scratch.name))}")
         env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env=env, start_new_session=True,
                                             preexec_fn=_parent_death_signal())
-
-    def _backends(self) -> Path:
-        """A backend folder of links to nvidia-pytriton's, plus the Python backend stub for this Python."""
-        folder = Path(self._scratch.name) / "backends"
-        shutil.copytree(self.installation.backends, folder, symlinks=True, copy_function=os.symlink)
-        version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        stub = self.installation.stubs / version / "triton_python_backend_stub"
-        if not stub.is_file():
-            raise ServerError(f"this Triton has no Python backend stub for Python {version} (it has "
-                              f"{', '.join(sorted(p.name for p in self.installation.stubs.iterdir()))}): run "
-                              "beit-deploy with one of those Python versions")
-        if ctypes.util.find_library(f"python{version}") is None:
-            raise ServerError(f"the Python backend stub of this Triton needs libpython{version}.so.1.0, which is not "
-                              f"installed: apt-get install libpython{version} (Debian/Ubuntu)")
-        os.symlink(stub, folder / "python" / stub.name)
-        return folder
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.options.startup_timeout
@@ -215,6 +230,10 @@ class TritonServer:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)  # stubs or a hung server
             process.wait()
+        watch.remove_shm(self._shm)
+        if self._hold is not None:
+            os.close(self._hold)
+            self._hold = None
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None
@@ -259,9 +278,9 @@ def serve_until_stopped(server: TritonServer, on_ready) -> None:
     try:
         with server:
             on_ready(server)
-            while server.process is not None and server.process.poll() is None:
+            while (problem := server.alive()) is None:
                 time.sleep(0.5)
-            raise ServerError(f"tritonserver stopped by itself: {server.log_summary()}")
+            raise ServerError(problem)
     except KeyboardInterrupt:
         return
     finally:

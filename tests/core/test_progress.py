@@ -58,12 +58,14 @@ def test_forced_off_and_on(capsys, monkeypatch):
     assert "3/3" in capsys.readouterr().err
 
 
-def test_quiet_says_only_warnings(capsys, monkeypatch):
+def test_quiet_says_only_warnings_and_notes(capsys, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     progress.set_verbosity(progress.QUIET)
     counted_step()
     progress.say("  warning: few calibration photos")
-    assert capsys.readouterr().err == "  warning: few calibration photos\n"
+    progress.say("note: the bundled server cannot run this stage")
+    progress.say("exporting tiny at 64x64")
+    assert capsys.readouterr().err == "  warning: few calibration photos\nnote: the bundled server cannot run this stage\n"
 
 
 def test_an_opaque_step_shows_its_elapsed_time(capsys, monkeypatch):

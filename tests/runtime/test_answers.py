@@ -23,7 +23,10 @@ def test_results_name_their_task(monkeypatch):
     result = answers.answer(other, np.array([0.0, 2.0, 1.0]), post.Context((4, 4), (1, 1), {1: "good"}, 2))
     assert result.to_dict()["task"] == "aesthetic-rating" and result.top_k[0].label == "good"
     row = {k: v[0] for k, v in wire.stack([wire.encode(result)]).items()}
-    assert wire.decode("aesthetic-rating", row, (4, 4)) == result
+    back = wire.decode("aesthetic-rating", row, (4, 4))  # scores travel as FP32
+    assert back.to_dict()["task"] == "aesthetic-rating"
+    assert [(c.id, c.label) for c in back.top_k] == [(c.id, c.label) for c in result.top_k]
+    np.testing.assert_allclose([c.score for c in back.top_k], [c.score for c in result.top_k], rtol=1e-6)
     assert post.classify(np.zeros(3), {}).to_dict()["task"] == "classification"
 
 
