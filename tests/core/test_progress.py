@@ -114,7 +114,7 @@ def test_quiet_triton_says_nothing_on_stderr(tiny_export, tmp_path):
     loud = CliRunner().invoke(main, ["triton", str(folder), "--out", str(tmp_path / "a")])
     quiet = CliRunner().invoke(main, ["triton", str(folder), "--out", str(tmp_path / "b"), "-q"])
     assert loud.exit_code == quiet.exit_code == 0, loud.stderr + quiet.stderr
-    assert "writing the model repository" in loud.stderr and quiet.stderr == ""
+    assert "model(s) into" in loud.stderr and quiet.stderr == ""
     assert quiet.stdout.replace(str(tmp_path / "b"), "X") == loud.stdout.replace(str(tmp_path / "a"), "X")
 
 
@@ -142,4 +142,4 @@ def test_quiet_on_the_group_reaches_the_command(tiny_export, tmp_path):
     assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
     assert progress.verbosity() == progress.NORMAL  # restored when the command ended
     loud = CliRunner().invoke(main, ["-q", "triton", str(folder), "--out", str(tmp_path / "v"), "-v"])
-    assert loud.exit_code == 0 and "writing the model repository" in loud.stderr  # the command's flag wins
+    assert loud.exit_code == 0 and "model(s) into" in loud.stderr  # the command's flag wins
