@@ -39,22 +39,26 @@ test-all: install
 clean:
 	rm -rf $(VENV) export/*/ engines/*/ model_repository .pytest_cache
 
-# GPU box (no network, torch preinstalled, system python, beit-deploy not installed): `make wheels` here (the
-# pure-Python wheels it may lack, for its Python GPU_PYTHON, in WHEELS), bring the checkout with WHEELS along, then
-# there `make gpu-check PYTHON=python3 WHEELS=.whl`: it installs only what is missing, from WHEELS, never a venv.
+# GPU box (no network, torch preinstalled, system python, beit-deploy not installed): bring the checkout, then
+# there `make gpu-check PYTHON=python3`. It runs beit-deploy from the checkout (PYTHONPATH, no install) with this
+# checkout's .venv python where there is one, else PYTHON. Nothing it runs needs polygraphy; onnxscript and onnx-ir
+# (the exporter's, for the TensorRT rows) are installed from WHEELS (`make wheels` on a networked machine) when
+# missing and there, else the parts that need them say why they were skipped. It never stops before the check: the
+# log and gpu-check.json always land in GPU_CHECK_OUT. Without CUDA it is the CPU dry run (see README, TensorRT).
 WHEELS ?= .whl
 GPU_PYTHON ?= 3.12
-GPU_PIP = PIP_BREAK_SYSTEM_PACKAGES=1 $(PYTHON) -m pip install --quiet --no-index --find-links $(WHEELS) --no-deps
+GPU_PY = $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+GPU_PIP = PIP_BREAK_SYSTEM_PACKAGES=1 $(GPU_PY) -m pip install --quiet --no-index --find-links $(WHEELS) --no-deps
 GPU_CHECK_OUT ?= gpu-check-out
 
 wheels: install
 	mkdir -p $(WHEELS)
 	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) -d $(WHEELS) \
-		$$($(BIN)/pip freeze | grep -iE '^(polygraphy|onnxscript|onnx-ir|click|pillow)==') "setuptools>=70.1"
+		$$($(BIN)/pip freeze | grep -iE '^(onnxscript|onnx-ir|polygraphy)==')
 
 gpu-check:
-	$(PYTHON) -c "import polygraphy" 2>/dev/null || $(GPU_PIP) polygraphy
-	$(PYTHON) -c "import onnxscript, onnx_ir" 2>/dev/null || $(GPU_PIP) onnxscript onnx-ir
-	$(PYTHON) -c "import click, PIL" 2>/dev/null || $(GPU_PIP) click pillow
-	$(PYTHON) -m pip show beit-deploy >/dev/null 2>&1 || $(GPU_PIP) . || $(GPU_PIP) --no-build-isolation .
-	GPU_CHECK_OUT=$(GPU_CHECK_OUT) $(PYTHON) -m beit_deploy.trt.gpu_check
+	@for m in onnxscript:onnxscript onnx_ir:onnx-ir; do \
+		$(GPU_PY) -c "import $${m%%:*}" 2>/dev/null || { test -d $(WHEELS) && $(GPU_PIP) $${m#*:}; } || \
+		echo "gpu-check: $${m#*:} is not installed and $(WHEELS)/ has no wheel of it: parts that need it say so"; \
+	done
+	GPU_CHECK_OUT=$(GPU_CHECK_OUT) PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m beit_deploy.bench.gpu_check

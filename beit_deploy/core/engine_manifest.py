@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import ArtifactError, BeitDeployError, UsageError, require
 from .files import artifact_sha256, bare_name
 from .manifest import Manifest, read_versioned
+from . import precisions
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 ENGINE_FILE, ENGINE_MANIFEST = "model.engine", "engine.json"
@@ -53,6 +54,14 @@ class EngineManifest:
     created: str
     format_version: int = ENGINE_FORMAT_VERSION
     tf32: bool | None = None  # TF32 allowed for fp32 layers; None: not recorded (engine.json before it was)
+    # {"form": "decomposed"} or {"form": "fused", "attention_nodes": N, "trt_decomposable": True}; None: not recorded
+    attention: dict | None = None
+
+    @property
+    def judged_as(self) -> str:
+        """The name whose parity bounds apply (core.precisions.judged_as): tf32 for an fp32 engine built with
+        TF32 allowed, else its precision."""
+        return precisions.judged_as(self.precision, self.tf32)
 
     def __post_init__(self):
         """ValueError for an engine.json that names its source graph by anything but a plain file name (the
@@ -180,6 +189,22 @@ def unavailable_reason() -> str | None:
     import torch
 
     return None if torch.cuda.is_available() else "no CUDA GPU (torch.cuda.is_available() is False)"
+
+
+def engine_cannot_run(found: FoundEngine, plan: str) -> str | None:
+    """Why `found` cannot run on this machine (None: it can), checked before anything loads it: TensorRT or a
+    GPU missing ("<plan>, but ..."), or an engine of another TensorRT version or GPU (check_engine_compatible's
+    reason). verify and compare skip the engine with this same sentence."""
+    unavailable = unavailable_reason()
+    if unavailable:
+        return f"{plan}, but {unavailable}"
+    import tensorrt
+
+    try:
+        check_engine_compatible(found.info, tensorrt.__version__, current_gpu())
+    except BeitDeployError as exc:
+        return f"{found.path} cannot run here ({exc})"
+    return None
 
 
 def current_gpu(device: int = 0) -> GpuInfo:

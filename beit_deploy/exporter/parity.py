@@ -23,8 +23,10 @@ from ..runtime.preprocess import DEFAULT_MAX_PIXELS
 CHECKOUT_IMAGES = Path(__file__).resolve().parents[2] / "samples" / "images"
 NO_PHOTOS = "no sample photos (a checkout's samples/images): pass --images DIR or set BEIT_DEPLOY_IMAGES"
 
-# Per precision, from the precision table (core/precisions.py): the limits `measure` judges a graph by.
-THRESHOLDS = {p.name: dict(p.thresholds) for p in precisions.PRECISIONS.values()}
+# Per precision, from the precision table (core/precisions.py): the limits `measure` judges a graph by; and the
+# bounds of engines whose build loosened their graph's precision (tf32: `build --tf32`).
+THRESHOLDS = {p.name: dict(p.thresholds) for p in precisions.PRECISIONS.values()} | {
+    name: dict(row["thresholds"]) for name, row in precisions.LOOSENED.items()}
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import backends, precisions, tasks
-from ..core.engine_manifest import find_engine, unavailable_reason
+from ..core.engine_manifest import FoundEngine, engine_cannot_run, find_engine, unavailable_reason
 from ..core.errors import UsageError, require
 from ..core.manifest import Manifest, read_manifest
 from ..core.progress import chatty
@@ -49,7 +49,8 @@ def onnx_runners() -> dict[str, str]:
 RUNNERS = runner_names()  # as they were when this module loaded; CompareOptions checks against the tables
 # Default tolerances per precision of the runner compared with the reference (elementwise atol OR rtol), from the
 # precision table; quantized graphs are judged mainly by cosine, elementwise only for gross errors.
-TOLERANCES = {p.name: dict(p.tolerance) for p in precisions.PRECISIONS.values()}
+TOLERANCES = {p.name: dict(p.tolerance) for p in precisions.PRECISIONS.values()} | {
+    name: dict(row["tolerance"]) for name, row in precisions.LOOSENED.items()}  # tf32: an fp32 engine built --tf32
 PURPOSE = "comparing runners with Polygraphy (beit-deploy compare)"
 
 
@@ -148,7 +149,8 @@ def _runners(folder: Path, manifest: Manifest, options: CompareOptions):
 
 
 def _make_runner(name: str, folder: Path, manifest: Manifest, options: CompareOptions):
-    """(runner, precision), or the reason `name` cannot run for this folder on this machine."""
+    """(runner, precision), or the reason `name` cannot run for this folder on this machine. ONNX Runtime and
+    TensorRT runners take any number of images: see `batched`."""
     makers = {**dict.fromkeys(onnx_runners(), _onnx_runner), EAGER_RUNNER: _torch_runner, TRT_RUNNER: _trt_runner}
     return makers[name](name, folder, manifest, options)
 
@@ -161,7 +163,7 @@ def _onnx_runner(name: str, folder: Path, manifest: Manifest, options: CompareOp
     file = manifest.artifacts.get(precision)
     if file is None or not (folder / file).is_file():
         return f"the export has no {precision} graph here (export with {precisions.PRECISIONS[precision].flag} for one)"
-    return OnnxrtRunner(SessionFromOnnx(str(folder / file), providers=["cpu"]), name=name), precision
+    return batched(OnnxrtRunner(SessionFromOnnx(str(folder / file), providers=["cpu"]), name=name)), precision
 
 
 def _torch_runner(name: str, folder: Path, manifest: Manifest, options: CompareOptions):
@@ -169,28 +171,83 @@ def _torch_runner(name: str, folder: Path, manifest: Manifest, options: CompareO
 
 
 def _trt_runner(name: str, folder: Path, manifest: Manifest, options: CompareOptions):
-    """Polygraphy's TrtRunner on the engine `build` made from this export, or on one it builds from the ONNX."""
+    """Polygraphy's TrtRunner on the engine `build` made from this export (checked first to be of this TensorRT
+    and GPU: verify's reason when not), or on one Polygraphy builds from the ONNX (profile BUILT_PROFILE)."""
     from ..trt.build import profile_shapes
 
     found, _ = find_engine(folder, manifest, options.engine)
     fallback = precisions.ENGINE_DEFAULT if precisions.ENGINE_DEFAULT in manifest.artifacts else precisions.REFERENCE
-    precision = found.info.precision if found else fallback
+    precision = found.info.judged_as if found else fallback
+    if found is not None:
+        reason = engine_cannot_run(found, f"would compare {found.describe()}")
+        return reason if reason else (batched(_engine_runner(found, name), *batch_range(found.info.profile)),
+                                      precision)
     reason = unavailable_reason()
     if reason:
-        plan = (f"would compare {found.describe()}" if found else
-                f"would build an engine from {manifest.artifacts[precision]} with Polygraphy (TF32 off) and compare it")
-        return f"{plan}, but {reason}"
-    from polygraphy.backend.trt import (CreateConfig, EngineFromNetwork, EngineFromPath, NetworkFromOnnxPath,
-                                        Profile, TrtRunner)
+        return (f"would build an engine from {manifest.artifacts[precision]} with Polygraphy (TF32 off) and compare "
+                f"it, but {reason}")
+    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, TrtRunner
 
-    if found is not None:
-        return TrtRunner(EngineFromPath(str(found.path)), name=name), precision
-    profile = Profile()
-    for input_name, shapes in profile_shapes(manifest.inputs, (1, 2, 8)).items():
-        profile.add(input_name, shapes["min"], shapes["opt"], shapes["max"])
+    profile, shapes = Profile(), profile_shapes(manifest.inputs, BUILT_PROFILE)
+    for input_name, by_key in shapes.items():
+        profile.add(input_name, by_key["min"], by_key["opt"], by_key["max"])
     network = NetworkFromOnnxPath(str(folder / manifest.artifacts[precision]), strongly_typed=True)
     config = CreateConfig(profiles=[profile], tf32=False)
-    return TrtRunner(EngineFromNetwork(network, config), name=name), precision
+    runner = TrtRunner(EngineFromNetwork(network, config), name=name)
+    return batched(runner, BUILT_PROFILE[0], BUILT_PROFILE[2]), precision
+
+
+BUILT_PROFILE = (1, 2, 8)  # the batch profile of the engine compare builds itself
+
+
+def _engine_runner(found: FoundEngine, name: str):
+    """Polygraphy's TrtRunner on an engine file `build` wrote (after engine_cannot_run said it can run here)."""
+    from polygraphy.backend.trt import EngineFromPath, TrtRunner
+
+    return TrtRunner(EngineFromPath(str(found.path)), name=name)
+
+
+def batch_range(profile: dict) -> tuple[int, int]:
+    """(MIN, MAX) batch of an engine.json profile (every input has the same batch range)."""
+    shapes = next(iter(profile.values()))
+    return int(shapes["min"][0]), int(shapes["max"][0])
+
+
+def batched(runner, low: int = 1, high: int | None = None):
+    """`runner` (a Polygraphy runner) taking any number of images: the feeds go through the runner's splitting
+    and padding (`runtime.backends.run_in_batches`) to batches of low..high, and the outputs are copies."""
+    return _batched_runner_class()(runner, low, high)
+
+
+@functools.cache
+def _batched_runner_class():
+    from polygraphy.backend.base import BaseRunner
+
+    from ..runtime.backends import run_in_batches
+
+    class BatchedRunner(BaseRunner):
+        """Another Polygraphy runner, fed in chunks its batch range accepts; same name, so reports read alike."""
+
+        def __init__(self, inner, low: int, high: int | None):
+            super().__init__(name=inner.name, prefix="batched-runner")
+            self.inner, self.low, self.high = inner, low, high
+
+        def activate_impl(self):
+            self.inner.activate()
+
+        def deactivate_impl(self):
+            self.inner.deactivate()
+
+        def get_input_metadata_impl(self):
+            return self.inner.get_input_metadata(use_numpy_dtypes=False)
+
+        def infer_impl(self, feed_dict):
+            start = time.perf_counter()
+            out = run_in_batches(lambda chunk: self.inner.infer(chunk), dict(feed_dict), self.low, self.high)
+            self.inference_time = time.perf_counter() - start
+            return collections.OrderedDict(out)
+
+    return BatchedRunner
 
 
 def renormaliser(manifest: Manifest, loaded) -> tuple[np.ndarray, np.ndarray]:

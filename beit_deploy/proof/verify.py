@@ -23,7 +23,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from ..core import precisions, tasks
-from ..core.engine_manifest import FoundEngine, find_engine, unavailable_reason
+from ..core.engine_manifest import FoundEngine, engine_cannot_run, find_engine
 from ..core.errors import ModelLoadError, UsageError, describe
 from ..core.manifest import Manifest, check_artifact, read_manifest
 from ..core.progress import step, tracked
@@ -239,7 +239,7 @@ def _artifacts(folder: Path, manifest: Manifest, engine: Path | None = None):
         yield name, file, name, _onnx_runner(check_artifact(folder, manifest, name, hashes=True))
     found, passed_over = find_engine(folder, manifest, engine)
     if found is not None:
-        yield "engine", str(found.path), found.info.precision, _engine_runner(found, manifest, unavailable_reason())
+        yield "engine", str(found.path), found.info.judged_as, _engine_runner(found, manifest)
     elif passed_over:
         yield "engine", "-", "-", "no engine of this export: " + "; ".join(passed_over)
 
@@ -247,20 +247,22 @@ def _artifacts(folder: Path, manifest: Manifest, engine: Path | None = None):
 def _onnx_runner(path: Path):
     from ..runtime.backends import CPU, OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(path, providers=CPU).run
+    return OnnxRuntimeBackend(path, providers=CPU).run_batched
 
 
-def _engine_runner(found: FoundEngine, manifest: Manifest, unavailable: str | None):
-    """A run function for the engine, or what would run and why it cannot here (no TensorRT, no GPU, ...)."""
-    if unavailable:
-        return f"would run {found.describe()} against eager, but {unavailable}"
+def _engine_runner(found: FoundEngine, manifest: Manifest):
+    """A run function for the engine (any number of images: the runner's splitting and padding to its profile),
+    or what would run and why it cannot here (no TensorRT, no GPU, another TensorRT version or GPU, ...)."""
+    reason = engine_cannot_run(found, f"would run {found.describe()} against eager")
+    if reason:
+        return reason
     try:
         from ..runtime.tensorrt_backend import TensorRTBackend
 
         backend = TensorRTBackend(found.path, manifest)
     except Exception as exc:  # noqa: BLE001 - any reason the engine cannot load here is a skip, said as such
         return f"{found.path} cannot run here ({describe(exc)})"
-    return backend.run
+    return backend.run_batched
 
 
 def _figures(task: str, precision: str, refs: list[dict], gots: list[dict], n_photo: int) -> tuple[OutputReport, ...]:

@@ -7,11 +7,14 @@ labels or BEiT; the runner does the pre- and post-processing around it. Only num
 from __future__ import annotations
 
 import abc
+from typing import Callable
 
 import numpy as np
 
 from ..core.backends import ONNXRUNTIME, provider_device
 from ..core.progress import chatty
+
+Feeds = dict[str, np.ndarray]
 
 
 class Backend(abc.ABC):
@@ -47,6 +50,11 @@ class Backend(abc.ABC):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Inputs by name (batch first) -> outputs by name, as float32 numpy arrays."""
 
+    def run_batched(self, feeds: Feeds, batch_size: int | None = None) -> Feeds:
+        """`run` on any number of images: split into chunks this backend accepts, padded up to its smallest
+        batch (see `run_in_batches`). What the runner, verify and compare all use."""
+        return run_in_batches(self.run, feeds, self.min_batch, self.max_batch, batch_size)
+
     def close(self) -> None:
         """Release what the backend holds (sessions, device memory). Safe to call twice."""
 
@@ -55,6 +63,27 @@ class Backend(abc.ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def run_in_batches(run: Callable[[Feeds], Feeds], feeds: Feeds, low: int = 1, high: int | None = None,
+                   batch_size: int | None = None) -> Feeds:
+    """`run(feeds)` in chunks of at most `batch_size` (default: all at once) and `high` images, each chunk
+    below `low` padded by repeating its last image, the padded rows dropped from its outputs; outputs joined.
+
+    Every image is computed independently, so the others are unchanged by the split or the padding. This is
+    how a TensorRT engine with profile MIN..MAX answers any number of images, and the one place that does it.
+    """
+    n = len(next(iter(feeds.values())))
+    step = max(batch_size or n, low, 1)
+    step = min(step, high) if high else step
+    chunks = []
+    for start in range(0, max(n, 1), step):
+        chunk = {k: v[start:start + step] for k, v in feeds.items()}
+        size = len(next(iter(chunk.values())))
+        if size < low:
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], low - size, axis=0)]) for k, v in chunk.items()}
+        chunks.append({k: np.asarray(v)[:size] for k, v in run(chunk).items()})
+    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
 
 #: ONNX Runtime execution providers, best first (the longest chain of the backend table's). The runner uses the

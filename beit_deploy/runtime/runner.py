@@ -114,11 +114,7 @@ class BeitRunner(Predictor):
                              f"{[s.name for s in self.manifest.inputs]}")
         if len(pixels) == 0:
             return {s.name: np.zeros((0, *s.shape[1:]), np.float32) for s in self.manifest.outputs}
-        low = self.backend.min_batch
-        step = min(max(self.batch_size, low), self.backend.max_batch or max(self.batch_size, low))
-        chunks = [_run_padded(self.backend, {k: v[i:i + step] for k, v in feeds.items()}, low)
-                  for i in range(0, len(pixels), step)]
-        return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
+        return self.backend.run_batched(feeds, self.batch_size)
 
     def predict_each(self, images: Sequence[ImageLike], top_k: int = 5, keep_rgb: bool = False
                      ) -> Iterator[Prediction]:
@@ -180,15 +176,6 @@ def __getattr__(name: str):
 
         return BeitTRTRunner
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _run_padded(backend: Backend, feeds: dict[str, np.ndarray], low: int) -> dict[str, np.ndarray]:
-    """backend.run(feeds) for a chunk of n images, padded to `low` rows (repeating the last) when n < low."""
-    n = len(next(iter(feeds.values())))
-    if n >= low:
-        return backend.run(feeds)
-    padded = {k: np.concatenate([v, np.repeat(v[-1:], low - n, axis=0)]) for k, v in feeds.items()}
-    return {k: v[:n] for k, v in backend.run(padded).items()}
 
 
 def _resolve(path: Path, precision: str | None) -> tuple[Manifest, Path, str]:

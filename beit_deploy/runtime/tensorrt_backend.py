@@ -10,13 +10,23 @@ Optional CUDA graphs (`cuda_graph=True`): one graph per batch size, each capture
 context with static buffers, then replayed (copy in, replay, outputs in the static buffers). A context keeps
 the shape state TensorRT set up for its batch size, so switching between cached sizes needs no recapture
 (TensorRT allows several contexts on one profile as long as they are not used concurrently; ours run one at a
-time on one stream). At most `max_graphs` sizes are kept (each context holds its own activation memory), least
-recently used dropped first. A batch size whose capture fails runs without a graph from then on.
+time on one stream). At most `max_graphs` sizes are kept (each keeps its static buffers), least recently used
+dropped first. A batch size whose capture fails runs without a graph from then on, and the CUDA error the failed
+capture left pending is cleared (cudaGetLastError, as trtexec does), so the next CUDA call does not report it.
+
+Device memory for activations: every context of the engine (the plain one and one per captured graph) is
+created with user-managed allocation and given the same single buffer of `device_memory_size_v2` bytes (the
+largest any profile shape needs). They never run at the same time (one stream, one call at a time), so
+sharing is safe, and 1 + `max_graphs` contexts cost one workspace instead of one each.
+
+One `trt.Logger` per process (`trt_logger`), shared by every Builder, parser and Runtime, as TensorRT expects.
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -41,6 +51,18 @@ Made = TypeVar("Made")
 Logger = TypeVar("Logger")
 
 
+def trt_logger() -> trt.Logger:
+    """The process's one TensorRT logger (warnings and errors), for every Builder, Runtime and parser."""
+    import tensorrt as trt
+
+    return _logger_of(trt)
+
+
+@functools.cache
+def _logger_of(module) -> trt.Logger:
+    return module.Logger(module.Logger.WARNING)
+
+
 def trt_object(factory: Callable[[Logger], Made | None], logger: Logger, what: str) -> Made:
     """`factory(logger)` (trt.Builder, trt.Runtime), or TensorRTError saying why TensorRT could not start.
 
@@ -57,15 +79,34 @@ def trt_object(factory: Callable[[Logger], Made | None], logger: Logger, what: s
     return made
 
 
+def clear_cuda_error() -> int | None:
+    """cudaGetLastError() on the CUDA runtime this process loaded (torch's): returns and clears the error a
+    failed stream capture leaves pending, as trtexec does after one. None where no CUDA runtime is loaded."""
+    library = _cudart()
+    return None if library is None else int(library.cudaGetLastError())
+
+
+def _cudart():
+    """The loaded libcudart (found in /proc/self/maps: torch ships and loads its own), or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "libcudart.so" in line})
+    except OSError:
+        return None
+    return ctypes.CDLL(paths[0]) if paths else None  # dlopen of a loaded library: the same handle
+
+
 class GraphCache:
     """Captured CUDA graphs by batch size: `get(batch)` -> the entry `capture(batch)` made, or None when the
     capture failed (that size then runs without a graph and is never captured again). At most `limit` entries,
     least recently used dropped first (`release(entry)` is called for it)."""
 
-    def __init__(self, capture: Callable[[int], Any], release: Callable[[Any], None], limit: int = MAX_GRAPHS):
+    def __init__(self, capture: Callable[[int], Any], release: Callable[[Any], None], limit: int = MAX_GRAPHS,
+                 after_failure: Callable[[], object] = lambda: None):
         if limit < 1:
             raise UsageError(f"at most {limit} CUDA graphs: keep at least one, or run without graphs")
         self._capture, self._release, self.limit = capture, release, limit
+        self._after_failure = after_failure
         self.entries: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self.failed: dict[int, str] = {}
 
@@ -78,6 +119,7 @@ class GraphCache:
         try:
             entry = self._capture(batch)
         except Exception as exc:  # noqa: BLE001 - any capture failure: run plainly from now on
+            self._after_failure()
             self.failed[batch] = describe(exc)
             say(f"CUDA graph capture failed at batch {batch} ({self.failed[batch]}): running without a graph")
             return None
@@ -116,11 +158,12 @@ class TensorRTBackend(Backend):
         self.manifest, self.engine_manifest, self.path = manifest, info, path
         self._device = torch.device("cuda", device)
         with torch.cuda.device(self._device):  # TensorRT deserialises and allocates on the current device
-            self._logger = trt.Logger(trt.Logger.WARNING)
-            self._runtime = trt_object(trt.Runtime, self._logger, "runtime")
+            self._runtime = trt_object(trt.Runtime, trt_logger(), "runtime")
             self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
             if self._engine is None:
                 raise ArtifactError(f"TensorRT could not load {path} (its messages above say why): build it again")
+            self._workspace_bytes = int(self._engine.device_memory_size_v2)
+            self._workspace = self._allocate(self._workspace_bytes)
             self._context = self._new_context()
             self._stream = torch.cuda.Stream(device=self._device)
         engine = self._engine
@@ -130,7 +173,8 @@ class TensorRTBackend(Backend):
         self._outputs = [n for n in names if not is_input[n]]
         self._dtypes = {n: getattr(torch, TORCH_DTYPES[engine.get_tensor_dtype(n).name]) for n in names}
         self._batch_range = tuple(int(dims[0]) for dims in engine.get_tensor_profile_shape(self._inputs[0], 0))
-        self._graphs = GraphCache(self._capture, lambda entry: None, max_graphs) if cuda_graph else None
+        self._graphs = GraphCache(self._capture, lambda entry: None, max_graphs, clear_cuda_error) if cuda_graph \
+            else None
 
     @property
     def max_batch(self) -> int:
@@ -142,8 +186,8 @@ class TensorRTBackend(Backend):
 
     @property
     def device_memory_bytes(self) -> int:
-        """Activation memory one execution context of this engine takes (outside torch's allocator)."""
-        return int(self._engine.device_memory_size_v2)
+        """Activation memory of this backend: the one workspace all its execution contexts share."""
+        return self._workspace_bytes
 
     def run(self, feeds: dict) -> dict[str, np.ndarray]:
         """Inputs by name (numpy arrays or torch CUDA tensors, batch first) -> float32 numpy outputs."""
@@ -179,11 +223,20 @@ class TensorRTBackend(Backend):
                              f"{low}..{high}: split the batch or build with --batch")
         return batches.pop()
 
+    def _allocate(self, size: int):
+        """The shared activation workspace: `size` bytes of device memory from torch's allocator (256-byte
+        aligned or better, as TensorRT requires)."""
+        return self._torch.empty(max(size, 1), dtype=self._torch.uint8, device=self._device)
+
     def _new_context(self) -> trt.IExecutionContext:
-        context = self._engine.create_execution_context()
+        """An execution context that allocates nothing itself and uses the backend's one workspace."""
+        import tensorrt as trt
+
+        context = self._engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
         if context is None:
             raise TensorRTError(f"TensorRT could not create an execution context for {self.path} (out of GPU "
                                 "memory? its messages above say why)")
+        context.set_device_memory(self._workspace.data_ptr(), self._workspace_bytes)
         return context
 
     def _to_device(self, value, name: str):
@@ -241,11 +294,11 @@ class TensorRTBackend(Backend):
         return static_out
 
     def close(self) -> None:
-        """Drop the graphs and their contexts, the context, engine and runtime (in that order); safe to call
-        twice."""
+        """Drop the graphs and their contexts, the context, the workspace, engine and runtime (in that order);
+        safe to call twice."""
         graphs = getattr(self, "_graphs", None)
         if graphs is not None:
             graphs.clear()
-        for attr in ("_context", "_engine", "_runtime"):
+        for attr in ("_context", "_workspace", "_engine", "_runtime"):
             if hasattr(self, attr):
                 setattr(self, attr, None)

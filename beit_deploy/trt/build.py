@@ -8,6 +8,14 @@ and TF32 is cleared (TensorRT enables it by default): fp32 layers stay fp32, as 
 1e-4) assume; `tf32=True` allows it, and engine.json records which. One optimisation profile covers the batch
 range MIN:OPT:MAX on axis 0 of every input. The timing cache: see timing_cache.py.
 
+Fused attention (an export with `--attention fused`): TensorRT's ONNX parser turns each ONNX `Attention` node
+into an IAttention layer that must run as one fused kernel unless the node says `TRT_decomposable=1`; where
+TensorRT has no fused kernel for a case (fp32, very long sequences, small heads) the build then fails. ONNX
+Runtime refuses that attribute, so the exported graph cannot carry it: the parser gets a copy of the graph
+(`tensorrt_graph`, in memory, external weights still read from the export folder) with TRT_decomposable=1 on
+every Attention node, so TensorRT fuses where it can and decomposes where it cannot. engine.json records it
+(`attention`). TensorRT before 10.14 has no Attention importer: such a build is refused before parsing.
+
 Output: `<out>/<model>/<H>x<W>/` with `model.engine`, `engine.json` (what built it, for which GPU, from which
 ONNX) and a copy of the export's `manifest.json`, written to a hidden temporary folder and renamed into place.
 Everything but `engine_from_onnx` is plain Python, so it is tested without TensorRT; the TensorRT calls are
@@ -26,10 +34,10 @@ from ..core.engine_manifest import ENGINE_FILE, ENGINES_DIR, TRT_PURPOSE, Engine
 from ..core import precisions
 from ..core.errors import ArtifactError, UsageError, require
 from ..core.files import artifact_sha256, atomic_folder
-from ..core.manifest import ATTENTION_MIN_TENSORRT, DECOMPOSED, Manifest, TensorSpec, read_manifest, \
+from ..core.manifest import ATTENTION_MIN_TENSORRT, DECOMPOSED, FUSED, Manifest, TensorSpec, read_manifest, \
     resolution_folders
 from ..core.progress import say, step
-from ..runtime.tensorrt_backend import trt_object
+from ..runtime.tensorrt_backend import trt_logger, trt_object
 from . import timing_cache
 
 if TYPE_CHECKING:
@@ -145,6 +153,7 @@ def engine_from_onnx(onnx_path: Path, manifest: Manifest, options: BuildOptions)
     import tensorrt as trt
 
     check_attention(manifest, trt.__version__)
+    fused = manifest.attention == FUSED  # ONNX Attention nodes: the parser gets a TRT_decomposable=1 copy
     gpu = current_gpu()
     onnx_path = Path(onnx_path)
     folder = engine_folder(options.out_dir, manifest)
@@ -152,32 +161,57 @@ def engine_from_onnx(onnx_path: Path, manifest: Manifest, options: BuildOptions)
     with atomic_folder(folder) as tmp:
         start = time.perf_counter()
         with step(f"building TensorRT {trt.__version__} {options.precision} engine for {gpu.name} -> {folder}"):
-            data, cache = _serialize(onnx_path, profile, options, gpu_key(trt.__version__, gpu))
-        (tmp / ENGINE_FILE).write_bytes(data)
+            data, cache, attention = _serialize(onnx_path, profile, options, gpu_key(trt.__version__, gpu), fused)
+        (tmp / ENGINE_FILE).write_bytes(data)  # straight from TensorRT's buffer, no copy
         write_engine_manifest(tmp, EngineManifest(
             tensorrt=trt.__version__, gpu=gpu, precision=options.precision,
             source={"folder": str(onnx_path.parent), "onnx": onnx_path.name, "sha256": artifact_sha256(onnx_path)},
             profile={k: {b: list(s) for b, s in v.items()} for k, v in profile.items()},
-            build_seconds=round(time.perf_counter() - start, 2), engine_bytes=len(data),
+            build_seconds=round(time.perf_counter() - start, 2), engine_bytes=data.nbytes,
             options={"workspace_gb": options.workspace_gb, "opt_level": options.opt_level,
                      "timing_cache": str(cache) if cache else None},
-            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), tf32=options.tf32))
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), tf32=options.tf32, attention=attention))
         manifest.write_to(tmp)
-    say(f"  {folder / ENGINE_FILE}: {len(data) / 2**20:.1f} MiB")
+    say(f"  {folder / ENGINE_FILE}: {data.nbytes / 2**20:.1f} MiB")
     return folder / ENGINE_FILE
 
 
-def _serialize(onnx_path: Path, profile: dict, options: BuildOptions, key: str) -> tuple[bytes, Path | None]:
-    """Parse the ONNX into a strongly typed network, configure, build -> (engine bytes, timing cache file)."""
+def tensorrt_graph(onnx_path: Path) -> tuple[bytes, int]:
+    """(serialized copy of the graph with TRT_decomposable=1 on every ONNX Attention node, how many nodes).
+
+    Only the graph is loaded: external weights stay where they are and the parser reads them from the export
+    folder (it is given the original path). The file itself is not changed: ONNX Runtime rejects the attribute.
+    """
+    onnx = require("onnx", "export", "building fused-attention engines")
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    nodes = [n for n in model.graph.node if n.op_type == "Attention" and n.domain in ("", "ai.onnx")]
+    for node in nodes:
+        kept = [a for a in node.attribute if a.name != "TRT_decomposable"]
+        del node.attribute[:]
+        node.attribute.extend(kept + [onnx.helper.make_attribute("TRT_decomposable", 1)])
+    return model.SerializeToString(), len(nodes)
+
+
+def _serialize(onnx_path: Path, profile: dict, options: BuildOptions, key: str, fused: bool
+               ) -> tuple[memoryview, Path | None, dict]:
+    """Parse the ONNX into a strongly typed network, configure, build -> (engine bytes as a view of TensorRT's
+    buffer, timing cache file, what was done with attention for engine.json)."""
     import tensorrt as trt
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt_object(trt.Builder, logger, "builder")
+    builder = trt_object(trt.Builder, trt_logger(), "builder")
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed_flag_needed(
         trt.__version__) else 0
     network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    parser = trt.OnnxParser(network, trt_logger())
+    attention: dict = {"form": DECOMPOSED}
+    if fused:
+        graph, count = tensorrt_graph(onnx_path)
+        attention = {"form": FUSED, "attention_nodes": count, "trt_decomposable": True}
+        parsed = parser.parse(graph, str(onnx_path))
+        del graph
+    else:
+        parsed = parser.parse_from_file(str(onnx_path))
+    if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise TensorRTError(f"TensorRT could not parse {onnx_path}: {errors[:500]}")
     names = {network.get_input(i).name for i in range(network.num_inputs)}
@@ -189,7 +223,7 @@ def _serialize(onnx_path: Path, profile: dict, options: BuildOptions, key: str) 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise TensorRTError(f"TensorRT could not build an engine from {onnx_path} (its messages above say why)")
-    return bytes(memoryview(serialized)), timing_cache.save(config, cache, key)
+    return memoryview(serialized), timing_cache.save(config, cache, key), attention
 
 
 def _config(builder: trt.Builder, profile: dict, options: BuildOptions) -> trt.IBuilderConfig:
@@ -201,7 +235,9 @@ def _config(builder: trt.Builder, profile: dict, options: BuildOptions) -> trt.I
     trt_profile = builder.create_optimization_profile()
     for name, shapes in profile.items():
         trt_profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
-    config.add_optimization_profile(trt_profile)
+    if config.add_optimization_profile(trt_profile) < 0:
+        raise TensorRTError(f"TensorRT refused the batch profile {options.batch} ({profile}): its messages above "
+                            "say why")
     if not options.tf32:
         config.clear_flag(trt.BuilderFlag.TF32)
     if options.workspace_gb is not None:

@@ -79,11 +79,11 @@ def inspect_engine(path: Path) -> dict:
     require("tensorrt", "gpu", TRT_PURPOSE)
     import tensorrt as trt
 
-    from ..runtime.tensorrt_backend import trt_object
+    from ..runtime.tensorrt_backend import trt_logger, trt_object
 
     info = read_engine_manifest(path.parent)
     check_engine_compatible(info, trt.__version__, current_gpu())
-    runtime = trt_object(trt.Runtime, trt.Logger(trt.Logger.WARNING), "runtime")
+    runtime = trt_object(trt.Runtime, trt_logger(), "runtime")
     engine = runtime.deserialize_cuda_engine(path.read_bytes())
     if engine is None:
         raise ArtifactError(f"TensorRT could not load {path} (its messages above say why): build it again")

@@ -140,6 +140,10 @@ def test_engine_manifest_describes_the_build(engines):
 
     info = read_engine_manifest(engine_file.parent)
     assert info.tensorrt == trt.__version__ and info.gpu == current_gpu() and info.tf32 is False
+    assert info.attention == {"form": "decomposed"}
+    if ("classification", "fused") in engines:  # built from a TRT_decomposable=1 copy of the fused graph
+        fused = read_engine_manifest(engines["classification", "fused"][1].parent)
+        assert fused.attention == {"form": "fused", "attention_nodes": 4, "trt_decomposable": True}
     assert info.source["sha256"] == artifact_sha256(folder / "model.fp16.onnx")
     assert info.profile["pixel_values"] == {"min": [1, 3, 64, 64], "opt": [2, 3, 64, 64], "max": [4, 3, 64, 64]}
     assert info.engine_bytes == engine_file.stat().st_size > 0
@@ -168,6 +172,7 @@ def test_cuda_tensors_cuda_graph_and_batch_limits(engines):
     with TensorRTBackend(engine_file, read_manifest(folder)) as plain:
         ref3 = plain.run(three)["logits"]
     with TensorRTBackend(engine_file, read_manifest(folder), cuda_graph=True) as graphed:
+        assert graphed.device_memory_bytes == graphed._engine.device_memory_size_v2  # one workspace, shared
         first, again = graphed.run(feeds)["logits"], graphed.run(feeds)["logits"]
         graph_of_2 = graphed._graphs.entries[2]
         other = graphed.run(three)["logits"]
@@ -249,6 +254,7 @@ def test_engine_folder_opens_in_the_runner_and_pads_below_the_profile_minimum(en
 @NEEDS_CUDA
 @NEEDS_TRT
 def test_verify_finds_and_runs_the_engine_build_wrote(engines, tmp_path, monkeypatch):
+    """The 5 sample photos on an engine of profile 1:2:4: verify splits them as the runner does."""
     import shutil
 
     from beit_deploy.proof.verify import parity_report
