@@ -32,7 +32,10 @@ def test_fifos_and_looping_symlinks_in_a_folder_are_reported(tiny_export, tmp_pa
     (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
     result = predict(tiny_export("classification"), folder, "--json")
     assert result.exit_code == 1
-    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(folder / "good.png")]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]  # failed images are error rows there too
+    assert [(r["image"], "error" in r) for r in rows] == [(str(folder / "good.png"), False),
+                                                         (str(folder / "loop.jpg"), True),
+                                                         (str(folder / "pipe.jpg"), True)]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 3 and "2 of 3 images could not be read" in errors[-1]
     assert any("pipe.jpg' is not a regular file" in e for e in errors)

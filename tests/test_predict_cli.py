@@ -56,8 +56,23 @@ def test_corrupt_file_in_a_batch(tiny_export, tmp_path):
     bad.write_bytes(PHOTOS[-1].read_bytes()[:500])
     result = predict(tiny_export("classification", fp16=True), PHOTOS[0], bad, PHOTOS[1], "--json")
     assert result.exit_code != 0
-    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == [str(PHOTOS[0]), str(PHOTOS[1])]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["image"] for r in rows] == [str(PHOTOS[0]), str(bad), str(PHOTOS[1])]  # the failed one as a row
+    assert "corrupt.jpg" in rows[1]["error"] and "top_k" not in rows[1] and "error" not in rows[0]
     assert "corrupt.jpg" in result.stderr and "1 of 3 images" in result.stderr
+    assert "3 images, 2 answered, 1 failed" in result.stderr  # the closing summary
+
+
+def test_folders_with_subfolders(tiny_export, tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    shutil.copy(PHOTOS[0], tmp_path / "top.png")
+    shutil.copy(PHOTOS[1], tmp_path / "a" / "b" / "deep.png")
+    (tmp_path / "a" / "notes.txt").write_text("not an image name: not listed")
+    result = predict(tiny_export("classification", fp16=True), tmp_path, "--json")
+    assert result.exit_code == 0, result.stderr
+    names = [json.loads(line)["image"] for line in result.stdout.splitlines()]
+    assert names == [str(tmp_path / "a" / "b" / "deep.png"), str(tmp_path / "top.png")]
+    assert "2 images, 2 answered, 0 failed" in result.stderr
 
 
 def test_masks_and_overlays(tiny_export, tmp_path):

@@ -9,6 +9,7 @@ import functools
 
 import click
 
+from .batch_commands import batch
 from .common import Group, verbosity_options
 from .export_commands import bench, export, models
 from .proof_commands import compare, verify
@@ -24,5 +25,5 @@ def main():
     """Export BEiT models to ONNX and TensorRT, run them, and prove they answer like the original."""
 
 
-for _command in (models, export, bench, build, inspect, predict, verify, compare, triton, serve):
+for _command in (models, export, bench, build, inspect, predict, batch, verify, compare, triton, serve):
     main.add_command(_command)

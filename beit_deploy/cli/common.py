@@ -142,7 +142,11 @@ def verbosity_options(command, for_group: bool = False):
     logs too) on a command: given, they set core.progress's verbosity for the command's run, then restore it.
     for_group=True: on the group (`beit-deploy -q export ...`), kept for the command it runs (Group.main restores
     it when the command ends); a command's own flag wins."""
+    import inspect
+
     from ..core import progress
+
+    takes = set(inspect.signature(command).parameters) & {"quiet", "verbose"}  # a command that also reads them
 
     @functools.wraps(command)
     def wrapper(*args, quiet=False, verbose=False, **kwargs):
@@ -151,6 +155,9 @@ def verbosity_options(command, for_group: bool = False):
         before = os.environ.get(progress.VERBOSITY_ENV)
         # neither flag: the group's (or the environment's) level, applied to the third-party loggers too
         progress.set_verbosity(progress.QUIET if quiet else progress.VERBOSE if verbose else progress.verbosity())
+        level = progress.verbosity()
+        kwargs.update({k: v for k, v in (("quiet", level <= progress.QUIET), ("verbose", level >= progress.VERBOSE))
+                       if k in takes})
         try:
             return command(*args, **kwargs)
         finally:

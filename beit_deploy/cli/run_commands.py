@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -40,20 +41,21 @@ from .common import friendly, json_option, library_choice, option, precision_cho
 @friendly
 def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, batch_size, server, served_model,
             protocol, max_pixels, no_hash_check):
-    """Run an export (resolution folder, ONNX file or TensorRT engine) on IMAGES (files or folders), or, with
-    --server URL --served-model NAME, ask a Triton server about PATH and IMAGES."""
+    """Run an export (resolution folder, ONNX file or TensorRT engine) on IMAGES (files, or folders with their
+    subfolders), or, with --server URL --served-model NAME, ask a Triton server about PATH and IMAGES. For data
+    sets, results files and resuming: `beit-deploy batch`."""
     from ..core.progress import bars_on, outside_bars, say, tracked
     from ..runtime import answers
     from ..runtime.palette import output_name, save_mask, save_overlay
-    from ..runtime.preprocess import ImageError, collect_images
+    from ..runtime.preprocess import ImageError
 
     if server and not served_model:
         raise UsageError("--server needs --served-model NAME, the served ensemble (`beit-deploy serve` prints it)")
     if not server and not images:
         raise UsageError("give an export (PATH) and at least one image, or --server URL --served-model NAME with "
                          "images")
-    files = collect_images((path, *images) if server else images)
-    failed, unread, taken = 0, 0, set()
+    files = _images((path, *images) if server else images)
+    failed, unread, taken, start = 0, 0, set(), time.perf_counter()
     with _predictor(path, server, served_model, protocol, precision, batch_size, max_pixels,
                     not no_hash_check) as runner:
         if (masks_dir or overlay_dir) and not answers.of(runner.task).label_map:
@@ -65,6 +67,8 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
             if p.error is not None:
                 with outside_bars():
                     click.echo(f"error: {p.error}", err=True)
+                    if as_json:
+                        click.echo(_json({"image": p.image, "error": str(p.error)}))
                 failed += 1
                 unread += isinstance(p.error, ImageError)
                 continue
@@ -77,10 +81,26 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
                     save_mask(p.result.label_map, Path(masks_dir) / name)
                 if overlay_dir:
                     save_overlay(p.rgb, p.result.label_map, runner.labels, Path(overlay_dir) / name)
+    seconds = time.perf_counter() - start
+    say(f"{len(files)} images, {len(files) - failed} answered, {failed} failed, "
+        f"{len(files) / seconds if seconds > 0 else 0:.2f} images/s")
     if failed:
         what = "could not be read" if unread == failed else "got no answer (see above)"
         click.echo(f"error: {failed} of {len(files)} images {what}", err=True)
         sys.exit(1)
+
+
+def _images(paths) -> list[Path]:
+    """Files as given; folders as every file named like an image in them and their subfolders, sorted. A
+    missing path or a folder without images is a UsageError; unreadable files are each one image's error."""
+    from ..batch.inputs import images_below
+
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists() and not path.is_symlink():
+            raise UsageError(f"'{path}' does not exist: check the image path")
+        found += map(Path, images_below(path)) if path.is_dir() else [path]
+    return found
 
 
 def _predictor(path, server, served_model, protocol, precision, batch_size, max_pixels, check_hashes):

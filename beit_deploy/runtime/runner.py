@@ -49,11 +49,13 @@ class BeitRunner(Predictor):
     checked always). About 1.3 s per GB here; False skips it for very large graphs on slow disks.
     max_pixels: images with more pixels are refused (from the file header, before decoding); None or 0: no
     limit of beit-deploy's own (Pillow's decompression-bomb limit still applies).
+    threads: ONNX Runtime's intra-op threads (default: its own choice, one per core); several runners sharing a
+    machine (batch workers) each take their share.
     """
 
     def __init__(self, path, precision: str | None = None, backend: Backend | str | None = None,
                  batch_size: int | None = None, check_hashes: bool = True,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, threads: int | None = None):
         self.path = Path(path)
         self.manifest, artifact, self.precision = _resolve(self.path, precision)
         if batch_size is not None and batch_size < 1:
@@ -62,7 +64,7 @@ class BeitRunner(Predictor):
         self.max_pixels = check_max_pixels(max_pixels)
         self._closed = False
         self.backend = backend if isinstance(backend, Backend) else _open_backend(artifact, self.manifest, backend,
-                                                                                  check_hashes)
+                                                                                  check_hashes, threads)
         _check_matches(self.backend, self.manifest, artifact)
 
     @classmethod
@@ -219,7 +221,8 @@ def _engine_precision(path: Path, precision: str | None) -> str:
     return built or precision or precisions.ENGINE_DEFAULT
 
 
-def _open_backend(artifact: Path, manifest: Manifest, choice: str | None, hashes: bool = True) -> Backend:
+def _open_backend(artifact: Path, manifest: Manifest, choice: str | None, hashes: bool = True,
+                  threads: int | None = None) -> Backend:
     if artifact.suffix.lower() in ENGINE_SUFFIXES:
         return _tensorrt_backend(artifact, manifest)
     chains = backend_table.ONNXRUNTIME.providers
@@ -233,7 +236,7 @@ def _open_backend(artifact: Path, manifest: Manifest, choice: str | None, hashes
         if providers[0] != chains[choice][0]:
             raise MissingDependencyError("onnxruntime-gpu", backend_table.ONNXRUNTIME.gpu_extra,
                                          f"the ONNX Runtime '{choice}' provider")
-    return OnnxRuntimeBackend(artifact, providers=providers)
+    return OnnxRuntimeBackend(artifact, providers=providers, threads=threads)
 
 
 def _tensorrt_backend(engine: Path, manifest: Manifest) -> Backend:

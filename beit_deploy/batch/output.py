@@ -1,0 +1,190 @@
+"""The output folder of a batch job: numbered part files of rows, and `_batch.json` saying what made them.
+
+    OUT/_batch.json            the export's id and the options that shape rows (format, top-k, masks)
+    OUT/part-00000.parquet     rows, written whole under a hidden name then renamed: a part is complete or absent
+    OUT/part-00001.parquet ...
+
+`pyarrow.dataset.dataset(OUT)`, `pandas.read_parquet(OUT)` and Spark read the folder as one table (names starting
+with `_` or `.` are skipped). A job that stops loses at most the rows not yet in a part; `resume` reads the
+paths that have a row and runs only the others, so no input ever gets two rows. One job per folder at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import re
+from pathlib import Path
+
+from ..core.errors import UsageError, require
+from . import rows as row_table
+
+SPEC = "_batch.json"
+FORMATS = ("parquet", "jsonl", "csv")
+SPEC_KEYS = ("manifest_sha256", "format", "top_k", "masks")  # what must match for rows to belong together
+_PART = re.compile(r"^part-(\d{5,})\.(parquet|jsonl|csv)$")
+
+
+def parts(folder: Path, fmt: str) -> list[Path]:
+    """The finished part files of a folder, in order."""
+    found = [p for p in folder.iterdir() if (m := _PART.match(p.name)) and m.group(2) == fmt]
+    return sorted(found, key=lambda p: int(_PART.match(p.name).group(1)))
+
+
+def prepare_folder(folder: Path, spec: dict, resume: bool, retry_errors: bool) -> tuple[dict[str, bool], int]:
+    """Make or check OUT: ({path: answered?} of rows already there, index of the next part). Without resume, OUT
+    must be new or empty; with it, OUT's spec must match this job's. With retry_errors, error rows are dropped
+    from their parts first (each part rewritten whole), so those inputs run again and get one row."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for leftover in folder.glob(".part-*.tmp*"):  # a part being written when an earlier job was killed
+        leftover.unlink()
+    spec_file = folder / SPEC
+    if not spec_file.is_file():
+        if any(p for p in folder.iterdir() if not p.name.startswith(".")):
+            raise UsageError(f"'{folder}' is not empty and holds no batch results ({SPEC}): choose a new folder")
+        _write_text(spec_file, json.dumps(spec, indent=1))
+        return {}, 0
+    if not resume:
+        raise UsageError(f"'{folder}' already holds batch results: add --resume to go on with them, or choose "
+                         "another folder")
+    old = json.loads(spec_file.read_text())
+    changed = [k for k in SPEC_KEYS if old.get(k) != spec.get(k)]
+    if changed:
+        raise UsageError(f"'{folder}' holds results of another job ({', '.join(changed)} differ: "
+                         f"{', '.join(f'{k}={old.get(k)!r}' for k in changed)}): resume with the same export and "
+                         "options, or choose another folder")
+    found = parts(folder, spec["format"])
+    done: dict[str, bool] = {}
+    for part in found:
+        seen = _read_paths(part, spec["format"])
+        if retry_errors and not all(seen.values()):
+            _drop_errors(part, spec["format"])
+            seen = {p: ok for p, ok in seen.items() if ok}
+        done.update(seen)
+    next_index = int(_PART.match(found[-1].name).group(1)) + 1 if found else 0
+    return done, next_index
+
+
+class PartWriter:
+    """Rows in, part files out: one part per `rows_per_file` rows (and one for the rest at `close`)."""
+
+    def __init__(self, folder: Path, fmt: str, answer: str, metadata: dict, next_index: int, rows_per_file: int):
+        self.folder, self.fmt, self.answer, self.metadata = folder, fmt, answer, metadata
+        self.index, self.rows_per_file = next_index, rows_per_file
+        self.pending: list[dict] = []
+        self.precisions: set[str] = set()
+        self.files: list[Path] = []
+
+    def add(self, rows: list[dict], precision: str | None = None) -> None:
+        self.pending += rows
+        if precision:
+            self.precisions.add(precision)
+        while len(self.pending) >= self.rows_per_file:
+            self._write(self.pending[:self.rows_per_file])
+            self.pending = self.pending[self.rows_per_file:]
+
+    def close(self) -> None:
+        """Write the rows not yet in a part (also after an error or Ctrl-C: they are finished rows)."""
+        if self.pending:
+            self._write(self.pending)
+            self.pending = []
+
+    def _write(self, rows: list[dict]) -> None:
+        path = self.folder / f"part-{self.index:05d}.{self.fmt}"
+        tmp = self.folder / f".{path.name}.tmp-{os.getpid()}"
+        try:
+            WRITERS[self.fmt](self, rows, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.index += 1
+        self.files.append(path)
+
+    def _parquet(self, rows: list[dict], path: Path) -> None:
+        pa = require("pyarrow", "batch", "writing Parquet results")
+        pq = require("pyarrow.parquet", "batch", "writing Parquet results")
+        meta = {**self.metadata, "precision": ",".join(sorted(self.precisions)) or None}
+        schema = row_table.schema(self.answer, {"beit_deploy": json.dumps(meta)})
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+
+    def _jsonl(self, rows: list[dict], path: Path) -> None:
+        _write_text(path, "".join(json.dumps(_plain(r)) + "\n" for r in rows), replace=False)
+
+    def _csv(self, rows: list[dict], path: Path) -> None:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, [name for name, _ in row_table.columns(self.answer)])
+            writer.writeheader()
+            writer.writerows({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in _plain(r).items()}
+                             for r in rows)
+
+
+WRITERS = {"parquet": PartWriter._parquet, "jsonl": PartWriter._jsonl, "csv": PartWriter._csv}
+
+
+def _plain(row: dict) -> dict:
+    """A row for text formats: bytes (mask PNGs) as base64."""
+    return {k: base64.b64encode(v).decode() if isinstance(v, bytes) else v for k, v in row.items()}
+
+
+def read_rows(folder: Path, fmt: str) -> list[dict]:
+    """Every row of a folder's parts, in order (text formats: mask PNGs stay base64, CSV lists stay JSON)."""
+    out: list[dict] = []
+    for part in parts(folder, fmt):
+        if fmt == "parquet":
+            out += require("pyarrow.parquet", "batch", "reading Parquet results").read_table(part).to_pylist()
+        else:
+            out += _text_rows(part, fmt)
+    return out
+
+
+def _read_paths(part: Path, fmt: str) -> dict[str, bool]:
+    if fmt == "parquet":
+        pq = require("pyarrow.parquet", "batch", "resuming Parquet results")
+        table = pq.read_table(part, columns=["path", "error"]).to_pydict()
+        return {p: e is None for p, e in zip(table["path"], table["error"])}
+    return {r["path"]: r["error"] is None for r in _text_rows(part, fmt)}
+
+
+def _text_rows(part: Path, fmt: str) -> list[dict]:
+    if fmt == "jsonl":
+        return [json.loads(line) for line in part.read_text().splitlines()]
+    with open(part, newline="", encoding="utf-8") as f:
+        return [{k: (v or None) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _drop_errors(part: Path, fmt: str) -> None:
+    """Rewrite a part without its error rows (the whole part under a hidden name, then renamed)."""
+    tmp = part.with_name(f".{part.name}.tmp-{os.getpid()}")
+    try:
+        if fmt == "parquet":
+            pq = require("pyarrow.parquet", "batch", "resuming Parquet results")
+            table = pq.read_table(part)
+            pq.write_table(table.filter(table.column("error").is_null()), tmp)
+        elif fmt == "jsonl":
+            lines = [line for line in part.read_text().splitlines() if json.loads(line)["error"] is None]
+            tmp.write_text("".join(line + "\n" for line in lines))
+        else:
+            with open(part, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                kept, names = [r for r in reader if not r["error"]], reader.fieldnames
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, names)
+                writer.writeheader()
+                writer.writerows(kept)
+        os.replace(tmp, part)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_text(path: Path, text: str, replace: bool = True) -> None:
+    if not replace:
+        path.write_text(text, encoding="utf-8")
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
