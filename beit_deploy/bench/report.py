@@ -26,7 +26,9 @@ ORT_FUSED, ORT_PLAIN = table.bench_name(table.ONNXRUNTIME, "fused"), table.bench
 TORCH_BACKENDS = table.names(opens=table.MODEL)
 BACKENDS = (*TORCH_BACKENDS, *ORT_ARTIFACTS, ORT_FUSED, ORT_PLAIN, table.TENSORRT.name)
 BASELINE = table.EAGER.name
-DEFAULT_BACKENDS = (*TORCH_BACKENDS, *(n for n, p in ORT_ARTIFACTS.items()
+# autocast rows (eager-bf16) only when asked: they need a CPU with native bf16
+DEFAULT_BACKENDS = (*(n for n in TORCH_BACKENDS if table.backend(n).autocast is None),
+                    *(n for n, p in ORT_ARTIFACTS.items()
                                       if p in precisions.names(making=precisions.FLOAT)), table.TENSORRT.name)
 E2E_OURS, E2E_TRANSFORMERS = "beit-deploy runner", "transformers"
 
@@ -151,12 +153,30 @@ def machine_line(m: dict) -> str:
             f"transformers {v.get('transformers')}, onnxruntime {v.get('onnxruntime')}, Python {m['python']}")
 
 
+WIDE_INTERVAL_PERCENT = 10.0
+
+
+def load_lines(report: BenchReport) -> list[str]:
+    """The load average before and after the run and, when the machine was busier than its cores and some
+    interval is wider than ±WIDE_INTERVAL_PERCENT, a warning saying so (ratios within one run still compare)."""
+    before, after = report.settings.get("load_average_1min") or (None, None)
+    if before is None or after is None:
+        return []
+    lines = [f"Load: 1-min load average {before:.1f} before the run, {after:.1f} after.", ""]
+    widest = max((r.ci_percent or 0.0 for r in (*report.results, *report.end_to_end)), default=0.0)
+    if max(before, after) > (report.machine.get("physical_cores") or 1) and widest > WIDE_INTERVAL_PERCENT:
+        lines += [f"**Warning**: the machine was busy (load {max(before, after):.1f} on "
+                  f"{report.machine.get('physical_cores')} cores) and some 95 % intervals reach ±{widest:.0f}%: "
+                  "absolute times are inflated and noisy; compare ratios within this run only.", ""]
+    return lines
+
+
 def to_markdown(report: BenchReport) -> str:
     """Machine and settings, one doc-style table per backend against eager, end to end, skipped backends."""
     s = report.settings
     lines = [f"**{s['model']}** ({s['weights']} weights) at {s['resolution'][0]}x{s['resolution'][1]}, "
              f"{s['device']}, torch dtype {s['dtype']}, {s['iters']} iterations after {s['warmup']} warm-up",
-             "", f"Machine: {machine_line(report.machine)}", ""]
+             "", f"Machine: {machine_line(report.machine)}", ""] + load_lines(report)
     base = {r.batch_size: r for r in report.results if r.backend == BASELINE}
     for backend in dict.fromkeys(r.backend for r in report.results if r.backend != BASELINE):
         lines += [f"#### {backend}", "",

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core import backends as table, precisions, tasks
+from ..core import backends as table, machine as core_machine, precisions, tasks
 from ..core.errors import BeitDeployError, UsageError, describe
 from ..core.progress import say, step
 from . import report as bench_report
@@ -32,6 +32,7 @@ def run_bench(settings: BenchSettings) -> BenchReport:
     from ..exporter.pipeline import check_resolution
 
     _check(settings)
+    load_before = _load_average()
     resolved = resolve(settings.spec)
     resolution = settings.resolution or native_resolution(resolved.config)
     check_resolution(resolution, resolved.config.patch_size)
@@ -42,9 +43,14 @@ def run_bench(settings: BenchSettings) -> BenchReport:
     e2e_jobs, e2e_skipped, photos = _end_to_end_jobs(settings, folder, inputs) if settings.end_to_end else ({}, [], 0)
     results, e2e, more = _measure(jobs, e2e_jobs, photos, settings)
     info = {"resolution": list(resolution), "task": task, "backends": list(backends),
-            "export": str(folder) if folder else None}
+            "export": str(folder) if folder else None, "load_average_1min": [load_before, _load_average()]}
     return BenchReport(bench_report.machine(settings.device), bench_report.settings_dict(settings, info),
                        tuple(bench_report.compare(results)), tuple(e2e), tuple(skipped + more + e2e_skipped))
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none): other work on the machine, said beside the figures."""
+    return round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else None
 
 
 def _check(settings: BenchSettings) -> None:
@@ -136,7 +142,25 @@ def _engine_job(b: _Bench, name: str) -> dict | Skipped:
     return b.base | {"kind": table.ENGINE, "path": str(engine), "folder": str(b.folder)}
 
 
-_JOBS = {**{n: _model_job for n in TORCH_BACKENDS}, **{n: _graph_job for n in ORT_ARTIFACTS}, ORT_FUSED: _fused_job,
+def _autocast_job(b: _Bench, name: str) -> dict | Skipped:
+    """transformers itself under torch's CPU autocast to the backend's dtype (bf16), where the CPU has it natively."""
+    reason = autocast_refusal(name, b.settings.device)
+    return Skipped(name, reason) if reason else _model_job(b, name) | {"autocast": table.backend(name).autocast}
+
+
+def autocast_refusal(name: str, device: str) -> str | None:
+    """Why an autocast backend (eager-bf16) cannot run here (None: it can): a GPU run, or a CPU without native
+    bf16 (AMX or AVX-512 BF16), where torch would emulate it, slower than fp32."""
+    if device != table.backend(name).device:
+        return f"{name} is a CPU backend (on a GPU, export with --fp16 and build a TensorRT engine)"
+    if core_machine.cpu_bf16() is None:
+        return (f"this CPU ({core_machine.cpu_model()}) has neither AMX nor AVX-512 BF16 (/proc/cpuinfo flags "
+                f"{' or '.join(core_machine.BF16_FLAGS)}): torch would emulate bf16, slower than fp32")
+    return None
+
+
+_JOBS = {**{n: _model_job if table.backend(n).autocast is None else _autocast_job for n in TORCH_BACKENDS},
+         **{n: _graph_job for n in ORT_ARTIFACTS}, ORT_FUSED: _fused_job,
          ORT_PLAIN: _plain_job, table.TENSORRT.name: _engine_job}
 
 

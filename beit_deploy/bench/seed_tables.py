@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass
 from ..core.backends import BACKENDS, MODEL
 from .report import Measurement, summarise
 
-# the docs' two rows: transformers' model with its eager and its SDPA attention (the backend table's MODEL rows)
-EAGER, SDPA = ATTENTIONS = tuple(b.attention for b in BACKENDS.values() if b.opens == MODEL)
+# the docs' two rows: transformers' model with its eager and its SDPA attention (the backend table's MODEL rows, not
+# the autocast one)
+EAGER, SDPA = ATTENTIONS = tuple(b.attention for b in BACKENDS.values() if b.opens == MODEL and b.autocast is None)
 BAKED = "baked"
 
 

@@ -27,9 +27,11 @@ from ..core import backends, precisions
 from ..core.errors import describe
 from ..core.machine import physical_cores
 from ..core.manifest import TensorSpec
-from ..core.progress import chatty, status_gb
+from ..core.progress import chatty, say, status_gb
 
 E2E_RUNNER, E2E_TRANSFORMERS = "e2e-runner", "e2e-transformers"  # job kinds of the end-to-end rows
+
+AUTOCAST_COSINE = 0.9999  # eager under autocast (bf16) against eager fp32, per output, lowest over the samples
 
 
 def ort_session_options(threads: int | None = None, spinning: bool = True):
@@ -114,6 +116,50 @@ def _torch_runner(job: dict):
         feeds = {k: v.to(dtype) if v.is_floating_point() else v for k, v in feeds.items()}
         return lambda: model(**feeds)
     return runner
+
+
+def _model_runner(job: dict):
+    """transformers itself: as it is, or under torch's CPU autocast when the backend's row asks for it."""
+    return _autocast_runner(job) if job.get("autocast") else _torch_runner(job)
+
+
+def _autocast_runner(job: dict):
+    """The eager model under torch's CPU autocast to job["autocast"] (bf16: matmuls and convs in bf16, LayerNorm
+    and Softmax in fp32), parity-checked first: its output's cosine against the same model in fp32 on two seeded
+    images must reach AUTOCAST_COSINE, or the backend is refused (and the bench says why)."""
+    import torch
+
+    dtype, name = getattr(torch, job["autocast"]), job["autocast"]
+    runner = _torch_runner(job | {"dtype": precisions.REFERENCE})
+    reference = runner(2)()
+    with torch.autocast("cpu", dtype=dtype):
+        candidate = runner(2)()
+    cosine = min(_cosine(a, b) for a, b in zip(_floats(reference), _floats(candidate)))
+    if cosine < AUTOCAST_COSINE:
+        raise RuntimeError(f"{name} autocast misses parity: cosine {cosine:.6f} < {AUTOCAST_COSINE} against fp32")
+    say(f"{name} autocast: cosine {cosine:.6f} against fp32 eager on 2 seeded images (needs >= {AUTOCAST_COSINE})")
+
+    def timed(batch):
+        call = runner(batch)
+
+        def once():
+            with torch.autocast("cpu", dtype=dtype):
+                return call()
+        return once
+    return timed
+
+
+def _floats(output) -> list:
+    """Each float output of a transformers ModelOutput as (batch, -1)."""
+    return [v.double().reshape(len(v), -1) for v in output.values()
+            if hasattr(v, "is_floating_point") and v.is_floating_point()]
+
+
+def _cosine(a, b) -> float:
+    """The lowest per-sample cosine similarity of two (batch, -1) tensors."""
+    import torch
+
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=1).min())
 
 
 def _ort_runner(job: dict):
@@ -212,7 +258,7 @@ def _peak_mb(job: dict) -> float | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-_LOADERS = {backends.MODEL: _torch_runner, backends.ONNX: _ort_runner, backends.ENGINE: _trt_runner,
+_LOADERS = {backends.MODEL: _model_runner, backends.ONNX: _ort_runner, backends.ENGINE: _trt_runner,
             E2E_RUNNER: _e2e_runner, E2E_TRANSFORMERS: _e2e_transformers}
 
 

@@ -19,9 +19,9 @@ from .common import backend_choice, friendly, library_choice, option, precision_
 @click.option("--backend", type=backend_choice(served=True), default=None,
               help="Model stage. Default: tensorrt for an engine folder, python (ONNX Runtime in beit-deploy) for "
                    "an export.")
-@click.option("--precision", type=precision_choice(making=precisions.FLOAT), default=precisions.REFERENCE,
-              show_default=True,
-              help="The ONNX graph of a python or onnxruntime stage.")
+@click.option("--precision", type=precision_choice(), default=precisions.REFERENCE, show_default=True,
+              help="The ONNX graph of a python or onnxruntime stage, one the export has: int8cpu is ONNX Runtime's "
+                   "dynamic int8 (the fastest CPU form), int8 and fp8 the Q/DQ graphs for TensorRT.")
 @option("--max-batch-size", "max_batch", aliases=("--max-batch",), type=click.IntRange(min=1), default=None,
         help="Largest batch. Default: 8, or the engine profile's MAX.")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Instances per stage.")

@@ -35,6 +35,8 @@ class Backend:
     gpu_extra: str | None = None  # the extra for its GPU form, where that differs (onnxruntime-gpu)
     ours: bool = False  # as a Triton stage: beit-deploy's own code (model.py + manifest) in Triton's Python backend
     instances: str = "gpu"  # as a Triton stage: the default instance kind (gpu | cpu)
+    autocast: str | None = None  # a MODEL backend run under torch's autocast to this torch dtype (bfloat16)
+    device: str | None = None  # where it runs, when only one device ("cpu": autocast on CPUs with native bf16)
 
 
 _ORT_PROVIDERS = {"cpu": ("CPUExecutionProvider",), "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
@@ -45,10 +47,13 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("tensorrt", ENGINE, "tensorrt", "gpu", polygraphy="trt", triton={"platform": "tensorrt_plan"}),
     Backend("eager", MODEL, "torch", "export", polygraphy="torch", attention="eager"),
     Backend("sdpa", MODEL, "torch", "export", attention="sdpa"),
+    # the eager model under torch's CPU bf16 autocast, where the CPU has native bf16 (core.machine.cpu_bf16)
+    Backend("eager-bf16", MODEL, "torch", "export", attention="eager", autocast="bfloat16", device="cpu"),
     # Triton's Python backend running beit-deploy's own runtime (ONNX Runtime) on the export's graph
     Backend("python", ONNX, "onnxruntime", "serve", triton={"backend": "python"}, ours=True, instances="cpu"),
 )}
-ONNXRUNTIME, TENSORRT, EAGER, PYTHON = (BACKENDS[n] for n in ("onnxruntime", "tensorrt", "eager", "python"))
+ONNXRUNTIME, TENSORRT, EAGER, PYTHON, EAGER_BF16 = (BACKENDS[n] for n in ("onnxruntime", "tensorrt", "eager", "python",
+                                                                          "eager-bf16"))
 
 
 def backend(name: str) -> Backend:

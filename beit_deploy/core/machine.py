@@ -48,6 +48,24 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU flags of a native bf16 matrix unit: Intel AMX tiles, or AVX-512 BF16 dot products (Cooper Lake, Zen 4+)
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16() -> str | None:
+    """The CPU's native bf16 instruction set ("amx_bf16" or "avx512_bf16", from /proc/cpuinfo), None without.
+
+    Without one, torch emulates bf16 matmuls through fp32 and they run slower than fp32 itself."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return next((flag for flag in BF16_FLAGS if flag in flags), None)
+    except OSError:
+        pass
+    return None
+
+
 def physical_cores() -> int:
     """Physical cores this process may use (Linux: distinct core ids of the allowed CPUs)."""
     allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))

@@ -5,8 +5,9 @@
 - "fused": one `FusedAttention` call per layer, which the exporter writes as the ONNX `Attention` op (opset 23)
   with the baked bias as its additive mask; TensorRT 10.14+ parses it into its fused attention layer.
 
-The bias is stored materialised, (1, heads, T, T), or gathered: a small table (R, heads) and a shared (T*T,) index
-(see bake.py for which and why).
+The bias is stored materialised, (1, heads, T, T), or gathered: a small table (R, heads) per layer and a shared
+(T*T,) index (see bake.py for which and why). A gathered bias is gathered from the layer's own input's index (see
+`BakedAttention.extra_bias`), so that ONNX Runtime cannot expand it back into full tensors at session creation.
 """
 
 from __future__ import annotations
@@ -45,11 +46,22 @@ class BakedAttention(nn.Module):
             self.register_buffer("bias", bias)
             self.bias_table = self.bias_index = None
 
-    def extra_bias(self) -> torch.Tensor | None:
-        """The bias, (1, heads, T, T) or gathered from the table as (heads, T, T); both broadcast over batch."""
+    def extra_bias(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        """The bias, (1, heads, T, T) or gathered from the table as (heads, T, T); both broadcast over batch.
+
+        The gather's index is the shared index plus zero times this layer's batch size: the same numbers, but a
+        value that depends on the layer's input. ONNX Runtime folds every node whose inputs are all constant at
+        session creation, which would expand each table back into a full (heads, T, T) tensor (1.5 GiB for
+        large@512) held for the session's life; and a gather of constants alone could be scheduled before the
+        first layer, all layers' at once. Tied to the layer's input, one layer's full bias exists at a time,
+        only while that layer runs. Rows of the (R, heads) table are gathered (axis 0, as transformers does):
+        in ONNX Runtime about 4x faster than gathering single elements of a (heads, R) table on its last axis,
+        even with the transpose after it.
+        """
         if self.bias_table is None:
             return self.bias
-        gathered = self.bias_table[self.bias_index].reshape(self.tokens, self.tokens, self.heads)
+        index = self.bias_index + torch._shape_as_tensor(hidden_states)[0] * 0
+        gathered = self.bias_table[index].reshape(self.tokens, self.tokens, self.heads)
         return gathered.permute(2, 0, 1)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask=None, **kwargs):
@@ -62,7 +74,7 @@ class BakedAttention(nn.Module):
         k = self.k_proj(hidden_states).reshape(-1, t, h, d).permute(0, 2, 3, 1)
         v = self.v_proj(hidden_states).reshape(-1, t, h, d).transpose(1, 2)
         scores = torch.matmul(q, k)
-        bias = self.extra_bias()
+        bias = self.extra_bias(hidden_states)
         if bias is not None:
             scores = scores + bias
         # softmax in fp32 (as transformers does); written so an fp32 trace records no no-op Casts
@@ -77,7 +89,7 @@ class BakedAttention(nn.Module):
         t, h, d = self.tokens, self.heads, self.head_dim
         q, k, v = (proj(hidden_states).reshape(-1, t, h, d).transpose(1, 2)
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
-        bias = self.extra_bias()
+        bias = self.extra_bias(hidden_states)
         mask = None if bias is None else bias.reshape(1, h, t, t).to(q.dtype)
         out = FusedAttention.apply(q, k, v, mask, float(self.scaling))
         return self.o_proj(out.transpose(1, 2).reshape(-1, t, h * d))

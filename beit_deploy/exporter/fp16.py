@@ -21,10 +21,13 @@ from .graph_files import save_proto
 
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean"]
 LAYER_SCOPE = re.compile(r"/layers\.\d+/")
+# Ops between a gathered bias table and the Add that uses it (bake.GATHERED).
+BIAS_PATH_OPS = ("Gather", "Reshape", "Transpose", "Unsqueeze")
 
 
 def fp32_nodes(model, task: str) -> list[str]:
-    """Names of the nodes to keep in fp32 beyond FP32_OPS: bias Adds feeding a Softmax, and the head.
+    """Names of the nodes to keep in fp32 beyond FP32_OPS: bias Adds feeding a Softmax (with the gather that
+    brings a gathered bias), and the head.
 
     The head follows the task's `fp16_head` rule: every node after the last encoder layer (final norm, pooler,
     classifier, MIM's lm_head), or for segmentation only the nodes giving the outputs (the final classifier
@@ -32,9 +35,10 @@ def fp32_nodes(model, task: str) -> list[str]:
     """
     nodes = list(model.graph.node)
     producers = {out: node for node in nodes for out in node.output}
-    names = [producers[n.input[0]].name for n in nodes
-             if n.op_type == "Softmax" and producers.get(n.input[0]) is not None
-             and producers[n.input[0]].op_type == "Add"]
+    adds = [producers[n.input[0]] for n in nodes
+            if n.op_type == "Softmax" and producers.get(n.input[0]) is not None
+            and producers[n.input[0]].op_type == "Add"]
+    names = [add.name for add in adds] + [name for add in adds for name in _bias_path(add, producers)]
     return names + _HEADS[tasks.task(task).fp16_head](model, nodes)
 
 
@@ -49,6 +53,20 @@ def _output_nodes(model, nodes) -> list[str]:
 
 
 _HEADS = {tasks.HEAD_AFTER_LAYERS: _after_layers, tasks.HEAD_OUTPUT_NODES: _output_nodes}
+
+
+def _bias_path(add, producers) -> list[str]:
+    """The nodes that bring a gathered bias to its Add (Gather from the table, then reshapes), if any.
+
+    Kept in fp32 with the Add, the table stays an fp32 initializer, as exact as the fp32 graph's, and no Cast of a
+    full (heads, T, T) tensor runs per layer (converted, the table would be rounded to fp16 and cast back)."""
+    names = []
+    for value in add.input:
+        node = producers.get(value)
+        while node is not None and node.op_type in BIAS_PATH_OPS:
+            names.append(node.name)
+            node = producers.get(node.input[0])
+    return names
 
 
 def fp16_from_onnx(fp32_path: Path, task: str, path: Path) -> Path:

@@ -112,7 +112,7 @@ def model_config(name: str, manifest: Manifest, batching: Batching, backend: str
     else:
         config.update(default_model_filename=file, **_common(batching, batching.kind, batching.preferred))
     if accelerator:
-        precision_mode = {"precision_mode": precision.upper()}  # FP32 | FP16
+        precision_mode = {"precision_mode": {"fp16": "FP16", "int8": "INT8"}.get(precision, "FP32")}
         config["optimization"] = {"execution_accelerators": {"gpu_execution_accelerator": [
             {"name": "tensorrt", "parameters": [{"key": k, "value": v} for k, v in precision_mode.items()]}]}}
     return config

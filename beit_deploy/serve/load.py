@@ -86,10 +86,12 @@ def _client(url, model, protocol, timeout, images, k, requests, latencies, failu
                 failures[k] += 1
 
 
-def in_process(folder: Path, images: list[bytes], count: int, batch_size: int = 8) -> float:
-    """Images per second of `BeitRunner.predict` (ONNX Runtime, fp32) on `count` images, after one warm-up."""
+def in_process(folder: Path, images: list[bytes], count: int, batch_size: int = 8,
+               precision: str = precisions.REFERENCE) -> float:
+    """Images per second of `BeitRunner.predict` (ONNX Runtime, the `precision` graph) on `count` images, after
+    one warm-up."""
     items = [images[i % len(images)] for i in range(count)]
-    with BeitRunner(folder, precision=precisions.REFERENCE, batch_size=batch_size) as runner:
+    with BeitRunner(folder, precision=precision, batch_size=batch_size) as runner:
         runner.predict(items[:batch_size])
         start = time.perf_counter()
         runner.predict(items)
@@ -107,15 +109,18 @@ def machine_line(load: float | None = None) -> str:
             f"nvidia-pytriton {v['nvidia-pytriton']}")
 
 
-def to_markdown(report: LoadReport, in_process_ips: float | None, title: str, load: float | None = None) -> str:
-    """The run as a markdown table, with the in-process figure beside it."""
-    r, batch = report, f"{report.mean_batch:.2f}" if report.mean_batch else "-"
+def to_markdown(report: LoadReport, in_process_ips: float | None, title: str, load: float | None = None,
+                precision: str = precisions.REFERENCE, more: tuple = ()) -> str:
+    """The run as a markdown table, with the in-process figure beside it. `more`: (precision, report,
+    in_process_ips) of further runs of the same load on other graphs, as more rows of the same table."""
     rows = [f"**{title}**", "", f"Machine: {machine_line(load)}", "",
-            "| path | clients x requests | images/s | p50 ms | p95 ms | p99 ms | mean server batch | failed |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
-            f"| Triton ensemble | {r.clients} x {r.requests_per_client} | {r.images_per_second:.2f} | {r.p50_ms:.0f} | "
-            f"{r.p95_ms:.0f} | {r.p99_ms:.0f} | {batch} | {r.failed} |"]
-    if in_process_ips is not None:
-        rows.append(f"| in-process BeitRunner.predict (batch 8) | 1 x {r.answered} | {in_process_ips:.2f} | - | - "
-                    "| - | 8 | - |")
+            "| path | graph | clients x requests | images/s | p50 ms | p95 ms | p99 ms | mean server batch | failed |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for graph, r, ips in ((precision, report, in_process_ips), *more):
+        batch = f"{r.mean_batch:.2f}" if r.mean_batch else "-"
+        rows.append(f"| Triton ensemble | {graph} | {r.clients} x {r.requests_per_client} | {r.images_per_second:.2f} "
+                    f"| {r.p50_ms:.0f} | {r.p95_ms:.0f} | {r.p99_ms:.0f} | {batch} | {r.failed} |")
+        if ips is not None:
+            rows.append(f"| in-process BeitRunner.predict (batch 8) | {graph} | 1 x {r.answered} | {ips:.2f} | - "
+                        "| - | - | 8 | - |")
     return "\n".join(rows) + "\n"

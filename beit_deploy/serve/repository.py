@@ -46,7 +46,7 @@ class TritonOptions:
     out: Path = Path("model_repository")
     name: str | None = None  # the ensemble's name; default: the manifest's model (+ _<H>x<W> for several)
     backend: str | None = None  # tensorrt for an engine folder, python for an export
-    precision: str = precisions.REFERENCE  # the ONNX graph of the python and onnxruntime stages (a float one)
+    precision: str = precisions.REFERENCE  # the ONNX graph of the python and onnxruntime stages (any the export has)
     max_batch: int | None = None  # default 8, or the engine profile's MAX
     instances: int = 1
     instance_kind: str | None = None  # "gpu" | "cpu"; default gpu for tensorrt/onnxruntime
@@ -56,11 +56,13 @@ class TritonOptions:
     top_k: int = 5  # classes per image when a request does not send TOP_K
 
     def __post_init__(self):
-        served, floats = backends.names(served=True), precisions.names(making=precisions.FLOAT)
+        served = backends.names(served=True)
         if self.backend is not None and self.backend not in served:
             raise UsageError(f"backend '{self.backend}' is not one of {', '.join(served)}")
-        if self.precision not in floats:
-            raise UsageError(f"precision '{self.precision}' is not {' or '.join(floats)}")
+        graph = precisions.precision(self.precision)  # UsageError naming the known ones
+        if self.ort_tensorrt and graph.device == precisions.CPU:
+            raise UsageError(f"--ort-tensorrt with --precision {self.precision}: that graph is ONNX Runtime's CPU "
+                             "form; for TensorRT serve a Q/DQ or float graph")
         if self.instance_kind not in (None, *INSTANCE_KINDS):
             raise UsageError(f"instance kind '{self.instance_kind}' is not {' or '.join(INSTANCE_KINDS)}")
         if self.instances > MAX_INSTANCES:

@@ -87,3 +87,16 @@ def test_ort_session_options():
     options = ort_session_options()
     assert options.intra_op_num_threads == physical_cores() >= 1
     assert ort_session_options(threads=3).intra_op_num_threads == 3
+
+
+def test_load_and_its_warning(bench_run):
+    from beit_deploy.bench.report import BenchReport, Measurement, load_lines
+
+    report, markdown, _ = bench_run
+    before, after = report["settings"]["load_average_1min"]
+    assert f"1-min load average {before:.1f} before the run, {after:.1f} after" in markdown
+    wide = Measurement("eager", 1, 1.0, 0.9, 25.0, 1.0, None, 10)
+    busy = BenchReport({"physical_cores": 2}, {"load_average_1min": [9.0, 8.0]}, (wide,), (), ())
+    assert "**Warning**" in "\n".join(load_lines(busy)) and "±25%" in "\n".join(load_lines(busy))
+    quiet = BenchReport({"physical_cores": 2}, {"load_average_1min": [0.5, 1.0]}, (wide,), (), ())
+    assert "Warning" not in "\n".join(load_lines(quiet))

@@ -59,3 +59,22 @@ def test_fp16_graph_is_strongly_typed(task, tiny_export):
     precisions = node_precisions(inferred)
     assert "mixed" not in precisions.values(), [k for k, v in precisions.items() if v == "mixed"]
     assert {"float16", "float32"} <= set(precisions.values())
+
+
+def test_gathered_bias_table_stays_fp32(tiny_dir, tmp_path):
+    """The bias Add runs in fp32, so its gathered table is stored in fp32: no fp16 rounding of the bias, and no
+    Cast of a full (heads, T, T) tensor per layer; the export's own parity check passes."""
+    from beit_deploy.exporter.pipeline import ExportOptions, export
+    from beit_deploy.exporter.loading import ModelSpec
+
+    options = ExportOptions(resolutions=((96, 64),), fp16=True, out_dir=tmp_path, bias_mode="gathered")
+    result = export(ModelSpec(str(tiny_dir("classification"))), options)[0]
+    model = onnx.load(str(result.folder / "model.fp16.onnx"))
+    tables = [i for i in model.graph.initializer if i.name.endswith("bias_table")]
+    assert len(tables) == 4 and all(t.data_type == onnx.TensorProto.FLOAT for t in tables)
+    producers = {out: n for n in model.graph.node for out in n.output}
+    for node in model.graph.node:
+        if node.op_type == "Softmax":
+            add = producers[node.input[0]]
+            assert [producers[i].op_type for i in add.input] == ["Cast", "Transpose"]  # fp16 scores cast up; bias
+    assert result.manifest.parity["fp16"]["passed"]

@@ -19,4 +19,4 @@ def test_large_512_exports_with_gathered_bias(tmp_path):
     assert manifest.parity["fp32"]["outputs"][0]["rel"] <= 1e-4
     assert manifest.parity["fp16"]["outputs"][0]["cosine"] >= 0.999
     graph = onnx.load(str(result.folder / "model.onnx"), load_external_data=False)
-    assert sum(n.op_type == "Gather" for n in graph.graph.node) == 24
+    assert sum(n.op_type == "Gather" and n.input[0].endswith("bias_table") for n in graph.graph.node) == 24

@@ -8,8 +8,10 @@ local ports, started once per test module that imports it, ready within a timeou
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -49,12 +51,19 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tiny_export, tmp_path_factory):
     """Triton serving a tiny classification (64x64) and a tiny segmentation (64x96) export, python stages."""
+    folders = {"classification": tiny_export("classification"),
+               "segmentation": tiny_export("segmentation", SEGMENTATION_RESOLUTION)}
+    with serving(folders, tmp_path_factory.mktemp("triton") / "model_repository") as running:
+        yield running
+
+
+@contextmanager
+def serving(folders: dict[str, Path], repo: Path, **options) -> Iterator[Served]:
+    """The real server on a repository written for `folders` (by task) with TritonOptions(**options)."""
     from beit_deploy.serve.repository import TritonOptions, write_repository
     from beit_deploy.serve.server import ServerOptions, TritonServer
 
-    folders = {"classification": tiny_export("classification"),
-               "segmentation": tiny_export("segmentation", SEGMENTATION_RESOLUTION)}
-    repo = tmp_path_factory.mktemp("triton") / "model_repository"
-    models = write_repository(list(folders.values()), TritonOptions(out=repo, max_queue_delay_us=20000))
+    models = write_repository(list(folders.values()), TritonOptions(out=repo, **{"max_queue_delay_us": 20000,
+                                                                                 **options}))
     with TritonServer(repo, ServerOptions(0, 0, 0, startup_timeout=240)) as server:
         yield Served(server, {m.task: m.name for m in models}, folders)

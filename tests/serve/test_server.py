@@ -176,7 +176,7 @@ def test_load_generator(served):
     assert (report.answered, report.failed) == (12, 0) and report.p50_ms <= report.p95_ms <= report.p99_ms
     assert report.mean_batch is not None and report.mean_batch >= 1 and report.executions >= 1
     table = to_markdown(report, in_process(served.folders["classification"], photos, 8), "tiny", load=1.0)
-    assert "| Triton ensemble | 4 x 3 |" in table and "in-process" in table and "load average 1.0" in table
+    assert "| Triton ensemble | fp32 | 4 x 3 |" in table and "in-process" in table and "load average 1.0" in table
 
 
 def test_classification_extension_answers_class_ids_and_names(served):
