@@ -129,3 +129,30 @@ def test_palettes():
     assert not is_ade(other)
     np.testing.assert_array_equal(palette_for(other), deterministic_palette(5))
     assert len({tuple(c) for c in deterministic_palette(150)}) == 150
+
+
+def test_masks_and_overlays_never_clobber_other_files(tiny_export, tmp_path):
+    """Before: `--masks DIR` with the photo a.png in DIR overwrote a.png with its mask (exit 0)."""
+    folder, photos = tiny_export("segmentation"), tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(PHOTOS[0], photos / "a.png")
+    shutil.copy(PHOTOS[1], photos / "b.png")
+    before = (photos / "a.png").read_bytes()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (photos / "b.png").unlink()
+    (photos / "b.png").symlink_to(PHOTOS[1].resolve())  # an input that is a link: read, never written through
+    result = predict(folder, photos / "a.png", photos / "b.png", "--masks", photos)
+    assert result.exit_code == 1 and "a.png' exists and is not a mask beit-deploy wrote" in result.stderr
+    assert (photos / "a.png").read_bytes() == before and (photos / "b.png").is_symlink()
+    assert "2 mask/overlay file(s) were not written" in result.stderr
+    masks, overlays = tmp_path / "masks", tmp_path / "overlays"
+    for _ in range(2):  # a second run replaces its own earlier outputs
+        result = predict(folder, photos / "a.png", "--masks", masks, "--overlay", overlays)
+        assert result.exit_code == 0, result.stderr
+    result = predict(folder, photos / "a.png", "--masks", overlays)  # an overlay is not a mask
+    assert result.exit_code == 1 and "is not a mask" in result.stderr
+    (masks / "a.png").unlink()
+    (masks / "a.png").symlink_to(victim)
+    result = predict(folder, photos / "a.png", "--masks", masks)
+    assert result.exit_code == 1 and victim.read_text() == "precious"

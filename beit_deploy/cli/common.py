@@ -245,12 +245,17 @@ def _one_line_errors(command):
             if isinstance(exc, BeitDeployError):
                 click.echo(f"error: {exc}", err=True)
                 sys.exit(exc.exit_code)
-            if os.environ.get("BEIT_DEPLOY_DEBUG"):
+            if debugging():
                 raise
             click.echo(f"internal error: {type(exc).__name__}: {describe(exc)} "
                        "(set BEIT_DEPLOY_DEBUG=1 for the traceback, and please report it)", err=True)
             sys.exit(70)
     return wrapper
+
+
+def debugging() -> bool:
+    """BEIT_DEPLOY_DEBUG asks for tracebacks: 1, true, yes or on (any case); 0, false, no, off or empty do not."""
+    return os.environ.get("BEIT_DEPLOY_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _environment(exc: Exception, command: str) -> EnvironmentProblem | None:

@@ -38,7 +38,8 @@ def models(as_json):
 @click.option("--resolution", "-r", "resolutions", multiple=True,
               help="N or HxW, multiples of the patch size; repeat for several. Default: the model's native one.")
 @click.option("--random-weights", is_flag=True, help="Seeded random weights instead of pretrained ones.")
-@click.option("--seed", default=0, show_default=True, help="Seed for --random-weights.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
+              help="Seed for --random-weights.")
 @click.option("--out", "out_dir", default="export", show_default=True, type=click.Path(file_okay=False),
               help="Artifact folder; results go to OUT/<model>/<H>x<W>/.")
 @click.option("--bias-mode", type=click.Choice(BIAS_MODES), default=None,

@@ -46,7 +46,7 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
     sets, results files and resuming: `beit-deploy batch`."""
     from ..core.progress import bars_on, outside_bars, say, tracked
     from ..runtime import answers
-    from ..runtime.palette import output_name, save_mask, save_overlay
+    from ..runtime.palette import output_name
     from ..runtime.preprocess import ImageError
 
     if server and not served_model:
@@ -55,7 +55,7 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
         raise UsageError("give an export (PATH) and at least one image, or --server URL --served-model NAME with "
                          "images")
     files = _images((path, *images) if server else images)
-    failed, unread, taken, start = 0, 0, set(), time.perf_counter()
+    failed, unread, unwritten, taken, start = 0, 0, 0, set(), time.perf_counter()
     with _predictor(path, server, served_model, protocol, precision, batch_size, max_pixels,
                     not no_hash_check) as runner:
         if (masks_dir or overlay_dir) and not answers.of(runner.task).label_map:
@@ -76,18 +76,35 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
                 click.echo(_json({"image": p.image, **p.result.to_dict()}) if as_json
                            else f"{p.image}\n{p.result.summary()}")
             if masks_dir or overlay_dir:
-                name = output_name(p.image, taken)
-                if masks_dir:
-                    save_mask(p.result.label_map, Path(masks_dir) / name)
-                if overlay_dir:
-                    save_overlay(p.rgb, p.result.label_map, runner.labels, Path(overlay_dir) / name)
+                unwritten += _save_outputs(p, output_name(p.image, taken), masks_dir, overlay_dir, runner.labels)
     seconds = time.perf_counter() - start
     say(f"{len(files)} images, {len(files) - failed} answered, {failed} failed, "
         f"{len(files) / seconds if seconds > 0 else 0:.2f} images/s")
     if failed:
         what = "could not be read" if unread == failed else "got no answer (see above)"
         click.echo(f"error: {failed} of {len(files)} images {what}", err=True)
+    if unwritten:
+        click.echo(f"error: {unwritten} mask/overlay file(s) were not written (see above)", err=True)
+    if failed or unwritten:
         sys.exit(1)
+
+
+def _save_outputs(p, name: str, masks_dir, overlay_dir, labels) -> int:
+    """Write one image's mask and/or overlay; a refusal (an existing file that is not an earlier output of the
+    same kind) is said on its own line. -> how many were not written."""
+    from ..core.errors import BeitDeployError
+    from ..runtime.palette import save_mask, save_overlay
+
+    writes = ([lambda: save_mask(p.result.label_map, Path(masks_dir) / name)] if masks_dir else []) + \
+        ([lambda: save_overlay(p.rgb, p.result.label_map, labels, Path(overlay_dir) / name)] if overlay_dir else [])
+    missed = 0
+    for write in writes:
+        try:
+            write()
+        except BeitDeployError as exc:
+            click.echo(f"error: {exc}", err=True)
+            missed += 1
+    return missed
 
 
 def _images(paths) -> list[Path]:

@@ -19,11 +19,12 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ArtifactError, UsageError
+from .errors import ArtifactError, UsageError, environment_error
 from .progress import say
 
 try:  # advisory locks; without them (not POSIX) nothing is cleaned up, since nothing tells a live write apart
@@ -89,6 +90,23 @@ def check_replaceable(folder: Path, ours=written_by_us) -> None:
     if folder.is_symlink() or not folder.is_dir() or (any(folder.iterdir()) and not ours(folder)):
         raise UsageError(f"'{folder}' exists and was not written by beit-deploy; it is left as it is: move it away "
                          "or choose another output folder")
+
+
+def check_output_folder(folder: Path, flag: str = "--out") -> None:
+    """EnvironmentProblem (read-only, full, no permission) or UsageError (anything else), before any work, when
+    `folder` cannot be created or written: the nearest existing folder on its path must take a new subfolder
+    (tried, then removed), so /proc, a read-only mount or a file in the way is said in one line up front, not
+    after the model has loaded."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        raise UsageError(f"cannot write into '{folder}': '{existing}' is not a folder; choose another {flag}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".beit-deploy-probe-", dir=existing))
+    except OSError as exc:  # a read-only disk, a permission: said as the environment's; else (/proc) a usage error
+        raise environment_error(exc, f"writing into '{folder}'", "nothing was written") or UsageError(
+            f"cannot write into '{folder}' ({exc.strerror or exc} in '{existing}'): choose a writable {flag} "
+            "folder") from None
 
 
 # --- locks ---------------------------------------------------------------------------------------------------
@@ -211,6 +229,49 @@ def _recover_old(old: Path, target: Path) -> list[str]:
         done.append(f"recovered {target.name} from {old.name}, hidden by an interrupted swap")
     shutil.rmtree(old, ignore_errors=True)
     return done + [f"removed {old.name}, left by an interrupted swap"]
+
+
+# --- single files in shared folders ---------------------------------------------------------------------------
+def open_exclusive(path: Path, mode: int = 0o644) -> int:
+    """A new file at `path`, opened for writing only if nothing (not even a dangling symbolic link) is there:
+    O_CREAT | O_EXCL | O_NOFOLLOW, so a name planted in a shared folder is never written through."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+
+
+def open_lock_file(path: Path) -> int:
+    """A lock file's descriptor (created if missing), never through a symbolic link: ArtifactError if `path` is
+    one (someone planted it in the shared folder)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as exc:
+        if Path(path).is_symlink():
+            raise ArtifactError(f"'{path}' is a symbolic link (to '{os.readlink(path)}'): beit-deploy never writes "
+                                "through links in a shared folder; remove it") from exc
+        raise
+
+
+def write_atomic(path: Path, write, mode: int = 0o644) -> Path:
+    """Write a file by `write(binary file object)` to an unpredictable hidden name beside `path`, opened
+    exclusively (never through a link), then rename it over `path`: readers see the old file or the new one,
+    never half of one, and a link planted at `path` is replaced, never followed."""
+    path = Path(path)
+    for _ in range(16):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            fd = open_exclusive(tmp, mode)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 16 collisions of 64 random bits
+        raise FileExistsError(f"no free temporary name beside {path}")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 # --- bytes and hashes -----------------------------------------------------------------------------------------

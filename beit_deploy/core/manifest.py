@@ -143,6 +143,10 @@ class Manifest:
         _positive_ints((self.patch_size,), "patch_size", 1)
         for precision, name in self.artifacts.items():
             bare_name(name, f"artifact {precision!r}")
+        if not isinstance(self.source, dict) or not isinstance(self.weights, dict):
+            raise ValueError("source and weights must be JSON objects")
+        if not isinstance(self.labels, dict) or not all(isinstance(v, str) for v in self.labels.values()):
+            raise ValueError("labels must map class ids to names (strings)")
         for name, digest in self.sha256.items():
             bare_name(name, "sha256 entry")
             if not isinstance(digest, str) or not SHA256.fullmatch(digest):
@@ -202,9 +206,11 @@ def read_versioned(path: Path, version: int, parse, made_by: str, redo: str, wha
         raise ArtifactError(f"'{path.parent}' has no {path.name}: pass a folder written by {made_by}")
     try:
         data = json.loads(path.read_text())
-        if data.get("format_version") != version:
-            raise ArtifactError(f"{path} has format version {data.get('format_version')}, this beit-deploy reads "
-                                f"{version}: {redo}")
+        found = data.get("format_version")
+        if found != version or isinstance(found, bool):
+            said = f"{found!r} (a {type(found).__name__}, not the number {version})" if str(found) == str(version) \
+                else repr(found)
+            raise ArtifactError(f"{path} has format version {said}, this beit-deploy reads {version}: {redo}")
         return parse(data)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ArtifactError(f"{path} is not a valid {what} ({exc}): {redo}") from exc

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from ..core import tasks
-from ..core.errors import ExportError
+from ..core.errors import EnvironmentProblem, ExportError
 from ..core.progress import step
 from .graph_files import save_proto
 
@@ -78,8 +78,17 @@ def fp16_from_onnx(fp32_path: Path, task: str, path: Path) -> Path:
         keep_fp32 = fp32_nodes(onnx.load(str(fp32_path), load_external_data=False), task)
         # From the path, the converter infers types file to file (onnx's C++ infer_shapes_path, fine past 2 GB)
         # and loads the model once: a copy fewer than handing it a loaded model.
-        model = convert_float_to_float16(str(fp32_path), keep_io_types=True, op_block_list=FP32_OPS,
-                                         node_block_list=keep_fp32)
+        try:
+            model = convert_float_to_float16(str(fp32_path), keep_io_types=True, op_block_list=FP32_OPS,
+                                             node_block_list=keep_fp32)
+        except Exception as exc:
+            if type(exc).__name__ != "DecodeError":  # protobuf's: the inferred copy is truncated
+                raise
+            raise EnvironmentProblem(
+                f"converting {fp32_path.name} to fp16 failed: the copy onnx's shape inference wrote beside it "
+                f"({fp32_path.parent}) cannot be read back, it is truncated; most often that disk is full (onnx "
+                "does not report it): free some disk space, or export to another disk (--out); nothing was "
+                "written") from exc
         del model.graph.value_info[:]  # the converter leaves stale fp16 types on fp32 island tensors
         _drop_round_trips(model)
         _sort(model.graph)

@@ -27,6 +27,11 @@ class ModelSpec:
     model: str
     random_weights: bool = False
     seed: int = DEFAULT_SEED
+    offline: bool = False  # read the Hugging Face cache only, never the network (verify's default)
+
+    def __post_init__(self):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise UsageError(f"seed must be a whole number from 0 to {2**32 - 1}, got {self.seed!r}")
 
     def to_dict(self) -> dict:
         return {"model": self.model, "random_weights": self.random_weights, "seed": self.seed}
@@ -88,7 +93,7 @@ def load_model(spec: ModelSpec, resolved: Resolved | None = None) -> LoadedModel
         if spec.random_weights:
             model = random_model(cls, config, spec.seed)
         else:
-            model = _from_pretrained(cls, spec.model, source)
+            model = _from_pretrained(cls, spec.model, source, spec.offline)
         model.eval()
     names = config.id2label or {}
     labels = {int(k): str(v) for k, v in names.items()} if tasks.task(task).has_labels else {}
@@ -154,9 +159,9 @@ def _resolve(spec: ModelSpec):
                          "(org/name) or a local folder")
     try:
         with quiet_logger("huggingface_hub"):
-            config = transformers.AutoConfig.from_pretrained(spec.model)
+            config = transformers.AutoConfig.from_pretrained(spec.model, local_files_only=spec.offline)
     except Exception as exc:  # transformers raises several types for the same cause
-        raise ModelLoadError(_hub_message(spec.model, exc)) from exc
+        raise ModelLoadError(_hub_message(spec.model, exc, spec.offline)) from exc
     _check_beit(config, spec.model)
     return "hub", config, _preprocessing_from(None, config)
 
@@ -219,20 +224,23 @@ def _preprocessing_from(data: dict | None, config) -> Preprocessing:
                          crop_size=crop)
 
 
-def _from_pretrained(cls, model: str, source: str):
+def _from_pretrained(cls, model: str, source: str, offline: bool = False):
     if source == "registry":
         model = registry.lookup(model).hub_id
     try:
         with quiet_logger("huggingface_hub"):
-            return cls.from_pretrained(model)
+            return cls.from_pretrained(model, local_files_only=offline)
     except Exception as exc:
         if source == "local":
             raise ModelLoadError(f"weights in '{model}' could not be loaded ({describe(exc, 160)}): re-save the model "
                                  "with save_pretrained, or pass --random-weights to export its architecture") from exc
-        raise ModelLoadError(_hub_message(model, exc)) from exc
+        raise ModelLoadError(_hub_message(model, exc, offline)) from exc
 
 
-def _hub_message(model: str, exc: Exception) -> str:
+def _hub_message(model: str, exc: Exception, offline: bool = False) -> str:
+    if offline:
+        return (f"'{model}' is not in the local Hugging Face cache, and nothing is downloaded for it here "
+                f"({describe(exc, 160)})")
     return (f"could not download '{model}' from the Hugging Face Hub ({describe(exc, 160)}): pass a local folder "
             f"(save_pretrained layout) with --model, or --random-weights to export the architecture with "
             "random weights")

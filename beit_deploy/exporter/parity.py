@@ -76,6 +76,23 @@ def sample_images(folder: Path | None = None) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def readable_photos(photos: list[Path], who: str) -> tuple[list[Path], tuple[str, ...]]:
+    """(the photos that decode, one line per photo that does not: its ImageError), each said on stderr: a
+    crafted or broken photo is that photo's failure, not the check's."""
+    from ..core.progress import say
+    from ..runtime.preprocess import ImageError, open_image
+
+    good, bad = [], []
+    for photo in photos:
+        try:
+            open_image(photo)
+            good.append(photo)
+        except ImageError as exc:
+            say(f"{who}: leaving out {exc}")
+            bad.append(str(exc))
+    return good, tuple(bad)
+
+
 def reference_processor(preprocessing: Preprocessing):
     """transformers' own BeitImageProcessorPil configured with these settings (the ground truth)."""
     from transformers import BeitImageProcessorPil

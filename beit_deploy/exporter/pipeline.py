@@ -18,12 +18,12 @@ from typing import Iterator
 
 from ..core import precisions, tasks
 from ..core.errors import ParityError, UsageError, environment_error
-from ..core.files import artifact_bytes, atomic_folder, safe_name
+from ..core.files import artifact_bytes, atomic_folder, check_output_folder, safe_name
 from ..core.machine import versions
 from ..core.manifest import Manifest, artifact_hashes
 from ..core.progress import say, step
 from . import bake, fp16, graph_files, onnx_graph, parity
-from .quantize import QuantizeOptions, choose_tools, quantize_graphs
+from .quantize import QDQ_PRECISIONS, QuantizeOptions, calibration_photos, choose_tools, quantize_graphs
 from .data_loader import write_data_loader
 from .loading import LoadedModel, ModelSpec, Resolved, load_model, native_resolution, resolve
 
@@ -105,6 +105,9 @@ def export_each(spec: ModelSpec, options: ExportOptions, resolved: Resolved | No
         check_resolution(resolution, resolved.config.patch_size)
         check_memory(resolved.config, resolution, max(len(photos), 2))
     choose_tools(options.quantize)  # and on a quantizer that is not installed
+    check_output_folder(options.out_dir)
+    if any(p in QDQ_PRECISIONS for p in options.quantize.precisions):  # an empty calibration folder: now, not
+        calibration_photos(options.quantize.calibration or options.images)  # after the fp32 export
     loaded = load_model(spec, resolved)
     for resolution in options.resolutions or (loaded.native_resolution,):
         yield export_resolution(loaded, resolution, options)

@@ -18,6 +18,7 @@ manifest says why. Calibration: the manifest's preprocessing on the user's photo
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -101,36 +102,56 @@ class Quantized:
 
 
 def calibration_set(folder: Path | None, inputs: list[TensorSpec], preprocessing: Preprocessing,
-                    seed: int = 0) -> Calibration:
+                    seed: int = 0, work: Path | None = None) -> Calibration:
     """The photos in `folder` (None: the parity photos) preprocessed per the manifest, (N, 3, H, W) float32.
 
-    An image that cannot be read gets its own line and is skipped; none at all is a UsageError. Under
-    MIN_CALIBRATION images a warning says the scales may not fit real data. Masked image modeling gets seeded
-    random masks (about 40 % of the patches), so the mask token's path is calibrated too.
+    Streamed: each photo is decoded, resized and written into its row at once, and no photo or list of them is
+    kept; with `work` (a private folder) the rows go to a memory-mapped file there, so memory stays flat however
+    many photos there are (without it, one array of the rows). An image that cannot be read (any decoder
+    failure) gets its own line and is skipped; none at all is a UsageError. Under MIN_CALIBRATION images a
+    warning says the scales may not fit real data. Masked image modeling gets seeded random masks (about 40 %
+    of the patches), so the mask token's path is calibrated too.
     """
-    from ..runtime.preprocess import ImageError, load_image, preprocess_one
+    from ..runtime.preprocess import ImageError, prepare
 
-    paths = parity.sample_images(folder)
-    where = str(folder) if folder else "the parity photos"
-    pixels, skipped = [], []
+    paths, where = calibration_photos(folder)
+    shape = (len(paths), *inputs[0].shape[1:])
+    stack = (np.lib.format.open_memmap(Path(work) / "pixel_values.npy", "w+", np.float32, shape) if work
+             else np.empty(shape, np.float32))
+    count, skipped = 0, []
     for path in tracked(paths, "calibration photos", unit="img"):
         try:
-            pixels.append(preprocess_one(load_image(path).rgb, preprocessing))
+            stack[count] = prepare(path, preprocessing).pixels
+            count += 1
         except ImageError as exc:
             say(f"  calibration: skipping {exc}")
             skipped.append(path.name)
-    if not pixels:
+    if not count:
         raise UsageError(f"no readable calibration photos in {where}: pass --calibration DIR with photos like the "
                          f"ones the model will see ({MIN_CALIBRATION} or more)")
-    if len(pixels) < MIN_CALIBRATION:
+    if count < MIN_CALIBRATION:
         demo = " (the sample photos are a demo, not a calibration set)" if folder is None else ""
-        say(f"  warning: calibrating on {len(pixels)} image(s) from {where}, fewer than {MIN_CALIBRATION}: the "
+        say(f"  warning: calibrating on {count} image(s) from {where}, fewer than {MIN_CALIBRATION}: the "
             f"scales may not fit real data{demo}; pass --calibration DIR with {MIN_CALIBRATION}+ photos of what "
             "the model will see")
-    stack = np.stack(pixels)
+    stack = stack[:count]
     rng = np.random.default_rng(seed)
-    feeds = {"pixel_values": stack} | {s.name: rng.random((len(stack), s.shape[1])) < 0.4 for s in inputs[1:]}
+    feeds = {"pixel_values": stack} | {s.name: rng.random((count, s.shape[1])) < 0.4 for s in inputs[1:]}
     return Calibration(feeds, where, tuple(skipped))
+
+
+def calibration_photos(folder: Path | None) -> tuple[list[Path], str]:
+    """(the photos of calibration folder `folder`, None: the parity photos; how to name it). UsageError when
+    there are none, so an empty folder is found before any export work, not after the fp32 graph is made."""
+    paths = parity.sample_images(folder)
+    where = str(folder) if folder else "the parity photos"
+    if not paths:
+        from ..runtime.preprocess import IMAGE_SUFFIXES
+
+        raise UsageError(f"no calibration photos in {where} (files named {', '.join(IMAGE_SUFFIXES)}): pass "
+                         f"--calibration DIR with photos like the ones the model will see ({MIN_CALIBRATION} or "
+                         "more)")
+    return paths, where
 
 
 def quantize_graphs(fp32_path: Path, task: str, inputs: list[TensorSpec], preprocessing: Preprocessing,
@@ -141,11 +162,18 @@ def quantize_graphs(fp32_path: Path, task: str, inputs: list[TensorSpec], prepro
     ParityError when one misses its threshold in every placement tried (nothing of it is kept then: the
     caller's atomic folder is dropped). `images`: the parity photos, the calibration set by default.
     """
-    made, chosen = [], choose_tools(options)
-    calibration = None
-    if any(p in QDQ_PRECISIONS for p in options.precisions):
-        with step("reading the calibration photos"):
-            calibration = calibration_set(options.calibration or images, inputs, preprocessing, seed)
+    chosen, calibration = choose_tools(options), None
+    with tempfile.TemporaryDirectory(prefix=".calibration-", dir=fp32_path.parent) as work:
+        if any(p in QDQ_PRECISIONS for p in options.precisions):
+            with step("reading the calibration photos"):
+                calibration = calibration_set(options.calibration or images, inputs, preprocessing, seed,
+                                              Path(work))
+        return _quantize_each(fp32_path, task, options, judge, chosen, calibration)
+
+
+def _quantize_each(fp32_path: Path, task: str, options: QuantizeOptions, judge: Judge, chosen: dict,
+                   calibration: Calibration | None) -> list[Quantized]:
+    made = []
     keep = tools.float_nodes(fp32_path, task)
     for precision in options.precisions:
         out = fp32_path.parent / FILES[precision]

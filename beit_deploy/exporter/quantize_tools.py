@@ -11,6 +11,7 @@ import concurrent.futures
 import functools
 import importlib.util
 import multiprocessing
+import os
 import re
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from ..core.errors import ExportError, MissingDependencyError, describe, require
 from ..core.machine import versions
 from ..core.precisions import PRECISIONS, QDQ, names
 from ..core.progress import chatty, quiet_logger
+from ..core.signals import die_with_parent
 from . import fp16
 from .graph_files import load_graph, needs_external_data, qdq_summary, weight_bytes
 
@@ -141,7 +143,7 @@ def _modelopt(mode: str, fp32_path: Path, out: Path, calibration, method: str, k
         shutil.copyfile(fp32_path, copy)
         if fp32_path.with_name(fp32_path.name + ".data").is_file():
             shutil.copyfile(fp32_path.with_name(fp32_path.name + ".data"), copy.with_name(copy.name + ".data"))
-        settings = dict(quantize_mode=mode, calibration_data=dict(calibration.feeds), calibration_shapes=shapes,
+        settings = dict(quantize_mode=mode, calibration_data=_by_file(calibration.feeds), calibration_shapes=shapes,
                         calibration_method=method, calibration_eps=["cpu"],
                         nodes_to_exclude=[re.escape(name) + "$" for name in keep],
                         op_types_to_quantize=list(MODELOPT_OPS[mode]),
@@ -166,16 +168,26 @@ def _modelopt(mode: str, fp32_path: Path, out: Path, calibration, method: str, k
 def _modelopt_pool() -> concurrent.futures.ProcessPoolExecutor:
     """The one worker process ModelOpt runs in. ModelOpt patches ONNX Runtime's quantizer process-wide when it is
     imported (its op registries), so it never runs here: the ONNX Runtime quantizers in this process stay as
-    shipped. The worker is kept for later graphs (importing ModelOpt takes seconds) and ends with this process."""
-    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    shipped. The worker is kept for later graphs (importing ModelOpt takes seconds) and ends with this process,
+    however this process ends (SIGKILL included: `core.signals.die_with_parent`)."""
+    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=die_with_parent, initargs=(os.getpid(),))
     atexit.register(pool.shutdown)
     return pool
+
+
+def _by_file(feeds: dict) -> dict:
+    """Feeds for the worker: a memory-mapped array (the streamed calibration photos) as (file, rows), mapped
+    again there, so it is not copied through the pipe and held whole in both processes."""
+    return {k: ("npy", v.filename, len(v)) if isinstance(v, np.memmap) and v.filename else v for k, v in feeds.items()}
 
 
 def _run_modelopt(onnx_path: str, settings: dict) -> None:
     """In a child process: ModelOpt's ONNX quantization of the model at `onnx_path` (a private copy)."""
     import modelopt.onnx.quantization as mq
 
+    settings["calibration_data"] = {k: np.load(v[1], mmap_mode="r")[:v[2]] if isinstance(v, tuple) else v
+                                    for k, v in settings["calibration_data"].items()}
     mq.quantize(onnx_path, **settings)
 
 

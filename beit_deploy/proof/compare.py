@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from ..core.errors import UsageError, require
 from ..core.manifest import Manifest, read_manifest
 from ..core.progress import chatty
 from ..exporter import parity
-from .verify import feed_dicts, photo_paths, reference_model
+from .verify import MAX_RANDOM, feed_dicts, photo_paths, reference_model
 
 EAGER_RUNNER, TRT_RUNNER = backends.compare_name(backends.EAGER), backends.compare_name(backends.TENSORRT)
 
@@ -67,6 +68,7 @@ class CompareOptions:
     save_inputs: Path | None = None
     save_outputs: Path | None = None
     reference: object = None  # see verify.reference_model
+    allow_download: bool = False  # the manifest's source model from the Hub when not cached (default: offline)
     seed: int = 0
     engine: Path | None = None  # the engine for "trt"; None: core.engine_manifest.find_engine's default
 
@@ -76,6 +78,14 @@ class CompareOptions:
         if unknown or not self.runners:
             raise UsageError(f"unknown runner(s) {', '.join(unknown) or '(none given)'}: "
                              f"choose from {', '.join(known)}")
+        if isinstance(self.random, bool) or not isinstance(self.random, int) or not 0 <= self.random <= MAX_RANDOM:
+            raise UsageError(f"--random must be 0 to {MAX_RANDOM} random inputs, got {self.random!r}")
+        for name, value, top in (("atol", self.atol, math.inf), ("rtol", self.rtol, math.inf),
+                                 ("cosine", self.cosine, 1.0)):
+            number = isinstance(value, (int, float)) and math.isfinite(value)
+            if value is not None and not (number and 0 <= value <= top):
+                limit = "a finite number, 0 or more" if top == math.inf else "between 0 and 1"
+                raise UsageError(f"--{name} must be {limit}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -167,7 +177,8 @@ def _onnx_runner(name: str, folder: Path, manifest: Manifest, options: CompareOp
 
 
 def _torch_runner(name: str, folder: Path, manifest: Manifest, options: CompareOptions):
-    return eager_runner(manifest, reference_model(manifest, options.reference), name), precisions.REFERENCE
+    loaded = reference_model(manifest, options.reference, options.allow_download)
+    return eager_runner(manifest, loaded, name), precisions.REFERENCE
 
 
 def _trt_runner(name: str, folder: Path, manifest: Manifest, options: CompareOptions):

@@ -31,6 +31,7 @@ from ..exporter import parity
 
 Images = Union[None, str, Path, Sequence[Union[str, Path]]]
 ONNX_ARTIFACTS = tuple(precisions.PRECISIONS)  # as they were when this module loaded; `_artifacts` reads the table
+MAX_RANDOM = 64  # random inputs per check: enough to show batch effects; each costs an eager forward pass
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class ParityReport:
     artifacts: tuple[ArtifactReport, ...]
     failures: tuple[Failure, ...] = ()
     thresholds: dict = field(default_factory=lambda: dict(parity.THRESHOLDS))
+    unreadable: tuple[str, ...] = ()  # photos left out because they could not be read, each with its reason
 
     @property
     def passed(self) -> bool:
@@ -101,12 +103,13 @@ class ParityReport:
         arts = tuple(ArtifactReport(**{**a, "outputs": tuple(OutputReport(**{"name": o["output"], **{
             k: v for k, v in o.items() if k != "output"}}) for o in a["outputs"])}) for a in d.pop("artifacts"))
         failures = tuple(Failure(**f) for f in d.pop("failures"))
-        return cls(**d, artifacts=arts, failures=failures)
+        return cls(**{**d, "unreadable": tuple(d.get("unreadable", ()))}, artifacts=arts, failures=failures)
 
     def table(self) -> str:
         """Human-readable: one row per artifact and output, then the verdict naming every failed check."""
         head = (f"parity of {self.folder} ({self.task}, weights {self.weights}) against eager transformers on "
                 f"{self.photos} photos + {self.random} random inputs")
+        head += "".join(f"\nleft out, unreadable: {line}" for line in self.unreadable)
         rows = [f"{'artifact':9} {'output':18} {'max abs':>9} {'rel':>9} {'mean abs':>9} {'cosine':>10} "
                 f"{'top-1':>6} {'top-5':>6} {'pixels':>7}  verdict"]
         for art in self.artifacts:
@@ -126,18 +129,28 @@ def _pct(x: float | None) -> str:
 
 
 def parity_report(path, images: Images = None, random: int = 2, reference=None, seed: int = 0,
-                  engine: Path | None = None) -> ParityReport:
+                  engine: Path | None = None, allow_download: bool = False) -> ParityReport:
     """Run eager and every artifact in export folder `path` on photos + `random` random inputs; compare.
 
     images: None (samples/images), a folder, or a list of image paths. reference: None (rebuild from the
     manifest), or a model to use instead (short name, hub id or save_pretrained folder, or a LoadedModel).
     engine: the TensorRT engine (file or folder) to include; None: the one `build` wrote for this export under
     engines/<model>/<H>x<W>, found by its source ONNX's sha256. Without TensorRT its row says what would run.
+    allow_download: let the manifest's source model come from the Hugging Face Hub when it is not in the local
+    cache (default: never; a manifest is untrusted input, and verify works offline).
+
+    Every artifact's size and sha256 are checked, and every photo read, before the eager model loads: a tampered
+    artifact is refused at once, and an unreadable photo is left out with its reason (`unreadable`).
     """
+    if isinstance(random, bool) or not isinstance(random, int) or not 0 <= random <= MAX_RANDOM:
+        raise UsageError(f"random inputs must be 0 to {MAX_RANDOM}, got {random!r}")
     folder = Path(path)
     manifest = read_manifest(folder)
-    loaded = reference_model(manifest, reference)
-    photos = photo_paths(images)
+    for name in precisions.PRECISIONS:
+        if name in manifest.artifacts and (folder / manifest.artifacts[name]).is_file():
+            check_artifact(folder, manifest, name, hashes=True)
+    photos, unreadable = parity.readable_photos(photo_paths(images), "verify")
+    loaded = reference_model(manifest, reference, allow_download)
     ref_feeds, art_feeds = _feeds(manifest, loaded, photos, random, seed)
     names = tasks.task(manifest.task).outputs
     with step(f"running the eager reference ({len(photos)} photos + {max(random, 0)} random inputs)"):
@@ -159,7 +172,7 @@ def parity_report(path, images: Images = None, random: int = 2, reference=None, 
     seed = manifest.weights.get("seed")
     weights = manifest.weights["kind"] + (f" (seed {seed})" if seed is not None else "")
     return ParityReport(str(folder), manifest.model, manifest.task, weights, len(photos), max(random, 0),
-                        tuple(reports), tuple(failures))
+                        tuple(reports), tuple(failures), unreadable=unreadable)
 
 
 def photo_paths(images: Images) -> list[Path]:
@@ -176,26 +189,41 @@ def photo_paths(images: Images) -> list[Path]:
     return paths
 
 
-def reference_model(manifest: Manifest, reference=None):
-    """The eager model the export came from (or `reference`), checked to have the export's task."""
+def reference_model(manifest: Manifest, reference=None, allow_download: bool = False):
+    """The eager model the export came from (or `reference`), checked to have the export's task. The model a
+    manifest names is read from the local Hugging Face cache only unless `allow_download`; one the caller
+    names (`reference`) is loaded as `export` would load it."""
     from ..exporter.loading import LoadedModel, ModelSpec, load_model
 
     if isinstance(reference, LoadedModel):
         loaded = reference
     else:
-        where = str(reference) if reference is not None else manifest.source["model"]
+        where = str(reference) if reference is not None else _source_model(manifest)
         random = manifest.weights.get("kind") == "random"
-        spec = ModelSpec(where, random_weights=random, seed=manifest.weights.get("seed") or 0)
+        seed = manifest.weights.get("seed") or 0
+        spec = ModelSpec(where, random_weights=random, seed=seed if isinstance(seed, int) else 0,
+                         offline=reference is None and not allow_download)
         try:
             loaded = load_model(spec)
         except (ModelLoadError, UsageError) as exc:
+            hint = " or allow the download with --allow-download" if spec.offline else ""
             raise ModelLoadError(f"cannot rebuild the eager model of {manifest.model} from '{where}' ({exc}); "
-                                 "pass the original model with --reference (a save_pretrained folder or hub id)"
-                                 ) from exc
+                                 f"pass the original model with --reference (a save_pretrained folder or hub id)"
+                                 f"{hint}") from exc
     if loaded.task != manifest.task:
         raise UsageError(f"reference model is a {loaded.task} model but the export is {manifest.task}: pass the "
                          "model the export was made from")
     return loaded
+
+
+def _source_model(manifest: Manifest) -> str:
+    """The model the manifest says the export came from; ModelLoadError when it does not say (a hand-edited or
+    damaged manifest)."""
+    model = manifest.source.get("model") if isinstance(manifest.source, dict) else None
+    if not isinstance(model, str) or not model:
+        raise ModelLoadError(f"the manifest of {manifest.model} does not name its source model (source.model is "
+                             f"{model!r}): pass the model it was exported from with --reference")
+    return model
 
 
 def feed_dicts(manifest: Manifest, photos: list[Path], random: int = 2, seed: int = 0) -> list[dict]:
@@ -235,8 +263,8 @@ def _artifacts(folder: Path, manifest: Manifest, engine: Path | None = None):
             continue
         if not (folder / file).is_file() and not (folder / file).is_symlink():
             yield name, file, name, f"{file} is not in this folder"
-            continue
-        yield name, file, name, _onnx_runner(check_artifact(folder, manifest, name, hashes=True))
+            continue  # hashes were checked before the eager model loaded; the size again now
+        yield name, file, name, _onnx_runner(check_artifact(folder, manifest, name, hashes=False))
     found, passed_over = find_engine(folder, manifest, engine)
     if found is not None:
         yield "engine", str(found.path), found.info.judged_as, _engine_runner(found, manifest)

@@ -11,9 +11,13 @@ import colorsys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
+from ..core.files import write_atomic
 from ..core.registry import ADE20K_CLASSES
+from .preprocess import ImageError
+
+MARK_KEY = "beit-deploy"  # the PNG text key whose value says which kind of output a file is
 
 ADE20K_PALETTE = (
     (120, 120, 120), (180, 120, 120), (6, 230, 230), (80, 50, 50), (4, 200, 3), (120, 120, 80), (140, 140, 140),
@@ -69,11 +73,10 @@ def colorize(label_map: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 
 def save_mask(label_map: np.ndarray, path: Path) -> Path:
-    """Write class ids as pixel values: 8-bit greyscale PNG if every id fits, else 16-bit."""
+    """Write class ids as pixel values: 8-bit greyscale PNG if every id fits, else 16-bit. Replaces only an
+    earlier mask (see `_save_marked`)."""
     ids = label_map.astype(np.uint8 if label_map.max(initial=0) < 256 else np.uint16)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(ids).save(path)
-    return Path(path)
+    return _save_marked(Image.fromarray(ids), Path(path), "mask")
 
 
 def overlay(rgb: np.ndarray, label_map: np.ndarray, labels: dict[int, str], alpha: float = 0.5,
@@ -103,10 +106,33 @@ def _with_legend(photo: Image.Image, entries: list[tuple[np.ndarray, str]]) -> I
 
 
 def save_overlay(rgb: np.ndarray, label_map: np.ndarray, labels: dict[int, str], path: Path) -> Path:
-    """Write `overlay(...)` as an image (format from the suffix, PNG recommended)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    overlay(rgb, label_map, labels).save(path)
-    return Path(path)
+    """Write `overlay(...)` as a PNG. Replaces only an earlier overlay (see `_save_marked`)."""
+    return _save_marked(overlay(rgb, label_map, labels), Path(path), "overlay")
+
+
+def _save_marked(image: Image.Image, path: Path, kind: str) -> Path:
+    """Write `image` as a PNG carrying beit-deploy's mark for `kind` (a tEXt chunk), atomically (a hidden
+    exclusive temporary name, then a rename: never through a link). An existing file at `path` is replaced only
+    when it is a plain file carrying the same mark, an earlier output of the same kind; anything else (an input
+    photo, a mask where an overlay goes, a link) is left as it is and ImageError says so."""
+    if path.exists() or path.is_symlink():
+        if path.is_symlink() or not path.is_file() or marked_kind(path) != kind:
+            raise ImageError(f"'{path}' exists and is not a {kind} beit-deploy wrote: it is left as it is; choose "
+                             f"an empty folder for --{kind}s{' DIR' if kind == 'mask' else ''} or move it away")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(MARK_KEY, kind)
+    return write_atomic(path, lambda handle: image.save(handle, format="PNG", pnginfo=info))
+
+
+def marked_kind(path: Path) -> str | None:
+    """The kind ("mask", "overlay") a PNG written by beit-deploy says it is; None for any other file."""
+    try:
+        with Image.open(path, formats=["PNG"]) as image:  # the header and text chunks only
+            kind = image.info.get(MARK_KEY)  # text chunks before the pixels: nothing is decoded
+    except Exception:  # noqa: BLE001 - unreadable or not a PNG: not ours
+        return None
+    return kind if kind in ("mask", "overlay") else None
 
 
 def output_name(image: str, taken: set[str]) -> str:

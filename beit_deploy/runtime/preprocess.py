@@ -19,6 +19,7 @@ exceed 255 comes out mostly white, so scale it to 8 bits yourself (e.g. `array >
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -28,8 +29,9 @@ from typing import Any, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..core.errors import ArtifactError, UsageError, describe
+from ..core.errors import ArtifactError, BeitDeployError, UsageError, describe
 from ..core.manifest import Preprocessing
+from .embedded import embedded_sizes
 
 ImageLike = Union[str, Path, Image.Image, np.ndarray, bytes]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -91,17 +93,16 @@ def open_image(image: ImageLike, name: str | None = None, max_pixels: int | None
         return name, _decode(io.BytesIO(bytes(image)), name, max_pixels)
     if isinstance(image, Image.Image):
         name = name or getattr(image, "filename", "") or "<PIL image>"
-        _check_size(image.size, name, max_pixels)
-        try:
+        with decoding(name):
+            _check_size(image.size, name, max_pixels)
             image.load()  # a lazily opened image decodes now: a broken one fails here, as one image's error
-        except _DECODE_ERRORS as exc:
-            raise ImageError(f"'{name}' is not a readable image ({describe(exc)}): remove it or replace it") from exc
-        return name, _upright_rgb(image, name)
+            return name, _upright_rgb(image, name)
     if isinstance(image, np.ndarray):
         name = name or "<array>"
         array = _checked_array(image)
-        _check_size(array.shape[1::-1], name, max_pixels)
-        return name, _upright_rgb(_from_array(array), name)
+        with decoding(name):
+            _check_size(array.shape[1::-1], name, max_pixels)
+            return name, _upright_rgb(_from_array(array), name)
     raise UsageError(f"cannot use a {type(image).__name__} as an image: pass a path, encoded bytes, a PIL image or "
                      "an (H, W, 3) uint8 array")
 
@@ -133,6 +134,17 @@ def _check_size(size: tuple[int, int], name: str, max_pixels: int | None) -> Non
                          "raise the limit (max_pixels, --max-pixels) if you trust it")
 
 
+def _check_embedded(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> None:
+    """The pixel limit on every image a container file (ICO, CUR, ICNS) holds, each read from its own header
+    before Pillow opens the file: Pillow decodes an ICO's image inside `Image.open`, at the size the embedded
+    image's header says, which may be far larger than the container's."""
+    if not max_pixels:
+        return
+    with (source.open("rb") if isinstance(source, Path) else contextlib.nullcontext(source)) as fobj:
+        for size in embedded_sizes(fobj):
+            _check_size(size, name, max_pixels)
+
+
 def _open(path: Path, max_pixels: int | None) -> Image.Image:
     """A decoded, upright RGB image from a regular file (never a FIFO or device, which could block)."""
     if not path.is_file():
@@ -142,11 +154,12 @@ def _open(path: Path, max_pixels: int | None) -> Image.Image:
 
 def _decode(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> Image.Image:
     """An encoded image (a file or its bytes) decoded in full now, so truncated data fails here, upright RGB; its
-    size is checked from the header before decoding."""
-    try:
+    size (and that of every image a container such as ICO holds) is checked from the headers before decoding."""
+    with decoding(name):
+        _check_embedded(source, name, max_pixels)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides, said once
-            im = Image.open(source)
+            im = Image.open(source, formats=_formats())
         try:
             _check_size(im.size, name, max_pixels)
             im.load()  # read now, so truncated files fail here and not later
@@ -158,14 +171,29 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int | None) -> Ima
             rgb = rgb.copy() if rgb is im else rgb  # open: keep a copy, close it
             im.close()
         return rgb
+
+
+@contextlib.contextmanager
+def decoding(name: str):
+    """Any failure while opening, decoding or converting the image `name` becomes its own ImageError.
+
+    The one place that decides it: Pillow's decoders raise far more than their documented errors on crafted
+    files (NotImplementedError for a mutated DDS, AttributeError for a SPIDER file, struct.error, TypeError,
+    RuntimeError from libavif...), and each of those is this image's failure, never its batch's. Our own typed
+    errors pass through; KeyboardInterrupt and SIGTERM (BaseException) are never caught."""
+    try:
+        yield
+    except BeitDeployError:
+        raise
     except Image.DecompressionBombError as exc:
         raise ImageError(f"'{name}' is larger than Pillow's own limit against decompression bombs ({exc}): shrink "
                          "it") from exc
     except MemoryError as exc:
         raise ImageError(f"'{name}': not enough memory to decode it; lower the pixel limit (--max-pixels) or "
                          "shrink it") from exc
-    except _DECODE_ERRORS as exc:
-        raise ImageError(f"'{name}' is not a readable image ({describe(exc)}): remove it or replace it") from exc
+    except Exception as exc:  # see above: every decoder failure is this image's
+        detail = describe(exc) if isinstance(exc, _DECODE_ERRORS) else f"{type(exc).__name__}: {describe(exc)}"
+        raise ImageError(f"'{name}' is not a readable image ({detail}): remove it or replace it") from exc
 
 
 def _not_a_file(path: Path) -> str:
@@ -174,6 +202,17 @@ def _not_a_file(path: Path) -> str:
     if not path.exists():
         return f"image '{path}' does not exist"
     return f"image '{path}' is not a regular file (a folder, FIFO or device): pass image files"
+
+
+# Formats whose decoding runs another program on the file's content (EPS: Ghostscript, a PostScript
+# interpreter): never chosen for an input, whatever its bytes say.
+EXTERNAL_PROGRAM_FORMATS = frozenset({"EPS"})
+
+
+def _formats() -> list[str]:
+    """Every format this Pillow reads, less those that run another program (EXTERNAL_PROGRAM_FORMATS)."""
+    Image.init()
+    return [f for f in Image.OPEN if f not in EXTERNAL_PROGRAM_FORMATS]
 
 
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
@@ -186,11 +225,9 @@ def _upright(image: Image.Image) -> Image.Image:
 
 def _upright_rgb(image: Image.Image, name: str) -> Image.Image:
     """EXIF-oriented RGB PIL image, converted exactly as `image.convert("RGB")`."""
-    try:
+    with decoding(name):
         image = _upright(image)
         return image if image.mode == "RGB" else image.convert("RGB")
-    except _DECODE_ERRORS as exc:
-        raise ImageError(f"'{name}' is not a readable image ({describe(exc)}): remove it or replace it") from exc
 
 
 def _checked_array(array: np.ndarray) -> np.ndarray:

@@ -5,8 +5,9 @@ that starts from one skips those measurements. Three rules make a shared file sa
 
 - A file lock (fcntl, on `<cache>.lock`) is held while the file is read at the start of a build and while it is
   merged and written at the end, never during the build itself, so concurrent builds do not wait on each other.
-- At the end the build's cache is `combine`d with what is on disk *now*, then written (to a temporary file and
-  renamed), so entries another build saved in the meantime are kept.
+- At the end the build's cache is `combine`d with what is on disk *now*, then written (to an unpredictable
+  temporary name opened with O_EXCL|O_NOFOLLOW, then renamed), so entries another build saved in the meantime
+  are kept and a name another user planted in a shared cache folder (a symbolic link) is never written through.
 - A cache made by another GPU or TensorRT version is never overwritten: the default file name carries both
   (`timing-<trt version>-<gpu>-sm<cc>.cache`), and a file given by the user that turns out to be foreign is left
   as it is while this build's cache goes to a keyed file beside it.
@@ -23,6 +24,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from ..core.files import open_lock_file, write_atomic
 from ..core.progress import say
 
 if TYPE_CHECKING:
@@ -41,14 +43,15 @@ def beside(path: Path, key: str) -> Path:
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `<path>.lock` (created if needed) for the duration of the block."""
+    """Hold an exclusive lock on `<path>.lock` (created if needed, never through a symbolic link) for the
+    duration of the block."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    fd = open_lock_file(path.with_name(path.name + ".lock"))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def attach(config: trt.IBuilderConfig, path: Path, key: str) -> Path:
@@ -87,9 +90,8 @@ def save(config: trt.IBuilderConfig, path: Path, key: str) -> Path | None:
             if on_disk is not None and not cache.combine(on_disk, ignore_mismatch=False):
                 say(f"  timing cache {target} is now another GPU's or TensorRT version's: left as it is")
                 continue
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(bytes(memoryview(cache.serialize())))
-            os.replace(tmp, target)
+            data = bytes(memoryview(cache.serialize()))
+            write_atomic(target, lambda handle: handle.write(data))  # unpredictable name, O_EXCL|O_NOFOLLOW
             return target
     return None
 

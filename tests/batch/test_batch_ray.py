@@ -54,16 +54,17 @@ def test_killed_workers_lose_no_row_and_double_none(cluster, tiny_export, photo_
     for k in range(120):
         (inputs / f"{k:03d}.png").symlink_to(photos[k % len(photos)])
     killed, later = [], set()
+    earlier = set(workers())  # actors of this module's earlier jobs may still be shutting down
 
     def kill_the_workers(done, total):
         if not killed:
-            killed.extend(workers())
+            killed.extend(set(workers()) - earlier)
             assert killed, "no Ray worker process found"
             for pid in killed:
                 os.kill(pid, signal.SIGKILL)
             assert done < total  # killed while work was left
         else:
-            later.update(set(workers()) - set(killed))
+            later.update(set(workers()) - set(killed) - earlier)
 
     export = tiny_export("segmentation")
     job(export, [inputs], tmp_path / "ray", kill_the_workers, engine="ray", workers=2, batch_size=2, quiet=True)
@@ -76,15 +77,27 @@ def test_killed_workers_lose_no_row_and_double_none(cluster, tiny_export, photo_
 
 
 def workers() -> list[int]:
-    """Process ids of this machine's batch actors (Ray names each process after its actor class)."""
+    """Process ids of this test's batch actors (Ray names each process after its actor class), among the
+    descendants of this process: the local cluster's, not those of another Ray on the machine."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and WORKER_TITLE in (entry / "cmdline").read_bytes():
+            if (entry.name.isdigit() and WORKER_TITLE in (entry / "cmdline").read_bytes()
+                    and descends_from_us(int(entry.name))):
                 found.append(int(entry.name))
         except OSError:
             continue
     return found
+
+
+def descends_from_us(pid: int) -> bool:
+    """True when `pid` is this process or one of its descendants (read from /proc/<pid>/stat's parent field)."""
+    while pid > 1:
+        if pid == os.getpid():
+            return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return False
 
 
 def test_gpus_asked_of_a_cluster_without_them(cluster, tiny_export, photo_tree, tmp_path):

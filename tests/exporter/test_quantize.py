@@ -245,3 +245,41 @@ def test_bench_backends_map_to_artifacts():
 
     assert set(ORT_ARTIFACTS) <= set(BACKENDS)
     assert ORT_ARTIFACTS["onnxruntime-int8"] == "int8cpu" and ORT_ARTIFACTS["onnxruntime-int8-qdq"] == "int8"
+
+
+def test_calibration_skips_crafted_files_of_any_decoder_error(tiny_export, tmp_path, capfd):
+    from crafted_images import CRAFTED
+
+    folder = _photos(tmp_path / "cal", 2)
+    for name, make in CRAFTED.items():  # Pillow raises NotImplementedError / AttributeError on these
+        (folder / (name.replace('.', '-') + '.png')).write_bytes(make())
+    manifest = read_manifest(tiny_export("classification"))
+    cal = quantize.calibration_set(folder, list(manifest.inputs), manifest.preprocessing)
+    assert cal.count == 2 and sorted(cal.skipped) == ["bad-dds.png", "bad-spider.png"]
+    assert capfd.readouterr().err.count("calibration: skipping") == 2
+
+
+def test_calibration_streams_into_a_mapped_file(tiny_export, tmp_path):
+    manifest = read_manifest(tiny_export("masked-image-modeling"))
+    work = tmp_path / "work"
+    work.mkdir()
+    cal = quantize.calibration_set(_photos(tmp_path / "cal", 3, broken=1), list(manifest.inputs),
+                                   manifest.preprocessing, work=work)
+    pixels = cal.feeds["pixel_values"]
+    assert isinstance(pixels, np.memmap) and Path(pixels.filename).parent == work and pixels.shape[0] == 3
+    assert cal.feeds["bool_masked_pos"].shape == (3, 16)
+    in_memory = quantize.calibration_set(tmp_path / "cal", list(manifest.inputs), manifest.preprocessing)
+    np.testing.assert_array_equal(np.asarray(pixels), in_memory.feeds["pixel_values"])
+
+
+def test_empty_calibration_folder_is_refused_before_the_model_loads(tiny_dir, tmp_path, monkeypatch):
+    from beit_deploy.exporter import pipeline
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no photos here")
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("the model loaded first"))
+    result = CliRunner().invoke(main, ["export", "--model", str(tiny_dir("classification")), "--int8",
+                                       "--quantizer", "onnxruntime", "--calibration", str(tmp_path / "empty"),
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "no calibration photos in" in result.stderr, result.output
+    assert not (tmp_path / "out").exists()

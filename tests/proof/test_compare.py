@@ -89,3 +89,42 @@ def test_cli_compare_exit_status(classification, tmp_path):
     result = CliRunner().invoke(main, ["compare", str(bad), "--runners", "onnxrt-fp32,torch,trt", "--random", "1"])
     assert result.exit_code == 1
     assert "skipped trt" in result.output and "onnxrt-fp32 vs torch" in result.output
+
+
+@pytest.mark.parametrize("args, needle", [(["--atol", "-1"], "--atol must be a finite number"),
+                                          (["--rtol", "nan"], "--rtol must be a finite number"),
+                                          (["--cosine", "2"], "--cosine must be between 0 and 1")])
+def test_nonsense_tolerances_are_refused(tiny_export, args, needle):
+    from click.testing import CliRunner
+
+    from beit_deploy.cli import main
+
+    folder = tiny_export("classification")
+    result = CliRunner().invoke(main, ["compare", str(folder), "--runners", "onnxrt-fp32", *args])
+    assert result.exit_code == 2 and needle in result.stderr, result.output
+
+
+def test_a_hub_source_is_read_from_the_cache_only(tiny_export, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    import transformers
+
+    from beit_deploy.core.errors import ModelLoadError
+    from beit_deploy.proof.compare import CompareOptions, compare
+
+    asked = []
+
+    def offline_config(name, **kwargs):
+        asked.append(kwargs)
+        raise OSError(f"{name} is not cached")
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_export("features"), copy)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline_config)
+    data = json.loads((copy / "manifest.json").read_text())
+    data["source"], data["weights"] = {"kind": "hub", "model": "somebody/beit-x"}, {"kind": "pretrained", "seed": None}
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match="--allow-download"):
+        compare(copy, CompareOptions(runners=("onnxrt-fp32", "torch"), images=[], random=1))
+    assert asked == [{"local_files_only": True}]

@@ -134,3 +134,90 @@ def test_an_unreadable_photo_is_one_line(tiny_export, tmp_path):
                                        str(tmp_path / "photos")])
     assert result.exit_code == 1 and "broken.png' is not a readable image" in result.output
     assert "internal error" not in result.output and "Traceback" not in result.output
+
+
+def test_a_crafted_photo_is_left_out_and_the_rest_checked(tiny_export, tmp_path):
+    from click.testing import CliRunner
+    from crafted_images import CRAFTED
+
+    from beit_deploy.cli import main
+    from beit_deploy.exporter.parity import sample_images
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(sample_images()[0], photos / "good.jpg")
+    (photos / "evil.png").write_bytes(CRAFTED["bad.dds"]())  # Pillow raises NotImplementedError on it
+    report = parity_report(_export(tiny_export, "classification"), images=photos, random=0)
+    assert report.passed and report.photos == 1 and "evil.png" in report.unreadable[0]
+    assert "left out, unreadable" in report.table()
+    result = CliRunner().invoke(main, ["verify", str(_export(tiny_export, "classification")), "--images",
+                                       str(photos), "--random", "0"])
+    assert result.exit_code == 1 and "1 of 2 photos could not be read" in result.stderr, result.output
+    assert "PASSED" in result.stdout and "internal error" not in result.output
+
+
+def test_a_tampered_artifact_is_refused_before_the_model_loads(tiny_export, tmp_path, monkeypatch):
+    from beit_deploy.core.errors import ArtifactError
+    from beit_deploy.proof import verify
+
+    copy = tmp_path / "copy"
+    shutil.copytree(_export(tiny_export, "features"), copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-1] ^= 1  # same size, another sha256
+    (copy / "model.onnx").write_bytes(bytes(data))
+    monkeypatch.setattr(verify, "reference_model", lambda *a, **k: pytest.fail("the eager model loaded first"))
+    with pytest.raises(ArtifactError, match="sha256 differs"):
+        parity_report(copy, images=[])
+
+
+def _with_source(tiny_export, tmp_path, source: dict, weights: dict | None = None) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(_export(tiny_export, "features"), copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    data["source"] = source
+    data["weights"] = weights or data["weights"]
+    (copy / "manifest.json").write_text(json.dumps(data))
+    return copy
+
+
+def test_a_manifest_without_source_model_is_one_clear_line(tiny_export, tmp_path):
+    from click.testing import CliRunner
+
+    from beit_deploy.cli import main
+
+    copy = _with_source(tiny_export, tmp_path, {"kind": "hub"})
+    result = CliRunner().invoke(main, ["verify", str(copy), "--random", "1"])
+    assert result.exit_code == 1 and "does not name its source model" in result.stderr, result.output
+    assert "--reference" in result.stderr and "internal error" not in result.output
+
+
+def test_a_hub_source_is_read_from_the_cache_only(tiny_export, tmp_path, monkeypatch):
+    import transformers
+
+    asked = []
+
+    def offline_config(name, **kwargs):
+        asked.append(kwargs)
+        raise OSError(f"{name} is not cached")
+
+    copy = _with_source(tiny_export, tmp_path, {"kind": "hub", "model": "somebody/beit-from-a-manifest"},
+                        {"kind": "pretrained", "seed": None})
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline_config)
+    with pytest.raises(ModelLoadError, match="--allow-download"):
+        parity_report(copy, images=[])
+    assert asked == [{"local_files_only": True}]
+    with pytest.raises(ModelLoadError):
+        parity_report(copy, images=[], allow_download=True)
+    assert asked[-1] == {"local_files_only": False}
+
+
+def test_random_inputs_are_bounded(tiny_export):
+    from click.testing import CliRunner
+
+    from beit_deploy.cli import main
+    from beit_deploy.core.errors import UsageError
+
+    result = CliRunner().invoke(main, ["verify", str(_export(tiny_export, "features")), "--random", "1000000"])
+    assert result.exit_code == 2 and "0<=x<=64" in result.output.replace(" ", "")
+    with pytest.raises(UsageError, match="0 to 64"):
+        parity_report(_export(tiny_export, "features"), random=10**6)

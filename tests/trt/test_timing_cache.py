@@ -90,3 +90,32 @@ def test_the_lock_excludes_other_processes(tmp_path):
         held = subprocess.run([sys.executable, "-c", probe, lock], capture_output=True, text=True).stdout.strip()
     free = subprocess.run([sys.executable, "-c", probe, lock], capture_output=True, text=True).stdout.strip()
     assert (held, free) == ("locked", "free")
+
+
+def test_planted_links_in_a_shared_cache_folder_are_never_written_through(tmp_path):
+    """Another user of a shared cache folder plants links where the build writes: at the temporary name the
+    build used to choose (`.<name>.<pid>.tmp`), at the lock file, at the cache itself. Their targets stay as
+    they were; the build's cache lands in the folder."""
+    import os
+
+    from beit_deploy.core.errors import ArtifactError
+
+    victim, absent = tmp_path / "victim.txt", tmp_path / "not-there.txt"
+    victim.write_text("precious")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    path, config = shared / "t.cache", Config(KEY)
+    for pid in range(os.getpid() - 2, os.getpid() + 3):
+        (shared / f".t.cache.{pid}.tmp").symlink_to(victim)
+    timing_cache.attach(config, path, KEY)
+    build(config, "a")
+    timing_cache.save(config, path, KEY)
+    assert victim.read_text() == "precious" and entries(path) == (KEY, ["a"])
+    path.unlink()
+    path.symlink_to(victim)  # the cache itself: replaced as a name, its target untouched
+    timing_cache.save(config, path, KEY)
+    assert victim.read_text() == "precious" and not path.is_symlink() and entries(path) == (KEY, ["a"])
+    (shared / "u.cache.lock").symlink_to(absent)
+    with pytest.raises(ArtifactError, match="symbolic link"):
+        timing_cache.attach(Config(KEY), shared / "u.cache", KEY)
+    assert not absent.exists()
