@@ -4,7 +4,12 @@ VENV ?= .venv
 # torch==2.13.0 is a CPU build on our machines; override for a CUDA box: make install TORCH='torch'
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+PIP := $(BIN)/pip --quiet --disable-pip-version-check --no-input
+# Two stamps, so that a venv made for the demo never passes for the full stack: .installed (make install/test:
+# torch, the export, quantize and serve extras, pytest, mypy, TensorRT stubs) and .installed-demo (make demo:
+# torch and the export extra only). The full install stamps both: it holds everything the demo needs.
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: install demo serve test test-all clean wheels gpu-check
 
@@ -12,14 +17,21 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(PIP) install --upgrade pip
+	$(PIP) install "$(TORCH)"
+	$(PIP) install -e ".[test]"
 	$(BIN)/python tests/trt/trt_stubs.py install $(VENV)  # TensorRT's type stubs + 11.x bindings wheel, not installed
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 
-demo: install
-	$(BIN)/python samples/demo.py
+$(DEMO_STAMP): pyproject.toml Makefile
+	@echo "installing the demo's packages into $(VENV) (torch and beit-deploy[export]; a minute or two)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PIP) install "$(TORCH)"
+	@$(PIP) install -e ".[export]"
+	@touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	@$(BIN)/python samples/demo.py
 
 # Triton on this machine's CPU (the serve extra's server): the demo export (random weights) as a model repository.
 SERVE_EXPORT ?= export/beit-base-patch16-224/224x224
@@ -37,7 +49,7 @@ test-all: install
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) export/*/ engines/*/ model_repository .pytest_cache
+	rm -rf $(VENV) export/*/ engines/*/ model_repository out .pytest_cache
 
 # GPU box (no network, torch preinstalled, system python, beit-deploy not installed): bring the checkout, then
 # there `make gpu-check PYTHON=python3`. It runs beit-deploy from the checkout (PYTHONPATH, no install) with this

@@ -5,7 +5,7 @@
 Default folder: export/beit-base-finetuned-ade-640-640/256x256. If it is missing it is exported first at 256x256
 with seeded random weights (the Hugging Face Hub is out of reach on our build machines, and 256 keeps the export
 quick on a laptop), so the classes mean nothing until you export the real checkpoint. Pictures go to
-export/samples-out/segment/{masks,overlays}/.
+out/segment/{masks,overlays}/ (git-ignored), never into export/, where a folder would look like a model.
 """
 
 import subprocess
@@ -18,7 +18,7 @@ from beit_deploy.runtime.preprocess import load_image
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "beit-base-finetuned-ade-640-640"
-OUT = ROOT / "export" / "samples-out" / "segment"
+OUT = ROOT / "out" / "segment"
 
 
 def ensure_export(folder: Path) -> Path:

@@ -58,6 +58,7 @@ class BenchSettings:
     end_to_end: bool = True
     cache_dir: Path = field(default_factory=default_cache)
     images: Path | None = None  # photos for the end-to-end row and the export's parity check
+    export: Path | None = None  # an export's resolution folder to measure instead of a cached export of `spec`
 
 
 @dataclass(frozen=True)

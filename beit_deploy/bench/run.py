@@ -9,8 +9,7 @@ worker processes in `worker`.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from ..core import backends as table, machine as core_machine, precisions, tasks
 from ..core.errors import BeitDeployError, UsageError, describe
 from ..core.progress import say, step
 from . import report as bench_report
+from .cache import cached_engine, cached_export, engine_cache_dir, plain_export  # noqa: F401 - bench.run's API
 from .report import BACKENDS, BASELINE, E2E_OURS, E2E_TRANSFORMERS, ORT_ARTIFACTS, ORT_FUSED, ORT_PLAIN, \
     TORCH_BACKENDS, BenchReport, BenchSettings, Skipped
 from .worker import E2E_RUNNER, E2E_TRANSFORMERS as E2E_TRANSFORMERS_KIND
@@ -27,10 +27,12 @@ DEVICES = ("cpu", "cuda")  # where the torch (and TensorRT) backends run: --devi
 
 
 def run_bench(settings: BenchSettings) -> BenchReport:
-    """Measure every backend at every batch size (ascending), plus the end-to-end row."""
+    """Measure every backend at every batch size (ascending), plus the end-to-end row. With `settings.export`
+    (a resolution folder) its graphs are measured, hash-checked, and eager is the model it was exported from."""
     from ..exporter.loading import native_resolution, resolve, task_of
     from ..exporter.pipeline import check_resolution
 
+    settings = for_export(settings) if settings.export else settings
     _check(settings)
     load_before = _load_average()
     resolved = resolve(settings.spec)
@@ -46,6 +48,29 @@ def run_bench(settings: BenchSettings) -> BenchReport:
             "export": str(folder) if folder else None, "load_average_1min": [load_before, _load_average()]}
     return BenchReport(bench_report.machine(settings.device), bench_report.settings_dict(settings, info),
                        tuple(bench_report.compare(results)), tuple(e2e), tuple(skipped + more + e2e_skipped))
+
+
+def for_export(settings: BenchSettings) -> BenchSettings:
+    """The settings of a bench on an export folder: the model it was exported from (its recorded source, seed
+    and revision), its resolution, and by default eager plus every ONNX Runtime backend the folder has a graph
+    for (a `backends` of None)."""
+    from ..core.manifest import read_manifest
+    from ..exporter.loading import ModelSpec
+
+    manifest = read_manifest(settings.export)
+    random = manifest.weights.get("kind") == "random"
+    revision = manifest.source.get("commit") or manifest.source.get("revision")
+    spec = ModelSpec(manifest.source["model"], random, manifest.weights.get("seed") or 0,
+                     None if random and manifest.source.get("kind") != "hub" else revision)
+    backends = settings.backends
+    if backends is None:
+        backends = (BASELINE, *(b for b, p in ORT_ARTIFACTS.items() if p in manifest.artifacts))
+        backends += (table.TENSORRT.name,) if settings.device == "cuda" else ()
+    if settings.resolution and tuple(settings.resolution) != tuple(manifest.resolution):
+        raise UsageError(f"{settings.export} is a {manifest.resolution[0]}x{manifest.resolution[1]} export: drop "
+                         "--resolution, or pass the folder of the resolution you want")
+    return dataclasses.replace(settings, spec=spec, resolution=tuple(manifest.resolution), backends=backends)
+
 
 
 def _load_average() -> float | None:
@@ -79,7 +104,9 @@ def _jobs(settings, backends, resolution, task, inputs, resolved):
     wanted = {ORT_ARTIFACTS[b] for b in backends if b in ORT_ARTIFACTS}
     if table.TENSORRT.name in backends:
         wanted.add(settings.dtype)
-    if on_export or settings.end_to_end:
+    if settings.export:
+        folder = Path(settings.export)
+    elif on_export or settings.end_to_end:
         try:
             folder = cached_export(settings, resolution, resolved, wanted)
         except BeitDeployError as exc:
@@ -113,10 +140,17 @@ def _model_job(b: _Bench, name: str) -> dict:
     return b.base | {"kind": table.MODEL, "attention": table.backend(name).attention, "spec": b.settings.spec.to_dict()}
 
 
-def _graph_job(b: _Bench, name: str) -> dict:
-    """ONNX Runtime on the export's graph of the row's precision."""
-    file = json.loads((b.folder / "manifest.json").read_text())["artifacts"][ORT_ARTIFACTS[name]]
-    return b.base | {"kind": table.ONNX, "path": str(b.folder / file)}
+def _graph_job(b: _Bench, name: str) -> dict | Skipped:
+    """ONNX Runtime on the export's graph of the row's precision, checked against its manifest first (size and
+    sha256: a truncated or swapped graph is an error, not a measurement); skipped when the export has none."""
+    from ..core.manifest import check_artifact, read_manifest
+
+    manifest, precision = read_manifest(b.folder), precisions.PRECISIONS[ORT_ARTIFACTS[name]]
+    if precision.name not in manifest.artifacts:
+        return Skipped(name, f"{b.folder} has no {precision.name} graph: export it again with {precision.flag} (it "
+                             "adds to the folder)")
+    path = check_artifact(b.folder, manifest, precision.name, hashes=True)
+    return b.base | {"kind": table.ONNX, "path": str(path)}
 
 
 def _fused_job(b: _Bench, name: str) -> dict | Skipped:
@@ -162,117 +196,6 @@ def autocast_refusal(name: str, device: str) -> str | None:
 _JOBS = {**{n: _model_job if table.backend(n).autocast is None else _autocast_job for n in TORCH_BACKENDS},
          **{n: _graph_job for n in ORT_ARTIFACTS}, ORT_FUSED: _fused_job,
          ORT_PLAIN: _plain_job, table.TENSORRT.name: _engine_job}
-
-
-def cached_engine(settings: BenchSettings, folder: Path) -> Path:
-    """A TensorRT engine of the export (precision --precision, batch profile up to the largest batch), built once
-    and reused while its engine.json names this ONNX graph, this TensorRT version and this GPU: the folder is
-    keyed on all three (`engine_cache_dir`), and engine.json is checked again before reuse."""
-    from ..core.engine_manifest import current_gpu, engine_folder, read_engine_manifest, unavailable_reason
-    from ..core.files import artifact_sha256
-    from ..core.manifest import read_manifest
-    from ..trt.build import BuildOptions, engine_from_onnx
-
-    reason = "TensorRT needs a GPU: run with --device cuda" if settings.device != "cuda" else unavailable_reason()
-    if reason:
-        raise UsageError(reason)
-    import tensorrt
-
-    manifest = read_manifest(folder)
-    onnx = folder / manifest.artifacts[settings.dtype]
-    sha, gpu, top = artifact_sha256(onnx), current_gpu(), max(settings.batch_sizes)
-    out = engine_cache_dir(_cache_folder(settings), settings.dtype, top, sha, tensorrt.__version__, gpu)
-    engine = engine_folder(out, manifest) / "model.engine"
-    if engine.is_file():
-        info = read_engine_manifest(engine.parent)
-        if (info.source.get("sha256"), info.tensorrt, info.gpu) == (sha, tensorrt.__version__, gpu):
-            return engine
-    options = BuildOptions(precision=settings.dtype, batch=(1, min(8, top), top), out_dir=out)
-    return engine_from_onnx(onnx, manifest, options)
-
-
-def engine_cache_dir(cache: Path, dtype: str, top_batch: int, onnx_sha256: str, trt_version: str, gpu) -> Path:
-    """<cache>/engines-<dtype>-b<top>-<onnx sha256[:16]>-<gpu_key>: one folder per graph, TensorRT and GPU."""
-    from ..core.engine_manifest import gpu_key
-
-    return Path(cache) / f"engines-{dtype}-b{top_batch}-{onnx_sha256[:16]}-{gpu_key(trt_version, gpu)}"
-
-
-def _cache_folder(settings: BenchSettings) -> Path:
-    """One cache folder per model source and weights, so a re-run reuses its exports."""
-    from ..core.machine import versions
-
-    key = {"spec": settings.spec.to_dict(), "versions": versions()}
-    path = Path(settings.spec.model).expanduser()
-    if path.is_dir():
-        key["files"] = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(settings.cache_dir) / f"{Path(settings.spec.model).name}-{digest}"
-
-
-def cached_export(settings: BenchSettings, resolution: tuple[int, int], resolved, wanted: set[str] = frozenset(),
-                  fused: bool = False) -> Path:
-    """The export folder of the model at `resolution` with the graphs of the `wanted` precisions besides fp32
-    (fp16, int8, int8cpu), with one ONNX Attention op per layer if `fused`, exported if not cached. The Q/DQ graph
-    is calibrated on the bench's photos. `resolved`: the model's exporter.loading.Resolved, worked out once by
-    run_bench."""
-    from ..exporter.bake import DECOMPOSED, FUSED
-    from ..exporter.pipeline import export, export_options
-
-    out = _cache_folder(settings) / ("fused" if fused else "")
-    name = f"{resolution[0]}x{resolution[1]}"
-    for manifest in sorted(out.glob(f"*/{name}/manifest.json")):
-        artifacts = json.loads(manifest.read_text()).get("artifacts", {})
-        if {precisions.REFERENCE, *wanted} <= set(artifacts):
-            say(f"using the cached export {manifest.parent}")
-            return manifest.parent
-    options = export_options(wanted, resolutions=(resolution,), out_dir=out, images=settings.images,
-                             attention=FUSED if fused else DECOMPOSED, calibration=settings.images)
-    return export(settings.spec, options, resolved)[0].folder
-
-
-def plain_export(settings: BenchSettings, resolution: tuple[int, int], task: str) -> Path:
-    """The unmodified transformers model through torch.onnx.export (TorchScript), dynamic batch: the
-    generic export our baked graph is compared with. Cached beside our export."""
-    import tempfile
-    import warnings
-
-    import torch
-
-    from ..exporter.loading import load_model
-    from ..exporter.onnx_graph import OPSET
-
-    path = _cache_folder(settings) / f"plain-{resolution[0]}x{resolution[1]}.onnx"
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model, names = load_model(settings.spec).model, tasks.task(task).outputs
-    wrapped = _Outputs(model, names).eval()
-    example = torch.randn(2, model.config.num_channels, *resolution)
-    axes = {"pixel_values": {0: "batch"}} | {n: {0: "batch"} for n in names}
-    with step("plain torch.onnx.export of the unmodified model"), warnings.catch_warnings(), \
-            tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        warnings.simplefilter("ignore")
-        partial = Path(tmp) / path.name
-        torch.onnx.export(wrapped, (example,), str(partial), dynamo=False, input_names=["pixel_values"],
-                          output_names=list(names), dynamic_axes=axes, opset_version=OPSET)
-        os.replace(partial, path)
-    return path
-
-
-def _Outputs(model, names):
-    """Wrap a transformers model so it returns a tuple of the named outputs (what the exporter needs)."""
-    import torch
-
-    class Outputs(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.m = model
-
-        def forward(self, pixel_values):
-            out = self.m(pixel_values)
-            return tuple(out[n] for n in names)
-    return Outputs()
 
 
 def _measure(jobs: dict, e2e_jobs: dict, photos: int, settings: BenchSettings):

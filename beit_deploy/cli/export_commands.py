@@ -40,8 +40,14 @@ def models(as_json):
 @click.option("--random-weights", is_flag=True, help="Seeded random weights instead of pretrained ones.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1),
               help="Seed for --random-weights.")
+@click.option("--revision", default=None,
+              help="Hub branch, tag or commit of the weights (from_pretrained's revision). Default: main.")
 @click.option("--out", "out_dir", default="export", show_default=True, type=click.Path(file_okay=False),
               help="Artifact folder; results go to OUT/<model>/<H>x<W>/.")
+@click.option("--replace", is_flag=True,
+              help="Replace the earlier export in OUT/<model>/<H>x<W>/ whole; needed when it has other weights "
+                   "or another graph form. Without it, an export of the same weights and form is added to: its "
+                   "other graphs are kept.")
 @click.option("--bias-mode", type=click.Choice(BIAS_MODES), default=None,
               help="How the relative position bias is stored. Default: chosen by size.")
 @click.option("--attention", type=click.Choice(ATTENTION_FORMS), default=DECOMPOSED, show_default=True,
@@ -57,8 +63,8 @@ def models(as_json):
               show_default=True, help="Q/DQ tool. auto: ModelOpt when installed, else ONNX Runtime (int8 only).")
 @json_option("Print what was written (folders, graphs, parity figures, engines) as JSON instead of text.")
 @friendly
-def export(model, resolutions, random_weights, seed, out_dir, bias_mode, attention, images, calibration, int8_method,
-           quantizer, as_json, **flags):
+def export(model, resolutions, random_weights, seed, revision, out_dir, replace, bias_mode, attention, images,
+           calibration, int8_method, quantizer, as_json, **flags):
     """Export a BEiT model to ONNX, one validated graph per resolution."""
     from ..exporter.loading import ModelSpec
     from ..exporter.pipeline import export_each, export_options, parse_resolution
@@ -68,9 +74,10 @@ def export(model, resolutions, random_weights, seed, out_dir, bias_mode, attenti
                              out_dir=Path(out_dir), bias_mode=bias_mode, attention=attention,
                              images=Path(images) if images else None,
                              calibration=Path(calibration) if calibration else None,
-                             quantize={"method": int8_method, "tool": quantizer})
+                             quantize={"method": int8_method, "tool": quantizer}, replace=replace)
+    spec = ModelSpec(model, random_weights, seed, revision)
     written = []
-    for result in export_each(ModelSpec(model, random_weights, seed), options):  # each said as soon as written
+    for result in export_each(spec, options):  # each said as soon as written
         written.append(_export_record(result))
         if not as_json:
             _echo_export(result)
@@ -100,17 +107,22 @@ def _echo_export(result) -> None:
             top1 += f" ({worst['top1_ties']} tie(s) below fp16 resolution)"
         click.echo(f"  {precision}: {m.artifacts[precision]} ({m.graph[precision]['nodes']} nodes), "
                    f"max rel err {worst['rel']:.1e}, min cosine {worst['cosine']:.6f}{top1}: passed"
-                   + _how_quantized(m.quantization.get(precision)))
+                   + _how_quantized(m.quantization.get(precision))
+                   + (" (kept from an earlier export)" if precision in result.kept else ""))
 
 
 @click.command()
-@click.option("--model", "-m", required=True, help="Registered short name, hub id or local save_pretrained folder.")
+@click.argument("export_folder", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--model", "-m", default=None,
+              help="Registered short name, hub id or local save_pretrained folder (instead of EXPORT_FOLDER).")
 @click.option("--random-weights", is_flag=True, help="Seeded random weights instead of pretrained ones.")
 @click.option("--seed", default=0, show_default=True, help="Seed for --random-weights.")
 @click.option("--resolution", "-r", default=None, help="N or HxW. Default: the model's native one.")
-@click.option("--backends", default=",".join(bench_rows.DEFAULT_BACKENDS), show_default=True,
+@click.option("--backends", default=None,
               help=f"Comma-separated: {', '.join(bench_rows.BACKENDS)}. onnxruntime-<x>: the export's graph of that "
-                   "precision (onnxruntime-int8: the CPU form, -int8-qdq: the Q/DQ graph). eager is always measured.")
+                   "precision (onnxruntime-int8: the CPU form, -int8-qdq: the Q/DQ graph). eager is always measured. "
+                   f"Default: {','.join(bench_rows.DEFAULT_BACKENDS)}; on an EXPORT_FOLDER, eager and every graph "
+                   "the folder has.")
 @option("--batch-size", "batch_sizes", aliases=("--batch-sizes",), default="1,4,16,32", show_default=True,
         help="Batch sizes to measure, comma-separated.")
 @click.option("--device", type=library_choice("bench.run", "DEVICES"), default="cpu", show_default=True)
@@ -127,10 +139,14 @@ def _echo_export(result) -> None:
 @click.option("--markdown", "markdown_file", type=click.Path(dir_okay=False), default=None,
               help="Write the tables as markdown.")
 @friendly
-def bench(model, random_weights, seed, resolution, backends, batch_sizes, device, dtype, iters, warmup,
+def bench(export_folder, model, random_weights, seed, resolution, backends, batch_sizes, device, dtype, iters, warmup,
           no_end_to_end, images, cache_dir, as_json, report_file, markdown_file):
-    """Benchmark eager and SDPA transformers against the exported graphs; print markdown tables."""
-    from ..bench.report import BenchSettings, default_cache, to_markdown
+    """Benchmark eager and SDPA transformers against the exported graphs; print markdown tables.
+
+    EXPORT_FOLDER (a resolution folder, e.g. export/beit-base-patch16-224/224x224) measures that export's
+    graphs, hash-checked, against the model it was exported from; otherwise --model is exported into the
+    bench's cache (reused while its graphs match their manifest)."""
+    from ..bench.report import DEFAULT_BACKENDS, BenchSettings, default_cache, to_markdown
     from ..bench.run import run_bench
     from ..exporter.loading import ModelSpec
     from ..exporter.pipeline import parse_resolution
@@ -139,11 +155,27 @@ def bench(model, random_weights, seed, resolution, backends, batch_sizes, device
         sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
     except ValueError:
         raise UsageError(f"--batch-size '{batch_sizes}' is not a comma-separated list of integers") from None
+    if (export_folder is None) == (model is None):
+        raise UsageError("bench measures either an export folder (beit-deploy bench export/<model>/<H>x<W>) or a "
+                         "model (--model NAME): pass one of them")
+    if export_folder:
+        from ..core.manifest import resolution_folders
+
+        found = resolution_folders(Path(export_folder))  # a resolution folder, or a model folder with one
+        if len(found) != 1:
+            raise UsageError(f"'{export_folder}' holds {len(found)} resolutions ({', '.join(found)}): pass one "
+                             f"of them, e.g. {next(iter(found.values()))}")
+        export_folder = next(iter(found.values()))
+        if random_weights:
+            raise UsageError("--random-weights is for --model; an export folder's manifest says its weights")
+    chosen = tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None
     settings = BenchSettings(
-        spec=ModelSpec(model, random_weights, seed), resolution=parse_resolution(resolution) if resolution else None,
-        backends=tuple(b.strip() for b in backends.split(",") if b.strip()), batch_sizes=sizes, device=device,
+        spec=ModelSpec(model or "", random_weights, seed),
+        resolution=parse_resolution(resolution) if resolution else None,
+        backends=chosen if chosen or export_folder else DEFAULT_BACKENDS, batch_sizes=sizes, device=device,
         dtype=dtype, iters=iters, warmup=warmup, end_to_end=not no_end_to_end,
-        cache_dir=Path(cache_dir) if cache_dir else default_cache(), images=Path(images) if images else None)
+        cache_dir=Path(cache_dir) if cache_dir else default_cache(), images=Path(images) if images else None,
+        export=Path(export_folder) if export_folder else None)
     report = run_bench(settings)
     markdown = to_markdown(report)
     if report_file:

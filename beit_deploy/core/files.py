@@ -144,10 +144,15 @@ def locked(folder: Path):
 
 
 # --- writing a folder atomically ------------------------------------------------------------------------------
-def replace_folder(tmp: Path, folder: Path, ours=written_by_us) -> None:
+def replace_folder(tmp: Path, folder: Path, ours=written_by_us, before_swap=None) -> None:
     """Move the finished `tmp` to `folder`, replacing an earlier one (ours or empty) only once the new one is
-    complete. One swap per parent folder at a time; if the second rename fails, the earlier folder is put back."""
+    complete. One swap per parent folder at a time; if the second rename fails, the earlier folder is put back.
+    `before_swap(tmp, folder)` runs under the same lock just before the swap, so it sees `folder` as the swap
+    replaces it, even when other processes swap into the same parent folder (the export merges the earlier
+    folder's artifacts into `tmp` there); an exception from it cancels the swap."""
     with locked(folder.parent):
+        if before_swap is not None:
+            before_swap(Path(tmp), Path(folder))
         _swap(Path(tmp), Path(folder), ours)
 
 
@@ -170,11 +175,12 @@ def _swap(tmp: Path, folder: Path, ours) -> None:
 
 
 @contextlib.contextmanager
-def atomic_folder(folder: Path, ours=written_by_us):
+def atomic_folder(folder: Path, ours=written_by_us, before_swap=None):
     """`with atomic_folder(dest) as tmp:` write into `tmp`; on success it becomes `dest` (replacing an older
     one that `ours(older)` says beit-deploy wrote, by default one holding its manifest, or an empty one), on any
     error it is removed. Refuses up front to replace any other folder. Cleans up leftovers of killed runs beside
-    `dest` first. The parent folder is created, and removed again if this call created it and it stays empty."""
+    `dest` first. The parent folder is created, and removed again if this call created it and it stays empty.
+    `before_swap`: see `replace_folder`."""
     folder = Path(folder)
     created = not folder.parent.exists()
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +194,7 @@ def atomic_folder(folder: Path, ours=written_by_us):
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; an artifact folder is an ordinary folder
         yield tmp
-        replace_folder(tmp, folder, ours)
+        replace_folder(tmp, folder, ours, before_swap)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         _unlock(hold)

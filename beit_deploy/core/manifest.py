@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import ArtifactError, UsageError
 from .files import artifact_files, bare_name, contained, file_sha256
-from .machine import versions  # noqa: F401 - the versions an artifact records, importable from here as before
+from .machine import versions  # the versions an artifact records (this_run), importable from here as before
 from .progress import say
 
 FILENAME = "manifest.json"
@@ -123,7 +123,7 @@ class Manifest:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     preprocessing: Preprocessing
-    labels: dict[int, str]
+    labels: dict[int, str]  # class id -> name; transformers' placeholder LABEL_<id> where a config has no names
     artifacts: dict[str, str]  # precision -> ONNX file name
     parity: dict[str, dict] = field(default_factory=dict)  # precision -> Parity.to_dict()
     graph: dict[str, dict] = field(default_factory=dict)  # precision -> {"nodes", "ops", "bytes"}
@@ -135,6 +135,11 @@ class Manifest:
     # file name -> sha256 of every artifact file and external data file; {} in manifests of beit-deploy
     # before 0.2, whose artifacts are checked by size only
     sha256: dict[str, str] = field(default_factory=dict)
+    # the exports that made the folder's artifacts, oldest first (see `this_run`); [] in older manifests
+    runs: list[dict] = field(default_factory=list)
+    # where `labels` come from when not the model's own config: {"set": "imagenet-1k", "note": ...} for a
+    # registered checkpoint exported with random weights (its known class names); {} otherwise
+    labels_from: dict = field(default_factory=dict)
 
     def __post_init__(self):
         """ValueError for a manifest that names files outside its folder or has impossible numbers."""
@@ -263,3 +268,18 @@ def check_artifact(folder: Path, manifest: Manifest, precision: str, hashes: boo
 def artifact_hashes(folder: Path, artifacts: dict[str, str]) -> dict[str, str]:
     """{file name: sha256} of every artifact file in `folder` and its external data file, for a manifest."""
     return {p.name: file_sha256(p) for name in artifacts.values() for p in artifact_files(Path(folder), name)}
+
+
+def this_run(artifacts, packages=None) -> dict:
+    """What reproduces this process's export: UTC date, command line, Python, platform, package versions, and
+    the precisions it wrote (a folder that accumulated several exports lists one run per export still present)."""
+    import platform
+    import shlex
+    import sys
+    from datetime import datetime, timezone
+
+    argv = [Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python", *sys.argv[1:]]
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": shlex.join(argv),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "versions": versions() if packages is None else versions(packages), "artifacts": list(artifacts)}
+

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from .labels import label_set as packaged_label_set
 from .manifest import PIL_BICUBIC, PIL_BILINEAR, Preprocessing
 from .tasks import TASKS
 
@@ -40,6 +41,21 @@ class Checkpoint:
         """Pre-training checkpoints (masked image modeling) share one bias table and have a mask token."""
         return TASKS[self.task].takes_mask
 
+    @property
+    def label_set(self) -> str | None:
+        """The name of the classes this checkpoint scores (None: it has no class names)."""
+        if TASKS[self.task].decoder:
+            return "ade20k"
+        if TASKS[self.task].has_labels:
+            return {1000: "imagenet-1k", 21841: "imagenet-22k"}.get(self.num_labels)
+        return None
+
+    def label_names(self) -> tuple[str, ...]:
+        """Its class names in class order, known offline (core.labels); () when it has none."""
+        if self.label_set == "ade20k":
+            return ADE20K_CLASSES
+        return packaged_label_set(self.label_set) if self.label_set else ()
+
     def config_kwargs(self) -> dict:
         """Keyword arguments of `transformers.BeitConfig` for this architecture."""
         kwargs = dict(_SIZES[self.size], image_size=self.resolution, patch_size=16, num_channels=3,
@@ -49,9 +65,10 @@ class Checkpoint:
                       use_shared_relative_position_bias=self.shared_bias,
                       use_mask_token=self.shared_bias, architectures=[TASKS[self.task].model_class])
         kwargs[TASKS[self.task].head_size_key] = self.num_labels
-        if TASKS[self.task].decoder:  # the ADE20K checkpoints: their label set is known without weights
-            kwargs.update(out_indices=_OUT_INDICES[self.size], use_auxiliary_head=True,
-                          id2label=dict(enumerate(ADE20K_CLASSES)))
+        if self.label_set:  # the classes are known without weights (ImageNet-1k/22k, ADE20K)
+            kwargs["id2label"] = dict(enumerate(self.label_names()))
+        if TASKS[self.task].decoder:
+            kwargs.update(out_indices=_OUT_INDICES[self.size], use_auxiliary_head=True)
         return kwargs
 
     def preprocessing(self) -> Preprocessing:

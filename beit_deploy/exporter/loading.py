@@ -8,6 +8,7 @@ every code path of the model is exercised; the result says `weights="random"` an
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class ModelSpec:
     model: str
     random_weights: bool = False
     seed: int = DEFAULT_SEED
+    revision: str | None = None  # hub branch, tag or commit (from_pretrained's `revision`); None: the default branch
     offline: bool = False  # read the Hugging Face cache only, never the network (verify's default)
 
     def __post_init__(self):
@@ -34,7 +36,8 @@ class ModelSpec:
             raise UsageError(f"seed must be a whole number from 0 to {2**32 - 1}, got {self.seed!r}")
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "random_weights": self.random_weights, "seed": self.seed}
+        return {"model": self.model, "random_weights": self.random_weights, "seed": self.seed,
+                "revision": self.revision}
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class LoadedModel:
     task: str
     preprocessing: Preprocessing
     labels: dict[int, str]
+    labels_from: dict = field(default_factory=dict)  # {} : the model's config; else see `_labels_from`
+    commit: str | None = None  # the hub commit the weights came from, where the hub cache says
+    weights_sha256: str | None = None  # weights_sha256(model), set by the export (it costs a read of every weight)
 
     @property
     def config(self):
@@ -60,6 +66,21 @@ class LoadedModel:
     @property
     def native_resolution(self) -> tuple[int, int]:
         return native_resolution(self.config)
+
+    @property
+    def source_record(self) -> dict:
+        """The manifest's `source`: kind, what was passed, and for hub weights the revision asked for and the
+        commit the hub cache resolved it to (where it says)."""
+        source = {"kind": self.source, "model": self.spec.model}
+        if self.spec.revision or self.commit:
+            source |= {"revision": self.spec.revision, "commit": self.commit}
+        return source
+
+    @property
+    def weights_record(self) -> dict:
+        """The manifest's `weights`: kind, seed (random weights) and sha256 (`weights_sha256`)."""
+        return {"kind": self.weights, "seed": self.spec.seed if self.spec.random_weights else None,
+                "sha256": self.weights_sha256}
 
 
 def native_resolution(config) -> tuple[int, int]:
@@ -79,7 +100,12 @@ class Resolved:
 
 def resolve(spec: ModelSpec) -> Resolved:
     """Find the model's config and preprocessing (cheap; raises on unknown names and bad folders)."""
-    return Resolved(*_resolve(spec))
+    resolved = Resolved(*_resolve(spec))
+    if spec.revision and (resolved.source == "local" or (spec.random_weights and resolved.source == "registry")):
+        what = "a local folder" if resolved.source == "local" else "random weights of a registered model"
+        raise UsageError(f"--revision '{spec.revision}' picks a version on the Hugging Face Hub, and {what} is "
+                         "read from nowhere there: drop --revision")
+    return resolved
 
 
 def load_model(spec: ModelSpec, resolved: Resolved | None = None) -> LoadedModel:
@@ -90,14 +116,56 @@ def load_model(spec: ModelSpec, resolved: Resolved | None = None) -> LoadedModel
     with step(f"loading {spec.model} ({weights})"):
         task = task_of(config)
         cls = model_class(task)
+        commit = None
         if spec.random_weights:
             model = random_model(cls, config, spec.seed)
         else:
-            model = _from_pretrained(cls, spec.model, source, spec.offline)
+            model = _from_pretrained(cls, spec.model, source, spec.offline, spec.revision)
+            commit = hub_commit(_hub_id(spec.model, source), spec.revision) if source != "local" else None
         model.eval()
-    names = config.id2label or {}
+    names = model.config.id2label or {}
     labels = {int(k): str(v) for k, v in names.items()} if tasks.task(task).has_labels else {}
-    return LoadedModel(model, spec, model_name(spec.model, source), source, task, preprocessing, labels)
+    return LoadedModel(model, spec, model_name(spec.model, source), source, task, preprocessing, labels,
+                       _labels_from(spec, source) if labels else {}, commit)
+
+
+def _labels_from(spec: ModelSpec, source: str) -> dict:
+    """Where the class names come from when it is not the model's own config: a registered checkpoint with
+    random weights takes the names of the classes that checkpoint scores, known offline (core.labels)."""
+    checkpoint = registry.lookup(spec.model) if source == "registry" else None
+    if not (spec.random_weights and checkpoint and checkpoint.label_set):
+        return {}
+    return {"set": checkpoint.label_set, "note": f"the class names of {checkpoint.hub_id}, known offline; the "
+            "weights are random, so the scores mean nothing"}
+
+
+def weights_sha256(model) -> str:
+    """sha256 of a model's weights (every state_dict tensor: name, dtype, shape and bytes, in name order): what
+    tells two exports of the same weights apart from two of different ones, whatever their source spelling."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def hub_commit(repo: str, revision: str | None) -> str | None:
+    """The commit of `repo` at `revision` that from_pretrained used, read from the local hub cache (the snapshot
+    folder's name); None where the cache does not say (nothing is downloaded for this)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(repo, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - a provenance detail: never worth failing an export for
+        return None
+    parts = Path(path).parts if isinstance(path, str) else ()
+    found = [parts[i + 1] for i in range(len(parts) - 1) if parts[i] == "snapshots"]
+    return found[-1] if found and re.fullmatch(r"[0-9a-f]{40}", found[-1]) else None
 
 
 def model_name(model: str, source: str) -> str:
@@ -159,7 +227,8 @@ def _resolve(spec: ModelSpec):
                          "(org/name) or a local folder")
     try:
         with quiet_logger("huggingface_hub"):
-            config = transformers.AutoConfig.from_pretrained(spec.model, local_files_only=spec.offline)
+            config = transformers.AutoConfig.from_pretrained(spec.model, local_files_only=spec.offline,
+                                                             **({"revision": spec.revision} if spec.revision else {}))
     except Exception as exc:  # transformers raises several types for the same cause
         raise ModelLoadError(_hub_message(spec.model, exc, spec.offline)) from exc
     _check_beit(config, spec.model)
@@ -224,12 +293,15 @@ def _preprocessing_from(data: dict | None, config) -> Preprocessing:
                          crop_size=crop)
 
 
-def _from_pretrained(cls, model: str, source: str, offline: bool = False):
-    if source == "registry":
-        model = registry.lookup(model).hub_id
+def _hub_id(model: str, source: str) -> str:
+    return registry.lookup(model).hub_id if source == "registry" else model
+
+
+def _from_pretrained(cls, model: str, source: str, offline: bool = False, revision: str | None = None):
+    model = _hub_id(model, source)
     try:
         with quiet_logger("huggingface_hub"):
-            return cls.from_pretrained(model, local_files_only=offline)
+            return cls.from_pretrained(model, local_files_only=offline, **({"revision": revision} if revision else {}))
     except Exception as exc:
         if source == "local":
             raise ModelLoadError(f"weights in '{model}' could not be loaded ({describe(exc, 160)}): re-save the model "

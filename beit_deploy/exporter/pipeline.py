@@ -20,12 +20,12 @@ from ..core import precisions, tasks
 from ..core.errors import ParityError, UsageError, environment_error
 from ..core.files import artifact_bytes, atomic_folder, check_output_folder, safe_name
 from ..core.machine import versions
-from ..core.manifest import Manifest, artifact_hashes
+from ..core.manifest import Manifest, artifact_hashes, this_run
 from ..core.progress import say, step
-from . import bake, fp16, graph_files, onnx_graph, parity
+from . import accumulate, bake, fp16, graph_files, onnx_graph, parity
 from .quantize import QDQ_PRECISIONS, QuantizeOptions, calibration_photos, choose_tools, quantize_graphs
 from .data_loader import write_data_loader
-from .loading import LoadedModel, ModelSpec, Resolved, load_model, native_resolution, resolve
+from .loading import LoadedModel, ModelSpec, Resolved, load_model, native_resolution, resolve, weights_sha256
 
 FP32_FILE, FP16_FILE = (precisions.PRECISIONS[p].file for p in (precisions.REFERENCE, "fp16"))
 VALIDATION_CHUNK = 2  # images per ONNX Runtime call when a graph is validated
@@ -42,6 +42,7 @@ class ExportOptions:
     attention: str = bake.DECOMPOSED  # or bake.FUSED: one ONNX Attention op per layer (opset 23)
     images: Path | None = None  # parity photos; None: parity.sample_images()
     quantize: QuantizeOptions = field(default_factory=QuantizeOptions)  # int8/fp8 Q/DQ, CPU int8 (after fp16)
+    replace: bool = False  # replace an earlier export of another graph form whole (see exporter.accumulate)
 
     def __post_init__(self):
         if self.bias_mode is not None and self.bias_mode not in bake.BIAS_MODES:
@@ -70,6 +71,7 @@ def export_options(wanted, calibration: Path | None = None, quantize: dict | Non
 class ExportResult:
     folder: Path
     manifest: Manifest
+    kept: tuple[str, ...] = ()  # precisions kept from an earlier export in the same folder
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -109,19 +111,44 @@ def export_each(spec: ModelSpec, options: ExportOptions, resolved: Resolved | No
     if any(p in QDQ_PRECISIONS for p in options.quantize.precisions):  # an empty calibration folder: now, not
         calibration_photos(options.quantize.calibration or options.images)  # after the fp32 export
     loaded = load_model(spec, resolved)
-    for resolution in options.resolutions or (loaded.native_resolution,):
+    with step("hashing the weights (what tells this export's graphs from others')"):
+        loaded = dataclasses.replace(loaded, weights_sha256=weights_sha256(loaded.model))
+    chosen = options.resolutions or (loaded.native_resolution,)
+    for resolution in chosen:  # every earlier export of another form refused before the first one is written
+        accumulate.refuse_other_form(*_planned(loaded, resolution, options), options.replace)
+    for resolution in chosen:
         yield export_resolution(loaded, resolution, options)
 
 
 def export_resolution(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOptions) -> ExportResult:
-    folder = Path(options.out_dir) / safe_name(loaded.name) / f"{resolution[0]}x{resolution[1]}"
+    """Export one resolution into `<out>/<model>/<H>x<W>`, adding to an earlier export of the same graph form
+    there (exporter.accumulate) or refusing, before any work, one of another form unless `options.replace`."""
+    if loaded.weights_sha256 is None:
+        loaded = dataclasses.replace(loaded, weights_sha256=weights_sha256(loaded.model))
+    folder, planned = _planned(loaded, resolution, options)
     say(f"exporting {loaded.name} at {resolution[0]}x{resolution[1]} -> {folder}")
+    accumulate.check_earlier(folder, planned, options.replace)
+    mode = planned.bias_mode
+    done: dict = {}
+
+    def merge(tmp: Path, dest: Path) -> None:  # under the model folder's lock, just before the swap
+        done["manifest"], done["kept"] = accumulate.merge_into(tmp, dest, done["manifest"], options.replace)
+
     try:
-        with atomic_folder(folder) as tmp:
-            manifest = _build(loaded, resolution, options, tmp)
+        with atomic_folder(folder, before_swap=merge) as tmp:
+            done["manifest"] = _build(loaded, resolution, mode, options, tmp)
     except OSError as exc:  # a read-only or full disk, no permission: say so in one line
         raise environment_error(exc, f"writing {folder}", "nothing was written") or exc
-    return ExportResult(folder, manifest)
+    return ExportResult(folder, done["manifest"], done["kept"])
+
+
+def _planned(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOptions):
+    """(the resolution's folder, the graph form this export gives it)."""
+    folder = Path(options.out_dir) / safe_name(loaded.name) / f"{resolution[0]}x{resolution[1]}"
+    mode = options.bias_mode or bake.choose_bias_mode(loaded.config, resolution)
+    return folder, accumulate.GraphForm(loaded.task, loaded.weights_sha256, options.attention, mode,
+                                        loaded.preprocessing.at_resolution(resolution).to_dict(),
+                                        accumulate.describe_weights(loaded.source_record, loaded.weights_record))
 
 
 def _checked_photos(images: Path | None) -> list[Path]:
@@ -180,8 +207,7 @@ def _read(path: str) -> str:
         return ""
 
 
-def _build(loaded: LoadedModel, resolution: tuple[int, int], options: ExportOptions, tmp: Path) -> Manifest:
-    mode = options.bias_mode or bake.choose_bias_mode(loaded.config, resolution)
+def _build(loaded: LoadedModel, resolution: tuple[int, int], mode: str, options: ExportOptions, tmp: Path) -> Manifest:
     with step(f"baking the relative position bias ({mode}, {options.attention} attention)"):
         baked = bake.bake(loaded.model, resolution, mode, options.attention)
     fp32_path = onnx_graph.onnx_from_model(baked, loaded.task, resolution, tmp / FP32_FILE)
@@ -293,9 +319,10 @@ def _manifest(loaded, resolution, mode, inputs, outputs, preprocessing, artifact
         graphs[precision] = {"nodes": len(model.graph.node), "ops": graph_files.op_counts(model),
                              "bytes": artifact_bytes(tmp, file)}
     return Manifest(
-        model=loaded.name, source={"kind": loaded.source, "model": loaded.spec.model},
-        weights={"kind": loaded.weights, "seed": loaded.spec.seed if loaded.spec.random_weights else None},
+        model=loaded.name, source=loaded.source_record, weights=loaded.weights_record,
         task=loaded.task, resolution=tuple(resolution), patch_size=loaded.config.patch_size, bias_mode=mode,
         inputs=tuple(inputs), outputs=tuple(outputs), preprocessing=preprocessing, labels=loaded.labels,
         artifacts=artifacts, parity={p: r.to_dict() for p, r in results.items()}, graph=graphs,
-        attention=attention, quantization=quantization, versions=versions(), sha256=artifact_hashes(tmp, artifacts))
+        attention=attention, quantization=quantization, versions=versions(), sha256=artifact_hashes(tmp, artifacts),
+        runs=[this_run(artifacts)], labels_from=loaded.labels_from)
+

@@ -201,8 +201,10 @@ def reference_model(manifest: Manifest, reference=None, allow_download: bool = F
         where = str(reference) if reference is not None else _source_model(manifest)
         random = manifest.weights.get("kind") == "random"
         seed = manifest.weights.get("seed") or 0
+        revision = (manifest.source.get("commit") or manifest.source.get("revision")) if reference is None else None
         spec = ModelSpec(where, random_weights=random, seed=seed if isinstance(seed, int) else 0,
-                         offline=reference is None and not allow_download)
+                         offline=reference is None and not allow_download,
+                         revision=None if random and manifest.source.get("kind") != "hub" else revision)
         try:
             loaded = load_model(spec)
         except (ModelLoadError, UsageError) as exc:

@@ -100,3 +100,53 @@ def test_load_and_its_warning(bench_run):
     assert "**Warning**" in "\n".join(load_lines(busy)) and "±25%" in "\n".join(load_lines(busy))
     quiet = BenchReport({"physical_cores": 2}, {"load_average_1min": [0.5, 1.0]}, (wide,), (), ())
     assert "Warning" not in "\n".join(load_lines(quiet))
+
+
+def test_bench_on_an_export_folder_measures_its_graphs(tiny_export, tmp_path):
+    folder = tiny_export("classification", fp16=True)
+    result = CliRunner().invoke(main, ["bench", str(folder), "--batch-sizes", "1", "--iters", "1", "--warmup", "0",
+                                       "--no-end-to-end", "--json", str(tmp_path / "b.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["settings"]["export"] == str(folder) and report["settings"]["resolution"] == [64, 64]
+    assert {r["backend"] for r in report["results"]} == {"eager", "onnxruntime", "onnxruntime-fp16"}
+    assert report["settings"]["model"] == read_source(folder)  # eager is the model it was exported from
+    asked = CliRunner().invoke(main, ["bench", str(folder), "--backends", "onnxruntime-int8", "--batch-sizes", "1",
+                                      "--iters", "1", "--no-end-to-end", "--json", str(tmp_path / "c.json")])
+    skipped = json.loads((tmp_path / "c.json").read_text())["skipped"]
+    assert asked.exit_code == 0 and "has no int8cpu graph: export it again with --int8-cpu" in skipped[0]["reason"]
+
+
+def read_source(folder):
+    return json.loads((folder / "manifest.json").read_text())["source"]["model"]
+
+
+def test_bench_refuses_a_truncated_graph_of_an_export_folder(tiny_dir, tmp_path):
+    from beit_deploy.exporter.loading import ModelSpec
+    from beit_deploy.exporter.pipeline import ExportOptions, export
+
+    folder = export(ModelSpec(str(tiny_dir("classification"))), ExportOptions(out_dir=tmp_path))[0].folder
+    data = (folder / "model.onnx").read_bytes()
+    (folder / "model.onnx").write_bytes(data[: len(data) // 2])
+    result = CliRunner().invoke(main, ["bench", str(folder), "--batch-sizes", "1", "--iters", "1", "--no-end-to-end"])
+    assert result.exit_code == 1 and "truncated" in result.output and "Traceback" not in result.output
+
+
+def test_bench_takes_an_export_folder_or_a_model(tiny_export, tiny_dir):
+    for args in ([], [str(tiny_export("classification")), "--model", str(tiny_dir("classification"))]):
+        result = CliRunner().invoke(main, ["bench", *args])
+        assert result.exit_code == 2 and "pass one of them" in result.output
+
+
+def test_a_damaged_cached_export_is_rebuilt(tiny_dir, tmp_path):
+    cache = tmp_path / "cache"
+    args = ["bench", "--model", str(tiny_dir("classification")), "--backends", "onnxruntime", "--batch-sizes", "1",
+            "--iters", "1", "--warmup", "0", "--no-end-to-end", "--cache", str(cache)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    (graph,) = cache.glob("*/*/64x64/model.onnx")
+    with open(graph, "r+b") as f:  # same size, other bytes: only the hash can tell
+        f.seek(200)
+        f.write(b"\1\2\3\4")
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "cannot be used" in again.output and "exporting it again" in again.output
+    assert "using the cached export" in CliRunner().invoke(main, args).output  # rebuilt, then trusted again

@@ -150,11 +150,11 @@ def test_each_resolution_is_reported_as_soon_as_it_is_written(tiny_dir, tmp_path
     """Before: with -r 64 -r 32 and the second failing, the first (written) export was never reported."""
     build, calls = pipeline._build, []
 
-    def second_fails(loaded, resolution, options, tmp):
+    def second_fails(loaded, resolution, *rest):
         calls.append(resolution)
         if len(calls) == 2:
             raise pipeline.ParityError("planted failure")
-        return build(loaded, resolution, options, tmp)
+        return build(loaded, resolution, *rest)
 
     monkeypatch.setattr(pipeline, "_build", second_fails)
     result = run("export", "--model", tiny_dir("classification"), "-r", "64", "-r", "32", "--out", tmp_path)
