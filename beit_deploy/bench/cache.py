@@ -17,7 +17,7 @@ from .report import BenchSettings
 
 
 def cached_engine(settings: BenchSettings, folder: Path) -> Path:
-    """A TensorRT engine of the export (precision --dtype, batch profile up to the largest batch), built once
+    """A TensorRT engine of the export (precision --precision, batch profile up to the largest batch), built once
     and reused while its engine.json names this ONNX graph, this TensorRT version and this GPU: the folder is
     keyed on all three (`engine_cache_dir`), and engine.json is checked again before reuse."""
     from ..core.engine_manifest import current_gpu, engine_folder, read_engine_manifest, unavailable_reason

@@ -83,12 +83,12 @@ def _check(settings: BenchSettings) -> None:
     if unknown:
         raise UsageError(f"unknown backend(s) {', '.join(unknown)}: choose from {', '.join(BACKENDS)}")
     if not settings.batch_sizes or min(settings.batch_sizes) < 1:
-        raise UsageError("batch sizes must be positive integers, e.g. --batch-sizes 1,4,16")
+        raise UsageError("batch sizes must be positive integers, e.g. --batch-size 1,4,16")
     if settings.iters < 1 or settings.warmup < 0:
         raise UsageError("--iters must be at least 1 and --warmup at least 0")
     floats = precisions.names(making=precisions.FLOAT)
     if settings.device not in DEVICES or settings.dtype not in floats:
-        raise UsageError(f"--device is {' or '.join(DEVICES)}, --dtype {' or '.join(floats)}")
+        raise UsageError(f"--device is {' or '.join(DEVICES)}, --precision {' or '.join(floats)}")
     if settings.device == "cuda":
         import torch
 
@@ -211,8 +211,11 @@ def _measure(jobs: dict, e2e_jobs: dict, photos: int, settings: BenchSettings):
     with Workers(jobs | e2e_jobs) as workers:
         for batch, names in rounds:
             what = f"{batch} photos end to end" if names[0] in e2e_jobs else f"batch {batch}"
-            with step(f"{what}: {settings.warmup} warm-up + {settings.iters} timed iteration(s) each, interleaved"):
-                for name, (times, peak) in workers.measure(batch, settings.iters, settings.warmup, names).items():
+            calls = len(names) * (settings.iters + (1 if settings.warmup else 0))
+            with step(f"{what}: {settings.warmup} warm-up + {settings.iters} timed iteration(s) each, interleaved",
+                      total=calls, unit="run") as running:
+                measured = workers.measure(batch, settings.iters, settings.warmup, names, running.advance)
+                for name, (times, peak) in measured.items():
                     row = summarise(name, batch, times, peak)
                     (e2e if name in e2e_jobs else results).append(row)
                     say(f"  {name:18} {row.seconds_per_iter:9.4f} s/iter {row.images_per_second:9.1f} img/s")

@@ -27,7 +27,7 @@ from ..core import backends, precisions
 from ..core.errors import describe
 from ..core.machine import physical_cores
 from ..core.manifest import TensorSpec
-from ..core.progress import say, status_gb
+from ..core.progress import chatty, say, status_gb
 
 E2E_RUNNER, E2E_TRANSFORMERS = "e2e-runner", "e2e-transformers"  # job kinds of the end-to-end rows
 
@@ -45,7 +45,7 @@ def ort_session_options(threads: int | None = None, spinning: bool = True):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or physical_cores()
-    options.log_severity_level = 3
+    options.log_severity_level = 2 if chatty() else 3  # ORT's warnings only with -v
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return options
 
@@ -285,25 +285,27 @@ class Workers:
                 self.failed.append((name, None, f"could not start: {reply[1]}"))
                 self._drop(name)
 
-    def measure(self, batch: int, iterations: int, warmup: int, names) -> dict[str, tuple[list[float], float | None]]:
+    def measure(self, batch: int, iterations: int, warmup: int, names, advance=lambda: None
+                ) -> dict[str, tuple[list[float], float | None]]:
         """backend -> (seconds of each iteration, peak MB) at `batch` for the `names` still alive; failures go
-        to `self.failed`."""
+        to `self.failed`. `advance()` is called after each backend's warm-up and each timed run (progress)."""
         live = [n for n in names if n in self.conns]
         if warmup:
-            live = [n for n in live if self._run(n, batch, warmup) is not None]
+            live = [n for n in live if self._run(n, batch, warmup, advance) is not None]
         times = {n: [] for n in live}
         for i in range(iterations):
             for name in live[i % len(live):] + live[:i % len(live)] if live else []:
                 if name in times:
-                    got = self._run(name, batch, 1)
+                    got = self._run(name, batch, 1, advance)
                     if got is None:
                         del times[name]
                     else:
                         times[name] += got
         return {n: (t, self._ask(n, ("peak",))[1]) for n, t in times.items()}
 
-    def _run(self, name: str, batch: int, iterations: int):
+    def _run(self, name: str, batch: int, iterations: int, advance=lambda: None):
         reply = self._ask(name, ("run", batch, iterations))
+        advance()
         if reply[0] == "times":
             return reply[1]
         self.failed.append((name, batch, reply[1]))

@@ -44,10 +44,7 @@ from .common import friendly, precision_choice
 @click.option("--no-hash-check", is_flag=True, help="Check the graph's size but not its sha256 when opening.")
 @click.option("--rows-per-file", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Rows per part file; a stopped job loses at most this many rows of work.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress; only the closing line.")
-@click.option("-v", "--verbose", is_flag=True, help="Also say the start cost (until the first row), and show what "
-              "Ray workers print.")
-@friendly
+@friendly  # -q: no progress, only the closing line; -v: also the start cost and what Ray workers print
 def batch(export, inputs, out, engine, address, resume, retry_errors, batch_size, workers, cpus_per_worker,
           gpus_per_worker, threads, fmt, top_k, masks_dir, precision, max_pixels, no_hash_check, rows_per_file,
           quiet, verbose):

@@ -1,12 +1,21 @@
-"""What every command shares: `friendly`, which turns errors into one line and an exit status; the options
-several commands take (`images_option`, `json_option`), declared once; and `TableChoice`, a click.Choice read
-from one of the tables (core/precisions.py, core/backends.py) each time it is used.
+"""What every command shares: `friendly`, which turns errors into one line and an exit status and gives every
+command -q/--quiet and -v/--verbose (`verbosity_options`); the options several commands take (`images_option`,
+`json_option`), declared once; `option`, a click option whose old spellings still work but are left out of
+--help; `Group`, which says click's own usage errors in the tool's `error:` style; and `TableChoice`, a
+click.Choice read from one of the tables (core/precisions.py, core/backends.py) each time it is used.
+
+The vocabulary, one word per concept on every command: `--json` prints machine-readable JSON on stdout instead of
+text; `--report FILE` writes it to a file as well; `--model` is the checkpoint (short name, hub id or folder),
+`--served-model` a model on a Triton server; `--batch-size` is images per call (a list of them in `bench`),
+`--batch-profile` a TensorRT profile MIN:OPT:MAX, `--max-batch-size`/`--preferred-batch-size` Triton's batcher;
+`--precision` a graph's precision; `--random-inputs` the count of random inputs beside the photos.
 
 SIGTERM stops a command like Ctrl-C does (clean-up runs, nothing half-written is left): exit 143, 130 for SIGINT.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -77,15 +86,148 @@ def images_option(help: str, many: bool = False):  # noqa: A002 - click's own ar
     return click.option("--images", multiple=many, type=kind, default=None, help=help)
 
 
-def json_option(help: str, to_file: bool = False):  # noqa: A002 - click's own argument name
-    """--json: print JSON instead of text (a flag, `as_json`), or also write it to a file (`json_file`)."""
-    if to_file:
-        return click.option("--json", "json_file", type=click.Path(dir_okay=False), default=None, help=help)
-    return click.option("--json", "as_json", is_flag=True, help=help)
+class Option(click.Option):
+    """A click option whose `aliases` (old spellings) are accepted but left out of --help and error hints."""
+
+    def __init__(self, param_decls, aliases: tuple[str, ...] = (), **attrs):
+        super().__init__([*param_decls, *aliases], **attrs)
+        self.aliases = tuple(aliases)
+
+    def get_help_record(self, ctx):
+        return self._without_aliases(super().get_help_record, ctx)
+
+    def get_error_hint(self, ctx):
+        return self._without_aliases(super().get_error_hint, ctx)
+
+    def _without_aliases(self, method, ctx):
+        opts, secondary = self.opts, self.secondary_opts
+        self.opts = [o for o in opts if o not in self.aliases]
+        self.secondary_opts = [o for o in secondary if o not in self.aliases]
+        try:
+            return method(ctx)
+        finally:
+            self.opts, self.secondary_opts = opts, secondary
+
+
+def option(*param_decls: str, aliases: tuple[str, ...] = (), **attrs):
+    """click.option with hidden old spellings: option("--served-model", "served_model", aliases=("--model",))."""
+    return click.option(*param_decls, cls=Option, aliases=aliases, **attrs)
+
+
+STDOUT = "-"
+
+
+def json_option(help: str, report: bool = False):  # noqa: A002 - click's own argument name
+    """--json: print JSON on stdout instead of text (`as_json`). report=True adds --report FILE (`report_file`),
+    the same JSON written to a file; there the old spelling `--json FILE` still works and means --report FILE."""
+    if not report:
+        return click.option("--json", "as_json", is_flag=True, help=help)
+
+    def decorate(command):
+        @functools.wraps(command)
+        def wrapper(*args, json_arg=None, report_file=None, **kwargs):
+            if json_arg not in (None, STDOUT):  # `--json FILE`, the spelling before --report
+                report_file = report_file or json_arg
+            return command(*args, as_json=json_arg == STDOUT, report_file=report_file, **kwargs)
+
+        wrapper = click.option("--report", "report_file", type=click.Path(dir_okay=False), default=None,
+                               help="Also write the JSON report to this file.")(wrapper)
+        return click.option("--json", "json_arg", is_flag=False, flag_value=STDOUT, default=None, metavar="",
+                            help=help)(wrapper)
+    return decorate
+
+
+def verbosity_options(command, for_group: bool = False):
+    """-q/--quiet (no progress, only results, warnings and errors) and -v/--verbose (third-party libraries' own
+    logs too) on a command: given, they set core.progress's verbosity for the command's run, then restore it.
+    for_group=True: on the group (`beit-deploy -q export ...`), kept for the command it runs (Group.main restores
+    it when the command ends); a command's own flag wins."""
+    import inspect
+
+    from ..core import progress
+
+    takes = set(inspect.signature(command).parameters) & {"quiet", "verbose"}  # a command that also reads them
+
+    @functools.wraps(command)
+    def wrapper(*args, quiet=False, verbose=False, **kwargs):
+        if quiet and verbose:
+            raise click.UsageError("-q/--quiet and -v/--verbose contradict each other: give one")
+        before = os.environ.get(progress.VERBOSITY_ENV)
+        # neither flag: the group's (or the environment's) level, applied to the third-party loggers too
+        progress.set_verbosity(progress.QUIET if quiet else progress.VERBOSE if verbose else progress.verbosity())
+        level = progress.verbosity()
+        kwargs.update({k: v for k, v in (("quiet", level <= progress.QUIET), ("verbose", level >= progress.VERBOSE))
+                       if k in takes})
+        try:
+            return command(*args, **kwargs)
+        finally:
+            if not for_group:
+                _restore(before)
+
+    wrapper = click.option("-v", "--verbose", is_flag=True,
+                           help="Also show third-party libraries' logs (Polygraphy, ModelOpt, ONNX Runtime, "
+                                "transformers).")(wrapper)
+    return click.option("-q", "--quiet", is_flag=True,
+                        help="No progress lines or bars: results, warnings, notes and errors only.")(wrapper)
+
+
+def _restore(level: str | None) -> None:
+    from ..core import progress
+
+    if level is None:
+        os.environ.pop(progress.VERBOSITY_ENV, None)
+    else:
+        os.environ[progress.VERBOSITY_ENV] = level
+
+
+class Group(click.Group):
+    """The command group: click's own usage errors (a bad value, an unknown option, a missing argument) come out
+    as the tool's one `error:` line naming the command's --help, exit 2, like every other error."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        from ..core.progress import VERBOSITY_ENV
+
+        before = os.environ.get(VERBOSITY_ENV)  # `beit-deploy -q CMD` sets it for CMD only
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            click.echo(f"error: {_usage_message(exc)}", err=True)
+            code = 2
+        except click.ClickException as exc:
+            click.echo(f"error: {_lower(exc.format_message())}", err=True)
+            code = exc.exit_code
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            code = 130
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:  # a closed pipe (`| head`) ends the output, as click's standalone mode
+                raise
+            code = 1
+        finally:
+            _restore(before)
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_message(exc: click.UsageError) -> str:
+    """"invalid value for '--top-k': 0 is not in the range x>=1 (see `beit-deploy predict --help`)"."""
+    where = exc.ctx.command_path if exc.ctx is not None else "beit-deploy"
+    return f"{_lower(exc.format_message())} (see `{where} --help`)"
+
+
+def _lower(message: str) -> str:
+    message = message.strip().rstrip(".")
+    return message[:1].lower() + message[1:] if message[1:2].islower() else message
 
 
 def friendly(command):
-    """Run a command; turn BeitDeployError (and anything unexpected) into one line and an exit code."""
+    """Run a command; turn BeitDeployError (and anything unexpected) into one line and an exit code. Every command
+    has it, so it also gives every command -q/-v (verbosity_options)."""
+    return verbosity_options(_one_line_errors(command))
+
+
+def _one_line_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
@@ -95,6 +237,9 @@ def friendly(command):
             terminated = isinstance(stop, Terminated)
             click.echo("terminated" if terminated else "interrupted", err=True)
             sys.exit(143 if terminated else 130)
+        except BrokenPipeError:  # stdout closed early (`| head`): the reader has what it wants
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except Exception as exc:  # a bug: say so in one line, traceback on request
             exc = _missing_extra(exc, command.__name__) or _environment(exc, command.__name__) or exc
             if isinstance(exc, BeitDeployError):

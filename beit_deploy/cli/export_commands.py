@@ -11,7 +11,8 @@ from ..core import precisions
 from ..core.errors import UsageError
 from ..core.jsontext import dumps as _json
 from ..core.manifest import ATTENTION_FORMS, BIAS_MODES, DECOMPOSED
-from .common import friendly, images_option, json_option, library_choice, precision_choice, precision_flags
+from .common import friendly, images_option, json_option, library_choice, option, precision_choice, \
+    precision_flags
 
 
 @click.command()
@@ -60,9 +61,10 @@ def models(as_json):
               help="Activation calibration of the Q/DQ graphs.")
 @click.option("--quantizer", type=library_choice("exporter.quantize", "TOOLS"), default="auto",
               show_default=True, help="Q/DQ tool. auto: ModelOpt when installed, else ONNX Runtime (int8 only).")
+@json_option("Print what was written (folders, graphs, parity figures, engines) as JSON instead of text.")
 @friendly
 def export(model, resolutions, random_weights, seed, revision, out_dir, replace, bias_mode, attention, images,
-           calibration, int8_method, quantizer, **flags):
+           calibration, int8_method, quantizer, as_json, **flags):
     """Export a BEiT model to ONNX, one validated graph per resolution."""
     from ..exporter.loading import ModelSpec
     from ..exporter.pipeline import export_each, export_options, parse_resolution
@@ -74,9 +76,25 @@ def export(model, resolutions, random_weights, seed, revision, out_dir, replace,
                              calibration=Path(calibration) if calibration else None,
                              quantize={"method": int8_method, "tool": quantizer}, replace=replace)
     spec = ModelSpec(model, random_weights, seed, revision)
+    written = []
     for result in export_each(spec, options):  # each said as soon as written
-        _echo_export(result)
-    _engines_after_export(result.folder if len(resolutions) <= 1 else result.folder.parent, options.precisions)
+        written.append(_export_record(result))
+        if not as_json:
+            _echo_export(result)
+    engines = _engines_after_export(result.folder if len(resolutions) <= 1 else result.folder.parent,
+                                    options.precisions, as_json)
+    if as_json:
+        click.echo(_json({"exports": written, "engines": engines}, indent=2))
+
+
+def _export_record(result) -> dict:
+    """What `export --json` says of one resolution folder: where, what, and each graph's parity verdict."""
+    m = result.manifest
+    return {"folder": str(result.folder), "model": m.model, "task": m.task,
+            "resolution": list(m.resolution), "weights": m.weights.get("kind"),
+            "manifest": str(result.folder / "manifest.json"),
+            "graphs": {p: {"file": m.artifacts[p], "nodes": m.graph[p]["nodes"], "parity": m.parity[p],
+                           "quantization": m.quantization.get(p)} for p in m.parity}}
 
 
 def _echo_export(result) -> None:
@@ -105,23 +123,24 @@ def _echo_export(result) -> None:
                    "precision (onnxruntime-int8: the CPU form, -int8-qdq: the Q/DQ graph). eager is always measured. "
                    f"Default: {','.join(bench_rows.DEFAULT_BACKENDS)}; on an EXPORT_FOLDER, eager and every graph "
                    "the folder has.")
-@click.option("--batch-sizes", default="1,4,16,32", show_default=True, help="Comma-separated batch sizes.")
+@option("--batch-size", "batch_sizes", aliases=("--batch-sizes",), default="1,4,16,32", show_default=True,
+        help="Batch sizes to measure, comma-separated.")
 @click.option("--device", type=library_choice("bench.run", "DEVICES"), default="cpu", show_default=True)
-@click.option("--dtype", type=precision_choice(making=precisions.FLOAT), default=precisions.REFERENCE,
-              show_default=True,
-              help="Precision of the torch backends (and of the TensorRT graph).")
+@option("--precision", "dtype", aliases=("--dtype",), type=precision_choice(making=precisions.FLOAT),
+        default=precisions.REFERENCE, show_default=True,
+        help="Precision of the torch backends (and of the TensorRT graph).")
 @click.option("--iters", default=10, show_default=True, help="Timed iterations per backend and batch size.")
 @click.option("--warmup", default=2, show_default=True, help="Untimed iterations first.")
 @click.option("--no-end-to-end", is_flag=True, help="Skip the end-to-end predict() row on the sample photos.")
 @images_option("Photos for the end-to-end row and the export's parity check. Default: samples/images.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
               help="Where exports for benchmarking are kept. Default: ~/.cache/beit-deploy/bench.")
-@json_option("Write the results as JSON.", to_file=True)
+@json_option("Print the results as JSON instead of markdown.", report=True)
 @click.option("--markdown", "markdown_file", type=click.Path(dir_okay=False), default=None,
               help="Write the tables as markdown.")
 @friendly
 def bench(export_folder, model, random_weights, seed, resolution, backends, batch_sizes, device, dtype, iters, warmup,
-          no_end_to_end, images, cache_dir, json_file, markdown_file):
+          no_end_to_end, images, cache_dir, as_json, report_file, markdown_file):
     """Benchmark eager and SDPA transformers against the exported graphs; print markdown tables.
 
     EXPORT_FOLDER (a resolution folder, e.g. export/beit-base-patch16-224/224x224) measures that export's
@@ -135,7 +154,7 @@ def bench(export_folder, model, random_weights, seed, resolution, backends, batc
     try:
         sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
     except ValueError:
-        raise UsageError(f"--batch-sizes '{batch_sizes}' is not a comma-separated list of integers") from None
+        raise UsageError(f"--batch-size '{batch_sizes}' is not a comma-separated list of integers") from None
     if (export_folder is None) == (model is None):
         raise UsageError("bench measures either an export folder (beit-deploy bench export/<model>/<H>x<W>) or a "
                          "model (--model NAME): pass one of them")
@@ -159,11 +178,11 @@ def bench(export_folder, model, random_weights, seed, resolution, backends, batc
         export=Path(export_folder) if export_folder else None)
     report = run_bench(settings)
     markdown = to_markdown(report)
-    if json_file:
-        Path(json_file).write_text(_json(report.to_dict(), indent=2) + "\n")
+    if report_file:
+        Path(report_file).write_text(_json(report.to_dict(), indent=2) + "\n")
     if markdown_file:
         Path(markdown_file).write_text(markdown)
-    click.echo(markdown)
+    click.echo(_json(report.to_dict(), indent=2) if as_json else markdown)
 
 
 def _how_quantized(info: dict | None) -> str:
@@ -180,16 +199,22 @@ def _how_quantized(info: dict | None) -> str:
     return f" ({', '.join(parts)})"
 
 
-def _engines_after_export(folder: Path, written: tuple[str, ...]) -> None:
-    """Build engines for a fresh export where TensorRT and a GPU are present; else say how to build them later."""
+def _engines_after_export(folder: Path, written: tuple[str, ...], quiet: bool = False) -> dict:
+    """Build engines for a fresh export where TensorRT and a GPU are present; else say how to build them later.
+    Returns the same as a record for `--json` (quiet: nothing echoed)."""
     from ..core.engine_manifest import unavailable_reason
     from ..trt.build import BuildOptions, build as build_engines
 
     reason = unavailable_reason()
     if reason:
-        click.echo(f"TensorRT engines: skipped ({reason}); build them later on a GPU machine with "
-                   f"`beit-deploy build {folder}`")
-        return
+        if not quiet:
+            click.echo(f"TensorRT engines: skipped ({reason}); build them later on a GPU machine with "
+                       f"`beit-deploy build {folder}`")
+        return {"built": [], "skipped": reason, "build_later": f"beit-deploy build {folder}"}
     precision = precisions.ENGINE_DEFAULT if precisions.ENGINE_DEFAULT in written else precisions.REFERENCE
+    built = []
     for engine in build_engines(folder, BuildOptions(precision=precision)):
-        click.echo(f"TensorRT engine: {engine}")
+        built.append(str(engine))
+        if not quiet:
+            click.echo(f"TensorRT engine: {engine}")
+    return {"built": built, "skipped": None}

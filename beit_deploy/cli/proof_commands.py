@@ -8,7 +8,7 @@ import click
 
 from ..core.jsontext import dumps as _json
 from ..core.backends import compare_runners
-from .common import friendly, images_option, json_option
+from .common import friendly, images_option, json_option, option
 
 
 def _verify_images(images):
@@ -21,8 +21,8 @@ def _verify_images(images):
 @click.command()
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @images_option("A folder of photos, or photo files (repeat). Default: samples/images.", many=True)
-@click.option("--random", "random_inputs", default=2, show_default=True, type=click.IntRange(0, 64),
-              help="Random inputs besides the photos (0 to 64).")
+@option("--random-inputs", "random_inputs", aliases=("--random",), default=2, show_default=True,
+        type=click.IntRange(0, 64), help="Random inputs besides the photos (0 to 64).")
 @click.option("--reference", default=None,
               help="Model to compare with instead of the manifest's source (folder, short name or hub id).")
 @click.option("--allow-download", is_flag=True,
@@ -31,18 +31,18 @@ def _verify_images(images):
 @click.option("--engine", type=click.Path(exists=True), default=None,
               help="TensorRT engine (file or folder) to include. Default: the one `build` made from this export "
                    "under engines/<model>/<H>x<W>, if any.")
-@json_option("Also write the report as JSON to this file.", to_file=True)
+@json_option("Print the report as JSON instead of a table.", report=True)
 @friendly
-def verify(path, images, random_inputs, reference, allow_download, engine, json_file):
+def verify(path, images, random_inputs, reference, allow_download, engine, as_json, report_file):
     """Prove every artifact of an export answers like the eager model (exit 1 naming each failed check)."""
     from ..core.errors import ParityError
     from ..proof.verify import parity_report
 
     report = parity_report(Path(path), images=_verify_images(images), random=random_inputs, reference=reference,
                            engine=Path(engine) if engine else None, allow_download=allow_download)
-    if json_file:
-        Path(json_file).write_text(_json(report.to_dict(), indent=2) + "\n")
-    click.echo(report.table())
+    if report_file:
+        Path(report_file).write_text(_json(report.to_dict(), indent=2) + "\n")
+    click.echo(_json(report.to_dict(), indent=2) if as_json else report.table())
     if not report.passed:
         raise ParityError("parity failed: " + "; ".join(str(f) for f in report.failures))
     if report.unreadable:
@@ -58,7 +58,8 @@ def verify(path, images, random_inputs, reference, allow_download, engine, json_
 @click.option("--runners", default="onnxrt-fp32,onnxrt-fp16,torch,trt", show_default=True,
               help=f"Comma-separated: {', '.join(compare_runners())}. Each is compared with torch.")
 @images_option("A folder of photos, or photo files (repeat). Default: samples/images.", many=True)
-@click.option("--random", "random_inputs", default=2, show_default=True, help="Random inputs besides the photos.")
+@option("--random-inputs", "random_inputs", aliases=("--random",), default=2, show_default=True,
+        help="Random inputs besides the photos.")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance. Default: per precision.")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance. Default: per precision.")
 @click.option("--cosine", type=float, default=None, help="Minimum cosine similarity. Default: per precision.")
@@ -88,5 +89,6 @@ def compare(path, runners, images, random_inputs, atol, rtol, cosine, reference,
     for name, reason in outcome.skipped.items():
         click.echo(f"skipped {name}: {reason}")
     if not outcome.passed:
-        raise ParityError("comparison FAILED: " + ", ".join(outcome.failed()))
+        raise ParityError("comparison FAILED: " + ", ".join(outcome.failed())
+                          + " (-v shows Polygraphy's figures for every output and iteration)")
     click.echo("comparison PASSED: " + ", ".join(f"{a} vs {b}" for a, b, _ in outcome.pairs))

@@ -11,7 +11,7 @@ import click
 from ..core.errors import UsageError
 from ..core.jsontext import dumps as _json
 from ..runtime.preprocess import DEFAULT_MAX_PIXELS
-from .common import friendly, json_option, library_choice, precision_choice
+from .common import friendly, json_option, library_choice, option, precision_choice
 
 
 @click.command()
@@ -27,9 +27,10 @@ from .common import friendly, json_option, library_choice, precision_choice
 @click.option("--overlay", "overlay_dir", type=click.Path(file_okay=False), default=None,
               help="Segmentation: write each photo with coloured classes and a legend here.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per backend call (default 8).")
-@click.option("--server", default=None, help="Ask a Triton server (host:port) instead; then every argument is an "
-              "image. See `beit-deploy serve`.")
-@click.option("--model", "served_model", default=None, help="With --server: the served ensemble's name.")
+@click.option("--server", default=None, help="Ask a Triton server (host[:port]) instead; then every argument is an "
+              "image. Default port: 8000 for http, 8001 for grpc. See `beit-deploy serve`.")
+@option("--served-model", "served_model", aliases=("--model",), default=None,
+        help="With --server: the served ensemble's name (`beit-deploy serve` prints it).")
 @click.option("--protocol", type=library_choice("runtime.triton_client", "PROTOCOLS"), default="http",
               show_default=True,
               help="With --server: the endpoint's protocol.")
@@ -41,35 +42,39 @@ from .common import friendly, json_option, library_choice, precision_choice
 def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, batch_size, server, served_model,
             protocol, max_pixels, no_hash_check):
     """Run an export (resolution folder, ONNX file or TensorRT engine) on IMAGES (files, or folders with their
-    subfolders), or, with --server URL --model NAME, ask a Triton server about PATH and IMAGES. For data sets,
-    results files and resuming: `beit-deploy batch`."""
-    from ..core.progress import say
+    subfolders), or, with --server URL --served-model NAME, ask a Triton server about PATH and IMAGES. For data
+    sets, results files and resuming: `beit-deploy batch`."""
+    from ..core.progress import bars_on, outside_bars, say, tracked
     from ..runtime import answers
     from ..runtime.palette import output_name
     from ..runtime.preprocess import ImageError
 
     if server and not served_model:
-        raise UsageError("--server needs --model NAME, the served ensemble (`beit-deploy serve` prints it)")
+        raise UsageError("--server needs --served-model NAME, the served ensemble (`beit-deploy serve` prints it)")
     if not server and not images:
-        raise UsageError("give an export (PATH) and at least one image, or --server URL --model NAME with images")
+        raise UsageError("give an export (PATH) and at least one image, or --server URL --served-model NAME with "
+                         "images")
     files = _images((path, *images) if server else images)
     failed, unread, unwritten, taken, start = 0, 0, 0, set(), time.perf_counter()
     with _predictor(path, server, served_model, protocol, precision, batch_size, max_pixels,
                     not no_hash_check) as runner:
         if (masks_dir or overlay_dir) and not answers.of(runner.task).label_map:
             raise UsageError(f"--masks/--overlay need a segmentation model; this one does {runner.task}")
-        for n, p in enumerate(runner.predict_each(files, top_k, keep_rgb=bool(overlay_dir)), 1):
-            if len(files) >= 10:
+        predictions = runner.predict_each(files, top_k, keep_rgb=bool(overlay_dir))
+        for n, p in enumerate(tracked(predictions, "predicting", total=len(files), unit="img"), 1):
+            if len(files) >= 10 and not bars_on():  # a log gets a line per image, a terminal the bar
                 say(f"[{n}/{len(files)}] {p.image}")
             if p.error is not None:
-                click.echo(f"error: {p.error}", err=True)
-                if as_json:
-                    click.echo(_json({"image": p.image, "error": str(p.error)}))
+                with outside_bars():
+                    click.echo(f"error: {p.error}", err=True)
+                    if as_json:
+                        click.echo(_json({"image": p.image, "error": str(p.error)}))
                 failed += 1
                 unread += isinstance(p.error, ImageError)
                 continue
-            click.echo(_json({"image": p.image, **p.result.to_dict()}) if as_json
-                       else f"{p.image}\n{p.result.summary()}")
+            with outside_bars():  # a result on the terminal goes above the bar, not through it
+                click.echo(_json({"image": p.image, **p.result.to_dict()}) if as_json
+                           else f"{p.image}\n{p.result.summary()}")
             if masks_dir or overlay_dir:
                 unwritten += _save_outputs(p, output_name(p.image, taken), masks_dir, overlay_dir, runner.labels)
     seconds = time.perf_counter() - start

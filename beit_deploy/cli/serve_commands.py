@@ -7,29 +7,30 @@ from pathlib import Path
 import click
 
 from ..core import precisions
-from .common import backend_choice, friendly, library_choice, precision_choice
+from .common import backend_choice, friendly, library_choice, option, precision_choice
 
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", default="model_repository", show_default=True, type=click.Path(file_okay=False),
               help="The model repository to add to (created if needed; its other models and files are kept).")
-@click.option("--name", default=None, help="Name of the served ensemble. Default: the export's model name.")
+@option("--served-model", "name", aliases=("--name",), default=None,
+        help="Name of the served ensemble. Default: the export's model name.")
 @click.option("--backend", type=backend_choice(served=True), default=None,
               help="Model stage. Default: tensorrt for an engine folder, python (ONNX Runtime in beit-deploy) for "
                    "an export.")
 @click.option("--precision", type=precision_choice(), default=precisions.REFERENCE, show_default=True,
               help="The ONNX graph of a python or onnxruntime stage, one the export has: int8cpu is ONNX Runtime's "
                    "dynamic int8 (the fastest CPU form), int8 and fp8 the Q/DQ graphs for TensorRT.")
-@click.option("--max-batch", type=click.IntRange(min=1), default=None,
-              help="Largest batch. Default: 8, or the engine profile's MAX.")
+@option("--max-batch-size", "max_batch", aliases=("--max-batch",), type=click.IntRange(min=1), default=None,
+        help="Largest batch. Default: 8, or the engine profile's MAX.")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Instances per stage.")
 @click.option("--instance-kind", type=library_choice("serve.repository", "INSTANCE_KINDS"), default=None,
               help="Model stage instances. Default: gpu for tensorrt and onnxruntime, cpu for python.")
 @click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
               help="How long the dynamic batcher waits to fill a batch.")
-@click.option("--preferred-batch", type=click.IntRange(min=1), multiple=True,
-              help="Preferred batch size (repeat). Default: the engine profile's OPT and MAX.")
+@option("--preferred-batch-size", "preferred_batch", aliases=("--preferred-batch",), type=click.IntRange(min=1),
+        multiple=True, help="Preferred batch size (repeat). Default: the engine profile's OPT and MAX.")
 @click.option("--ort-tensorrt", is_flag=True, help="onnxruntime stage: TensorRT execution accelerator on GPUs.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Classes per image when a request does not say.")
@@ -72,7 +73,7 @@ def serve(repository, http_port, grpc_port, metrics_port, host, startup_timeout)
         click.echo(f"Triton is serving {', '.join(ensembles(s.repository))}: HTTP {s.http_url}, gRPC {s.grpc_url}, "
                    f"metrics http://{s.http_url.rsplit(':', 1)[0]}:{s.metrics_port}/metrics")
         for model in ensembles(s.repository):
-            click.echo(f"  try: beit-deploy predict --server {s.http_url} --model {model} samples/images")
+            click.echo(f"  try: beit-deploy predict --server {s.http_url} --served-model {model} samples/images")
         click.echo("Ctrl-C stops it.")
 
     serve_until_stopped(server, ready)

@@ -40,7 +40,7 @@ class Precision:
     family: str = ""
     bench: str | None = None
     gpu_default: bool = False  # the runner's choice with a GPU provider when the export has it
-    torch_dtype: str | None = None  # torch's dtype of that name, for a float graph (bench's --dtype)
+    torch_dtype: str | None = None  # torch's dtype of that name, for a float graph (bench's --precision)
     quantizers: tuple[str, ...] = ()  # the tools that make a QDQ graph (exporter.quantize_tools), best first
     about: str = ""  # what the graph is, for the export flag's help ("Also write <about>.")
     qmax: float | None = None  # a Q/DQ graph's largest quantized magnitude: scale = amax / qmax

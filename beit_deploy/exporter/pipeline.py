@@ -247,29 +247,37 @@ class _Judge:
         pixels = parity.reference_pixels(photos, preprocessing) if photos else _no_photos()
         self.batches = parity.parity_feeds(inputs, pixels, random=2, seed=loaded.spec.seed)
         names = tasks.task(loaded.task).outputs
-        with step(f"running eager transformers for validation ({len(photos)} photos + 2 random inputs)"):
-            self.refs = [parity.eager_outputs(loaded.model, names, feeds) for feeds in self.batches]
+        with step(f"running eager transformers for validation ({len(photos)} photos + 2 random inputs)",
+                  total=len(self.batches), unit="batch") as running:
+            self.refs = []
+            for feeds in self.batches:
+                self.refs.append(parity.eager_outputs(loaded.model, names, feeds))
+                running.advance()
 
     def __call__(self, precision: str, path: Path) -> parity.Parity:
         from ..runtime.backends import CPU, OnnxRuntimeBackend
 
-        with step(f"validating {path.name} against eager transformers"):
+        count = sum(len(next(iter(feeds.values()))) for feeds in self.batches)
+        with step(f"validating {path.name} against eager transformers", total=count, unit="img") as running:
             with OnnxRuntimeBackend(path, providers=CPU, memory_arena=False) as backend:
-                gots = [_run_in_chunks(backend, feeds) for feeds in self.batches]
+                gots = [_run_in_chunks(backend, feeds, running.advance) for feeds in self.batches]
             release_memory()
             result = parity.measure(precision, self.loaded.task, self.refs, gots)
         say("  " + result.summary())
         return result
 
 
-def _run_in_chunks(backend, feeds: dict) -> dict:
+def _run_in_chunks(backend, feeds: dict, advance=lambda n: None) -> dict:
     """backend.run on VALIDATION_CHUNK images at a time, outputs joined: batch > 1 is still exercised, and the
-    activations of a large graph stay bounded (beit-large@512's fp16 graph on CPU: 12.9 GB at batch 5)."""
+    activations of a large graph stay bounded (beit-large@512's fp16 graph on CPU: 12.9 GB at batch 5).
+    `advance(n)` is told of each chunk's n images (the step's progress bar)."""
     import numpy as np
 
     n = len(next(iter(feeds.values())))
-    parts = [backend.run({k: v[i:i + VALIDATION_CHUNK] for k, v in feeds.items()})
-             for i in range(0, n, VALIDATION_CHUNK)]
+    parts = []
+    for i in range(0, n, VALIDATION_CHUNK):
+        parts.append(backend.run({k: v[i:i + VALIDATION_CHUNK] for k, v in feeds.items()}))
+        advance(min(VALIDATION_CHUNK, n - i))
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from ..core import precisions, tasks
 from ..core.errors import MissingDependencyError, ParityError, UsageError
 from ..core.manifest import Preprocessing, TensorSpec
-from ..core.progress import say, step
+from ..core.progress import say, step, tracked
 from . import parity, quantize_tools as tools
 
 FILES = {p: precisions.PRECISIONS[p].file for p in precisions.names(making=precisions.QDQ)
@@ -119,7 +119,7 @@ def calibration_set(folder: Path | None, inputs: list[TensorSpec], preprocessing
     stack = (np.lib.format.open_memmap(Path(work) / "pixel_values.npy", "w+", np.float32, shape) if work
              else np.empty(shape, np.float32))
     count, skipped = 0, []
-    for path in paths:
+    for path in tracked(paths, "calibration photos", unit="img"):
         try:
             stack[count] = prepare(path, preprocessing).pixels
             count += 1

@@ -22,7 +22,7 @@ import numpy as np
 from ..core.errors import ExportError, MissingDependencyError, describe, require
 from ..core.machine import versions
 from ..core.precisions import PRECISIONS, QDQ, names
-from ..core.progress import quiet_logger
+from ..core.progress import chatty, quiet_logger
 from ..core.signals import die_with_parent
 from . import fp16
 from .graph_files import load_graph, needs_external_data, qdq_summary, weight_bytes
@@ -148,7 +148,8 @@ def _modelopt(mode: str, fp32_path: Path, out: Path, calibration, method: str, k
                         nodes_to_exclude=[re.escape(name) + "$" for name in keep],
                         op_types_to_quantize=list(MODELOPT_OPS[mode]),
                         high_precision_dtype="fp32", disable_mha_qdq=not attention,
-                        use_external_data_format=external, output_path=str(out), log_level="ERROR")
+                        use_external_data_format=external, output_path=str(out),
+                        log_level="INFO" if chatty() else "CRITICAL")  # e.g. its NVML error on a CPU machine
         try:
             _modelopt_pool().submit(_run_modelopt, str(copy), settings).result()
         except Exception as exc:  # ModelOpt raises assorted types; say which step failed

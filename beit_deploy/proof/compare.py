@@ -29,6 +29,7 @@ from ..core import backends, precisions, tasks
 from ..core.engine_manifest import FoundEngine, engine_cannot_run, find_engine, unavailable_reason
 from ..core.errors import UsageError, require
 from ..core.manifest import Manifest, read_manifest
+from ..core.progress import chatty
 from ..exporter import parity
 from .verify import MAX_RANDOM, feed_dicts, photo_paths, reference_model
 
@@ -103,7 +104,11 @@ def compare(path, options: CompareOptions = CompareOptions()) -> CompareOutcome:
     """Run the chosen runners on the feeds with Comparator.run, then Comparator.compare_accuracy per pair."""
     require("polygraphy", "export", PURPOSE)
     from polygraphy.comparator import Comparator
+    from polygraphy.logger import G_LOGGER
 
+    # Polygraphy's per-iteration log (stdout, ~40 lines a runner) only with -v; its errors always.
+    G_LOGGER.module_severity = G_LOGGER.INFO if chatty() else G_LOGGER.ERROR
+    G_LOGGER.colors = chatty()  # else its first error line comes with advice to install `colored`
     folder = Path(path)
     manifest = read_manifest(folder)
     runners, precisions, skipped = _runners(folder, manifest, options)

@@ -26,6 +26,7 @@ from ..core import precisions, tasks
 from ..core.engine_manifest import FoundEngine, engine_cannot_run, find_engine
 from ..core.errors import ModelLoadError, UsageError, describe
 from ..core.manifest import Manifest, check_artifact, read_manifest
+from ..core.progress import step, tracked
 from ..exporter import parity
 
 Images = Union[None, str, Path, Sequence[Union[str, Path]]]
@@ -152,14 +153,19 @@ def parity_report(path, images: Images = None, random: int = 2, reference=None, 
     loaded = reference_model(manifest, reference, allow_download)
     ref_feeds, art_feeds = _feeds(manifest, loaded, photos, random, seed)
     names = tasks.task(manifest.task).outputs
-    refs = [parity.eager_outputs(loaded.model, names, f) for f in ref_feeds]
+    with step(f"running the eager reference ({len(photos)} photos + {max(random, 0)} random inputs)"):
+        refs = [parity.eager_outputs(loaded.model, names, f) for f in tracked(ref_feeds, "eager", unit="batch")]
     n_photo = 2 if photos else 0  # parity_feeds: the photos as one batch, then the first photo alone
     reports, failures = [], list(_preprocessing_failures(manifest, loaded))
     for name, file, precision, run_or_reason in _artifacts(folder, manifest, engine):
         if isinstance(run_or_reason, str):
             reports.append(ArtifactReport(name, file, precision, skipped=run_or_reason))
             continue
-        gots = [run_or_reason(f) for f in art_feeds]
+        with step(f"running {name} ({file})", total=len(art_feeds), unit="batch") as running:
+            gots = []
+            for f in art_feeds:
+                gots.append(run_or_reason(f))
+                running.advance()
         outputs = _figures(manifest.task, precision, refs, gots, n_photo)
         reports.append(ArtifactReport(name, file, precision, outputs))
         failures += _verdict(name, precision, outputs)

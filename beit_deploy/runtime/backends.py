@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from ..core.backends import ONNXRUNTIME, provider_device
+from ..core.progress import chatty
 
 Feeds = dict[str, np.ndarray]
 
@@ -126,7 +127,8 @@ class OnnxRuntimeBackend(Backend):
         ort = require("onnxruntime", "gpu", _ORT_PURPOSE)
         if options is None:
             options = ort.SessionOptions()
-            options.log_severity_level = 3  # warnings about fallbacks belong to ORT's logs, not our stderr
+            # warnings about fallbacks belong to ORT's logs, not our stderr (unless -v: progress.chatty)
+            options.log_severity_level = 2 if chatty() else 3
         if threads:
             options.intra_op_num_threads = threads
         options.enable_cpu_mem_arena = memory_arena

@@ -26,6 +26,8 @@ from .predictor import Prediction, Predictor
 from .preprocess import ImageError, ImageLike, load_image
 
 PROTOCOLS = ("http", "grpc")
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001}  # Triton's own defaults, and `beit-deploy serve`'s
+_SPELLED = {"http": "HTTP", "grpc": "gRPC"}
 _PURPOSE = "talking to a Triton server"
 _REFUSED = ("400", "StatusCode.INVALID_ARGUMENT")  # HTTP and gRPC statuses of a request the server refused
 
@@ -37,8 +39,9 @@ class TritonServerError(BeitDeployError):
 class BeitTritonClient(Predictor):
     """A served BEiT ensemble, ready to predict.
 
-    url: host:port of the server's HTTP (default 8000) or gRPC (8001) endpoint; a http:// or grpc:// prefix is
-    allowed. model: the ensemble's name (`beit-deploy triton --name`, default the export's model name).
+    url: host[:port] of the server's HTTP or gRPC endpoint (no port: 8000 for http, 8001 for grpc); a http:// or
+    grpc:// prefix is allowed. model: the ensemble's name (`beit-deploy triton --served-model`, default the
+    export's model name).
     concurrency: requests in flight at once. timeout: seconds to wait for one answer.
     """
 
@@ -47,7 +50,7 @@ class BeitTritonClient(Predictor):
             raise UsageError(f"protocol '{protocol}' is not one of {', '.join(PROTOCOLS)}")
         if concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, got {concurrency}")
-        self.url, self.model, self.protocol = url.split("://", 1)[-1].rstrip("/"), model, protocol
+        self.url, self.model, self.protocol = endpoint(url, protocol), model, protocol
         self.concurrency, self.timeout = concurrency, timeout
         self._tc = require(f"tritonclient.{protocol}", "serve", _PURPOSE)
         options = {"concurrency": concurrency, "network_timeout": timeout} if protocol == "http" else {}
@@ -59,11 +62,12 @@ class BeitTritonClient(Predictor):
         try:
             ready = self._client.is_model_ready(self.model)
         except Exception as exc:  # connection errors come in several types (gevent, grpc)
+            hint = _port_hint(self.url, self.protocol)
             raise TritonServerError(f"cannot reach a Triton server at {self.url} ({self.protocol}): "
-                                    f"{describe(exc)}; is `beit-deploy serve` running there?") from exc
+                                    f"{describe(exc)}; is `beit-deploy serve` running there?{hint}") from exc
         if not ready:
             raise TritonServerError(f"the server at {self.url} has no ready model '{self.model}' (it serves: "
-                                    f"{', '.join(self.models()) or 'nothing'}): pass one of those with --model")
+                                    f"{', '.join(self.models()) or 'nothing'}): pass one of those with --served-model")
         config = self._client.get_model_config(self.model, **self._json)
         config = config.get("config", config)  # gRPC wraps it
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
@@ -178,6 +182,23 @@ class BeitTritonClient(Predictor):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def endpoint(url: str, protocol: str) -> str:
+    """host:port of `url` (a scheme and a trailing slash dropped); no port: Triton's default for `protocol`."""
+    hostport = url.split("://", 1)[-1].rstrip("/")
+    host_end = hostport.rfind("]") + 1  # an IPv6 literal [::1] has colons of its own
+    return hostport if ":" in hostport[host_end:] else f"{hostport}:{DEFAULT_PORTS[protocol]}"
+
+
+def _port_hint(url: str, protocol: str) -> str:
+    """' (8000 is the HTTP port: ...)' where the port is the other protocol's default; else the defaults."""
+    port = url.rsplit(":", 1)[-1]
+    for other, default in DEFAULT_PORTS.items():
+        if other != protocol and port == str(default):
+            return (f" ({port} is Triton's {_SPELLED[other]} port; {_SPELLED[protocol]} listens on "
+                    f"{DEFAULT_PORTS[protocol]} unless `serve --{protocol}-port` said otherwise)")
+    return f" (Triton's default ports: HTTP {DEFAULT_PORTS['http']}, gRPC {DEFAULT_PORTS['grpc']})"
 
 
 def _name(image: ImageLike) -> str:

@@ -62,7 +62,7 @@ A `tensorrt_plan` stage loads only with the TensorRT version and on the GPU mode
 {_examples(example)}
 With beit-deploy's own client (the same result types as in process):
 
-    beit-deploy predict --server localhost:8000 --model {first} photo.jpg
+    beit-deploy predict --server localhost:8000 --served-model {first} photo.jpg
 
 ```python
 from beit_deploy import BeitTritonClient

@@ -23,7 +23,7 @@ from ..core.engine_manifest import ENGINE_FILE, ENGINE_MANIFEST, EngineManifest,
 from ..core.errors import ArtifactError, UsageError
 from ..core.files import atomic_folder
 from ..core.manifest import FILENAME, Manifest, check_artifact, read_manifest, resolution_folders
-from ..core.progress import say
+from ..core.progress import say, step
 from . import configs, marks
 from .configs import MODEL, POSTPROCESS, PREPROCESS, Batching
 from .marks import MODEL_PY
@@ -68,8 +68,8 @@ class TritonOptions:
         if self.instances > MAX_INSTANCES:
             raise UsageError(f"--instances {self.instances} is more than {MAX_INSTANCES} per stage (each instance of "
                              "a Python stage is a process with its own copy of the model): use fewer")
-        for label, value in (("--max-batch", self.max_batch), ("--instances", self.instances),
-                             ("--top-k", self.top_k), *(("--preferred-batch", b) for b in self.preferred_batch)):
+        for label, value in (("--max-batch-size", self.max_batch), ("--instances", self.instances),
+                             ("--top-k", self.top_k), *(("--preferred-batch-size", b) for b in self.preferred_batch)):
             if value is not None and value < 1:
                 raise UsageError(f"{label} must be at least 1, got {value}")
         if self.max_queue_delay_us < 0:
@@ -99,7 +99,7 @@ def check_name(name: str, what: str) -> str:
     """`name` if it is safe as a Triton model name and folder name (letters, digits, _ . -; not . or ..)."""
     if not _NAME.fullmatch(name) or set(name) == {"."}:
         raise UsageError(f"{what} '{name}' cannot name a Triton model: use letters, digits, '_', '.' and '-' "
-                         "(at most 100, starting with a letter or digit), e.g. --name beit_base")
+                         "(at most 100, starting with a letter or digit), e.g. --served-model beit_base")
     return name
 
 
@@ -119,10 +119,10 @@ def write_repository(paths: list[Path], options: TritonOptions) -> list[ServedMo
     wrote are replaced, every other model and file is left as it is. Nothing is written when a name is taken."""
     found, out = sources(paths), Path(options.out)
     if options.name is not None and len(found) > 1:
-        raise UsageError(f"--name names one model, and these paths hold {len(found)} resolutions: leave it out "
-                         "(names then come from the manifests)")
-    names = [check_name(options.name, "--name") if options.name is not None else _default_name(s, len(found) > 1)
-             for s in found]
+        raise UsageError(f"--served-model names one model, and these paths hold {len(found)} resolutions: leave it "
+                         "out (names then come from the manifests)")
+    names = [check_name(options.name, "--served-model") if options.name is not None
+             else _default_name(s, len(found) > 1) for s in found]
     folders = [n for name in names for n in (name, *configs.stage_names(name).values())]
     if len(set(folders)) < len(folders):
         raise UsageError(f"two models would both be named {sorted(n for n in folders if folders.count(n) > 1)[0]}:"
@@ -130,7 +130,11 @@ def write_repository(paths: list[Path], options: TritonOptions) -> list[ServedMo
     _check_out(out, found, folders)
     plans = [(source, name, _plan(source, options)) for source, name in zip(found, names)]
     out.mkdir(parents=True, exist_ok=True)
-    served = [_write_models(out, source, name, options, plan) for source, name, plan in plans]
+    served = []
+    with step(f"writing {len(found)} model(s) into {out}", total=len(found), unit="model") as writing:
+        for source, name, plan in plans:
+            served.append(_write_models(out, source, name, options, plan))
+            writing.advance()
     _write_readme(out)
     return served
 
@@ -150,7 +154,7 @@ def _check_out(out: Path, found: list[Source], folders: list[str]) -> None:
         path = out / name
         if (path.exists() or path.is_symlink()) and not marks.generated(path):
             raise UsageError(f"'{path}' exists and was not written by `beit-deploy triton`; nothing was changed: "
-                             "choose another --name, or move it away")
+                             "choose another --served-model, or move it away")
 
 
 def _write_readme(out: Path) -> None:
@@ -195,12 +199,12 @@ def _batching(source: Source, backend: backends.Backend, options: TritonOptions)
     if source.engine is not None:
         low, opt, high = _profile_batch(source)
         if options.max_batch and options.max_batch > high:
-            raise UsageError(f"--max-batch {options.max_batch} is above the engine's profile ({low}:{opt}:{high}):"
-                             f" use at most {high}, or rebuild with a larger --batch")
+            raise UsageError(f"--max-batch-size {options.max_batch} is above the engine's profile ({low}:{opt}:{high}):"
+                             f" use at most {high}, or rebuild with a larger --batch-profile")
         max_batch = options.max_batch or high
         preferred = preferred or tuple(sorted({min(opt, max_batch), max_batch}))
     if any(b > max_batch for b in preferred):
-        raise UsageError(f"--preferred-batch {list(preferred)} goes above the max batch {max_batch}")
+        raise UsageError(f"--preferred-batch-size {list(preferred)} goes above the max batch {max_batch}")
     gpu = (options.instance_kind or backend.instances) == "gpu"
     return Batching(max_batch, options.instances, "KIND_GPU" if gpu else "KIND_CPU", options.max_queue_delay_us,
                     preferred)
@@ -216,7 +220,7 @@ def _profile_batch(source: Source) -> tuple[int, int, int]:
     low, opt, high = batches.pop()
     if low != 1:
         raise UsageError(f"the engine in {source.folder} takes batches from {low} and Triton sends batches from 1: "
-                         "rebuild it with --batch 1:OPT:MAX")
+                         "rebuild it with --batch-profile 1:OPT:MAX")
     return low, opt, high
 
 

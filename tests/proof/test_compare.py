@@ -13,6 +13,7 @@ from test_verify import planted_copy
 
 from beit_deploy.proof.compare import CompareOptions, compare
 from beit_deploy.exporter.data_loader import write_data_loader
+from beit_deploy.core import progress
 from beit_deploy.core.errors import UsageError
 from beit_deploy.core.manifest import read_manifest
 from beit_deploy.proof.verify import feed_dicts, photo_paths
@@ -23,10 +24,11 @@ def classification(tiny_export):
     return tiny_export("classification", fp16=True)
 
 
-def test_compare_passes_and_saves_json(classification, tmp_path, capfd):
+def test_compare_passes_and_saves_json(classification, tmp_path, capfd, monkeypatch):
     from polygraphy.comparator import RunResults
     from polygraphy.json import load_json
 
+    monkeypatch.setenv(progress.VERBOSITY_ENV, str(progress.VERBOSE))  # Polygraphy's own report only with -v
     options = CompareOptions(random=1, save_inputs=tmp_path / "in.json", save_outputs=tmp_path / "out.json")
     outcome = compare(classification, options)
     assert outcome.passed and outcome.failed() == []

@@ -67,7 +67,7 @@ def test_serve_prints_a_working_command_and_stops_on_sigterm(tiny_export, tmp_pa
                 line = lines.get(timeout=1)
             except queue.Empty:
                 continue
-            command = re.search(r"try: beit-deploy (predict --server \S+ --model tiny) samples/images", line)
+            command = re.search(r"try: beit-deploy (predict --server \S+ --served-model tiny) samples/images", line)
         assert command, f"no client command printed; stderr: {process.stderr.read() if process.poll() else ''}"
         children = descendants(process.pid)
         assert children, "no server process under `beit-deploy serve`"

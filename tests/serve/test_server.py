@@ -156,7 +156,7 @@ def test_predict_cli_with_server(served, tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(remote_mask)), np.asarray(Image.open(local_mask)))
     assert len(list((tmp_path / "overlay").iterdir())) == 1
     missing = runner.invoke(main, ["predict", "--server", served.server.http_url, str(PHOTOS[0])])
-    assert missing.exit_code == 2 and "--model" in missing.stderr
+    assert missing.exit_code == 2 and "--served-model" in missing.stderr
 
 
 def test_pil_and_array_inputs_travel_as_png(served):
