@@ -56,7 +56,7 @@ clean:
 # checkout's .venv python where there is one, else PYTHON. Nothing it runs needs polygraphy; onnxscript and onnx-ir
 # (the exporter's, for the TensorRT rows) are installed from WHEELS (`make wheels` on a networked machine) when
 # missing and there, else the parts that need them say why they were skipped. It never stops before the check: the
-# log and gpu-check.json always land in GPU_CHECK_OUT. Without CUDA it is the CPU dry run (see README, TensorRT).
+# log and gpu-check.json always land in GPU_CHECK_OUT. Without CUDA it is the CPU dry run (see docs/tensorrt.md).
 WHEELS ?= .whl
 GPU_PYTHON ?= 3.12
 GPU_PY = $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))

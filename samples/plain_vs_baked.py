@@ -2,7 +2,7 @@
 
     python samples/plain_vs_baked.py [--model beit-base-patch16-224] [--resolution 224]
 
-Prints a markdown table (the one in the README). Both graphs are checked against the eager model on the same
+Prints a markdown table (the one in docs/export.md). Both graphs are checked against the eager model on the same
 random batch, at the export resolution and, for the plain graph, at a second resolution, where it silently
 answers with the bias of the traced size.
 """

@@ -1,5 +1,5 @@
-"""Following the README in order keeps every earlier export: its `beit-deploy export` commands (after the demo's),
-run one after the other on tiny models, leave every graph an earlier command wrote in place and hash-correct.
+"""Following the README and docs/ in order keeps every earlier export: their `beit-deploy export` commands (after
+the demo's), run one after the other on tiny models, leave every graph an earlier command wrote in place and hash-correct.
 A command that says `--replace` is first run without it, which must refuse and touch nothing."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from click.testing import CliRunner
 from beit_deploy.cli import main
 from beit_deploy.core.files import file_sha256
 from beit_deploy.core.manifest import check_artifact, read_manifest
+from test_readme import doc_commands
 
 ROOT = Path(__file__).resolve().parent.parent
-README, DEMO = ROOT / "README.md", ROOT / "samples" / "demo.py"
+DEMO = ROOT / "samples" / "demo.py"
 
 
 def demo_export() -> list[str]:
@@ -27,14 +28,9 @@ def demo_export() -> list[str]:
 
 
 def readme_exports() -> list[list[str]]:
-    """Every `beit-deploy export ...` line of the README's code blocks, in order, without comments."""
-    lines, inside = [], False
-    for line in README.read_text().replace("\\\n", " ").splitlines():
-        if line.startswith("```"):
-            inside = not inside
-        elif inside and line.strip().removeprefix("$ ").startswith("beit-deploy export "):
-            lines.append(line.strip().removeprefix("$ ").split("#")[0].split()[1:])
-    return lines
+    """Every `beit-deploy export ...` line of the code blocks of README.md and docs/*.md, in reading order (the
+    README's, then the docs in the order its "Where to go next" table lists them), without comments."""
+    return [argv[1:] for _, argv in doc_commands() if argv[1] == "export"]
 
 
 def on_tiny_models(argv: list[str], models: Path, out: Path) -> list[str]:
@@ -76,7 +72,7 @@ def test_the_readme_has_the_export_commands_this_test_follows():
 
 
 def test_following_the_readme_in_order_keeps_every_earlier_artifact(tmp_path):
-    pytest.importorskip("modelopt", reason="the README's --fp8 line needs ModelOpt (the quantize extra)")
+    pytest.importorskip("modelopt", reason="the docs' --fp8 line needs ModelOpt (the quantize extra)")
     from conftest import save_tiny
 
     models, out = tmp_path / "models", tmp_path / "out"

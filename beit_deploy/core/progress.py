@@ -13,7 +13,7 @@ talk (Polygraphy, ModelOpt, ONNX Runtime, transformers: `chatty()` says whether 
 
 With BEIT_DEPLOY_MEMORY=1 (Linux), each finished step also says the process's resident memory and its peak during
 the step (the kernel's high-water mark, reset at every step start), which is how the export's per-stage memory
-figures in the README were measured.
+figures in docs/ were measured.
 """
 
 from __future__ import annotations

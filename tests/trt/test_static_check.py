@@ -74,7 +74,7 @@ def test_every_ignore_says_why():
 
 @needs_stubs
 @pytest.mark.skipif(not WHEELS, reason=f"no {trt_stubs.BINDINGS_11} wheel in {Path(sys.prefix) / 'trt-wheels'} "
-                    "(pip could not download it): see README, TensorRT, for running this check")
+                    "(pip could not download it): see docs/tensorrt.md, Static check, for running this check")
 def test_every_tensorrt_name_used_exists_in_tensorrt_11():
     used = trt_stubs.used_names([PACKAGE / m for m in TRT_MODULES], trt_stubs.stub_names(STUBS),
                                 trt_stubs.own_names(PACKAGE))

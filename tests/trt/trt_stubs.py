@@ -112,7 +112,7 @@ def install(prefix: Path) -> None:
     print(f"patched {patch(prefix / STUBS_DIR)} line(s) of {STUBS} in {prefix / STUBS_DIR}")
     got = subprocess.run(pip + ["download", "--no-deps", "-d", str(prefix / WHEELS_DIR), BINDINGS_11])
     if got.returncode:
-        print(f"{BINDINGS_11} could not be downloaded: the TensorRT 11 name check will skip (README, TensorRT)")
+        print(f"{BINDINGS_11} could not be downloaded: the TensorRT 11 name check will skip (docs/tensorrt.md, Static check)")
 
 
 if __name__ == "__main__":
