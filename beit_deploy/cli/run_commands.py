@@ -77,6 +77,7 @@ def predict(path, images, top_k, precision, as_json, masks_dir, overlay_dir, bat
                            else f"{p.image}\n{p.result.summary()}")
             if masks_dir or overlay_dir:
                 unwritten += _save_outputs(p, output_name(p.image, taken), masks_dir, overlay_dir, runner.labels)
+            del p  # one full-size label map at a time: this one goes before the next is made
     seconds = time.perf_counter() - start
     say(f"{len(files)} images, {len(files) - failed} answered, {failed} failed, "
         f"{len(files) / seconds if seconds > 0 else 0:.2f} images/s")

@@ -139,6 +139,7 @@ def tracked(items: Iterable[T], what: str, total: int | None = None, unit: str =
     with _bar(what, total, unit) as bar:
         for item in items:
             yield item
+            del item  # let go of each before the next is made (a full-size label map, say)
             if bar is not None:
                 bar.update(1)
 

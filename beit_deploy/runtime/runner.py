@@ -132,7 +132,7 @@ class BeitRunner(Predictor):
         for start in range(0, len(items), self.batch_size):
             loaded = [self._try_prepare(i, keep_rgb) for i in items[start:start + self.batch_size]]
             good = [x for x in loaded if isinstance(x, Prepared)]
-            results = iter(self._answer(good, top_k)) if good else iter(())
+            results = self._answers(good, top_k) if good else iter(())
             for x in loaded:
                 yield x if isinstance(x, Prediction) else Prediction(x.name, next(results), rgb=x.rgb)
 
@@ -142,12 +142,14 @@ class BeitRunner(Predictor):
         except BeitDeployError as exc:
             return Prediction(str(image) if isinstance(image, (str, Path)) else f"<{type(image).__name__}>", error=exc)
 
-    def _answer(self, images: list[Prepared], top_k: int) -> list[Result]:
-        pixels = np.stack([i.pixels for i in images])
+    def _answers(self, images: list[Prepared], top_k: int) -> Iterator[Result]:
+        """The batch's answers, one at a time as they are asked for: the model runs once for the batch, but each
+        answer (a label map at the photo's full size, for segmentation) is made only when the previous one has
+        been handed over, so a caller that lets go of each holds one full-size map at a time."""
         task = tasks.task(self.task)
-        raw = self.run(pixels)[task.answer_from]
-        return [answers.answer(task, raw[k], post.Context(image.size, self.manifest.grid, self.labels, top_k))
-                for k, image in enumerate(images)]
+        raw = self.run(np.stack([i.pixels for i in images]))[task.answer_from]
+        for k, image in enumerate(images):
+            yield answers.answer(task, raw[k], post.Context(image.size, self.manifest.grid, self.labels, top_k))
 
     def _default_extras(self, n: int) -> dict[str, np.ndarray]:
         return {s.name: np.zeros((n, *s.shape[1:]), dtype=bool) for s in self.manifest.inputs[1:] if s.dtype == "bool"}

@@ -250,3 +250,24 @@ def test_runner_parity_reports_against_eager(tiny_export):
         report = runner.parity()
     assert report.passed and report.task == "classification"
     assert {a.name for a in report.artifacts} >= {"fp32", "fp16"}
+
+
+def test_segmentation_holds_one_full_size_map_at_a_time(tiny_export, monkeypatch):
+    """predict_each makes each answer (a label map at the photo's full size) only when the previous one has been
+    handed over, and the progress wrapper lets go of it: a folder of large photos holds one map at a time."""
+    import weakref
+
+    from beit_deploy.core.progress import tracked
+    from beit_deploy.runtime import answers
+
+    made, real = [], answers.answer
+    monkeypatch.setattr(answers, "answer", lambda *a, **k: made.append(1) or real(*a, **k))
+    photos = [Image.new("RGB", (300, 200), colour) for colour in ("red", "green", "blue", "white")]
+    maps = []
+    with BeitTRTRunner(tiny_export("segmentation"), batch_size=4) as runner:
+        for n, p in enumerate(tracked(runner.predict_each(photos), "predicting"), 1):
+            assert len(made) == n  # made as asked for, not the whole batch at once
+            maps.append(weakref.ref(p.result.label_map))
+            assert p.result.label_map.shape == (200, 300)
+            del p
+            assert all(m() is None for m in maps[:-1])  # the maps handed over before are gone
