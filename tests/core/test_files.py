@@ -169,11 +169,14 @@ def test_callers_say_which_folders_are_theirs(tmp_path):
 def test_concurrent_swaps_of_one_folder(tmp_path):
     """Two exports of the same model and resolution finishing together ("Directory not empty" before): two
     processes swap 200 folders each into one place at once; the swaps take turns, none fails."""
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: earlier tests leave threads in this process (Ray's gRPC client after the batch tests), and
+    # a forked child can inherit one of their locks held and wait on it forever
+    ctx = multiprocessing.get_context("spawn")
     write(tmp_path / "m" / "64x64", "first")
     with ctx.Manager() as manager, ctx.Pool(2) as pool:
         barrier = manager.Barrier(2)
-        errors = pool.starmap(_swapper, [(tmp_path, "a", barrier, 200), (tmp_path, "b", barrier, 200)])
+        work = pool.starmap_async(_swapper, [(tmp_path, "a", barrier, 200), (tmp_path, "b", barrier, 200)])
+        errors = work.get(timeout=300)  # a hung child fails the test instead of the whole run
     assert errors == [[], []]
     assert (tmp_path / "m" / "64x64" / "tag").read_text() in ("a", "b")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["64x64"]
