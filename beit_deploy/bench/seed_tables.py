@@ -18,11 +18,11 @@ resolution); in training its bias is a constant, so it is not learned. Rows run 
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import asdict, dataclass
 
 from ..core.backends import BACKENDS, MODEL
 from .report import Measurement, summarise
+from .worker import seconds_of
 
 # the docs' two rows: transformers' model with its eager and its SDPA attention (the backend table's MODEL rows, not
 # the autocast one)
@@ -71,12 +71,7 @@ def time_calls(call, settings: TableSettings, name: str, batch: int, count: int)
     sync()
     if settings.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        call()
-        sync()
-        times.append(time.perf_counter() - start)
+    times = seconds_of(call, sync, count)
     peak = torch.cuda.max_memory_allocated() / 2**20 if settings.device == "cuda" else None
     return summarise(name, batch, times, peak)
 

@@ -75,17 +75,21 @@ def serve(conn, job: dict) -> None:
             conn.send(("error", _reason(exc)))
 
 
-def _time(runner, batch: int, iterations: int, job: dict) -> list[float]:
-    """Seconds of each of `iterations` calls of `runner` on one fixed batch (synchronised on CUDA)."""
-    call = runner(batch)
-    sync = _cuda_sync(job)
+def seconds_of(call, sync, count: int) -> list[float]:
+    """Seconds of each of `count` calls of `call()`, each followed by `sync()` (CUDA's synchronize, or nothing):
+    the one timing loop of the bench workers and the seed tables."""
     times = []
-    for _ in range(iterations):
+    for _ in range(count):
         start = time.perf_counter()
         call()
         sync()
         times.append(time.perf_counter() - start)
     return times
+
+
+def _time(runner, batch: int, iterations: int, job: dict) -> list[float]:
+    """Seconds of each of `iterations` calls of `runner` on one fixed batch (synchronised on CUDA)."""
+    return seconds_of(runner(batch), _cuda_sync(job), iterations)
 
 
 def _load(job: dict):
