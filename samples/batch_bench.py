@@ -58,8 +58,8 @@ def make_photos(folder: Path, n: int) -> None:
         crop.resize(SIZES[k % len(SIZES)], Image.BICUBIC).save(folder / f"photo-{k:04d}.jpg", quality=90)
 
 
-def tree_pss_gb(root: int) -> float:
-    """PSS of a process and all its descendants, in GB (0 for processes gone meanwhile)."""
+def tree_pss_gib(root: int) -> float:
+    """PSS of a process and all its descendants, in GiB (0 for processes gone meanwhile)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         try:
@@ -89,7 +89,7 @@ def run_job(options: dict) -> dict:
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], tree_pss_gb(proc.pid))
+            peak[0] = max(peak[0], tree_pss_gib(proc.pid))
             stop.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -102,7 +102,7 @@ def run_job(options: dict) -> dict:
     if proc.returncode:
         sys.exit(f"job failed: {err[-2000:]}")
     result = json.loads(out.strip().splitlines()[-1])
-    return {**result, "peak_gb": peak[0], "process_s": wall}
+    return {**result, "peak_gib": peak[0], "process_s": wall}
 
 
 def figures(result: dict, batch_size: int) -> dict:
@@ -111,7 +111,7 @@ def figures(result: dict, batch_size: int) -> dict:
     last_done, last_t = marks[-1]
     steady = (last_done - first_done) / (last_t - first_t) if last_t > first_t else float("nan")
     return {"images_per_s": s["images_per_s"], "steady": steady, "start": s["seconds"] - s["rows"] / steady,
-            "first_row": s["start_seconds"], "seconds": s["seconds"], "peak_gb": result["peak_gb"],
+            "first_row": s["start_seconds"], "seconds": s["seconds"], "peak_gib": result["peak_gib"],
             "process_s": result["process_s"], "rows": s["rows"], "errors": s["errors"]}
 
 
@@ -128,11 +128,11 @@ def machine(load: float) -> str:
 
 def table(rows: list[tuple[str, dict]]) -> str:
     base = rows[0][1]["images_per_s"]
-    lines = ["| engine | images/s | vs local | steady images/s | fixed start cost s | peak memory GB | job s |",
+    lines = ["| engine | images/s | vs local | steady images/s | fixed start cost s | peak memory GiB | job s |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, f in rows:
         lines.append(f"| {name} | {f['images_per_s']:.2f} | {f['images_per_s'] / base:.2f}x | {f['steady']:.2f} | "
-                     f"{f['start']:.1f} | {f['peak_gb']:.2f} | {f['seconds']:.1f} |")
+                     f"{f['start']:.1f} | {f['peak_gib']:.2f} | {f['seconds']:.1f} |")
     return "\n".join(lines)
 
 

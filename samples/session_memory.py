@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from beit_deploy.bench.report import cpu_model
-from beit_deploy.core.progress import status_gb
+from beit_deploy.core.progress import status_gib
 
 DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bool)": "bool", "tensor(int64)": "int64"}
 
@@ -45,11 +45,11 @@ def main() -> None:
     import numpy as np
     import onnxruntime as ort
 
-    start = status_gb("VmRSS")
+    start = status_gib("VmRSS")
     options = ort.SessionOptions()
     options.enable_cpu_mem_arena = not args.no_arena
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    created, creation_peak = status_gb("VmRSS"), status_gb("VmHWM")
+    created, creation_peak = status_gib("VmRSS"), status_gib("VmHWM")
     shapes = [[args.batch if not isinstance(d, int) else d for d in i.shape] for i in session.get_inputs()]
     if args.shape:
         shapes[0] = [int(d) for d in args.shape.split(",")]
@@ -57,8 +57,8 @@ def main() -> None:
     session.run(None, feeds)
     figures = {"graph": str(path), "batch": shapes[0][0], "arena": not args.no_arena,
                "rss_before_gib": round(start, 2), "session_gib": round(created, 2),
-               "creation_peak_gib": round(creation_peak, 2), "after_run_gib": round(status_gb("VmRSS"), 2),
-               "peak_gib": round(status_gb("VmHWM"), 2), "cpu": cpu_model(), "cpus": os.cpu_count(),
+               "creation_peak_gib": round(creation_peak, 2), "after_run_gib": round(status_gib("VmRSS"), 2),
+               "peak_gib": round(status_gib("VmHWM"), 2), "cpu": cpu_model(), "cpus": os.cpu_count(),
                "load_1min_before": round(load, 1), "onnxruntime": ort.__version__}
     json.dump(figures, sys.stdout)
     print()

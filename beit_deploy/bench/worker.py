@@ -27,7 +27,7 @@ from ..core import backends, precisions
 from ..core.errors import describe
 from ..core.machine import physical_cores
 from ..core.manifest import TensorSpec
-from ..core.progress import chatty, say, status_gb
+from ..core.progress import chatty, say, status_gib
 
 E2E_RUNNER, E2E_TRANSFORMERS = "e2e-runner", "e2e-transformers"  # job kinds of the end-to-end rows
 
@@ -255,7 +255,7 @@ def _peak_mb(job: dict) -> float | None:
         return peak
     if job["device"] == "cuda":
         return None  # memory outside torch's allocator is not measured
-    peak = status_gb("VmHWM")  # VmHWM restarts at exec; ru_maxrss would keep the parent's peak from the spawn
+    peak = status_gib("VmHWM")  # VmHWM restarts at exec; ru_maxrss would keep the parent's peak from the spawn
     if peak is not None:
         return peak * 1024
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux

@@ -17,7 +17,7 @@ from .common import friendly, json_option, option, precision_choice
               help="Which exported graph to build: mixed-precision fp16, fp32, or the int8/fp8 Q/DQ graph.")
 @option("--batch-profile", "batch", aliases=("--batch",), default="1:8:32", show_default=True,
         help="Batch sizes MIN:OPT:MAX of the engine's optimisation profile (or N: N:N:N).")
-@click.option("--workspace", "workspace_gb", type=float, default=None, help="Builder workspace in GB.")
+@click.option("--workspace", "workspace_gb", type=float, default=None, help="Builder workspace in GiB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="Timing cache file, reused and merged across builds (file-locked). "
                    "Default: OUT/timing-<TensorRT version>-<GPU>.cache.")

@@ -125,7 +125,7 @@ def step(what: str, total: int | None = None, unit: str = "it"):
     measure = bool(os.environ.get("BEIT_DEPLOY_MEMORY"))
     if measure:
         _reset_peak()
-        before = status_gb("VmRSS")
+        before = status_gib("VmRSS")
     start = time.perf_counter()
     with _bar(what, total, unit) as bar:
         yield Step(bar)
@@ -177,8 +177,8 @@ def _tick(bar, stop: threading.Event) -> None:
         bar.refresh()
 
 
-def status_gb(key: str) -> float | None:
-    """A /proc/self/status field in GB (None where there is no /proc)."""
+def status_gib(key: str) -> float | None:
+    """A /proc/self/status field in GiB (None where there is no /proc)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(key + ":"):
@@ -196,5 +196,5 @@ def _reset_peak() -> None:
 
 
 def _memory(before: float | None) -> str:
-    rss, peak = status_gb("VmRSS"), status_gb("VmHWM")
-    return "" if rss is None else f", RSS {before:.2f} -> {rss:.2f} GB, peak {peak:.2f} GB"
+    rss, peak = status_gib("VmRSS"), status_gib("VmHWM")
+    return "" if rss is None else f", RSS {before:.2f} -> {rss:.2f} GiB, peak {peak:.2f} GiB"

@@ -70,7 +70,7 @@ class BuildOptions:
         if self.opt_level is not None and not 0 <= self.opt_level <= 5:
             raise UsageError(f"builder optimisation level {self.opt_level} is not in 0..5")
         if self.workspace_gb is not None and self.workspace_gb <= 0:
-            raise UsageError(f"workspace {self.workspace_gb} GB is not a positive size")
+            raise UsageError(f"workspace {self.workspace_gb} GiB is not a positive size")
 
     def cache_path(self, key: str) -> Path:
         """The timing cache file for a build on the GPU and TensorRT version named by `key` (gpu_key)."""
