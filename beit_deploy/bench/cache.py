@@ -63,22 +63,23 @@ def _cache_folder(settings: BenchSettings) -> Path:
 
 
 def cached_export(settings: BenchSettings, resolution: tuple[int, int], resolved, wanted: set[str] = frozenset(),
-                  fused: bool = False) -> Path:
+                  fused: bool = False, bias_mode: str | None = None) -> Path:
     """The export folder of the model at `resolution` with the graphs of the `wanted` precisions besides fp32
-    (fp16, int8, int8cpu), with one ONNX Attention op per layer if `fused`, exported if not cached. The Q/DQ graph
-    is calibrated on the bench's photos. `resolved`: the model's exporter.loading.Resolved, worked out once by
-    run_bench."""
+    (fp16, int8, int8cpu), with one ONNX Attention op per layer if `fused`, the bias stored as `bias_mode` if
+    given (else as the export chooses by size), exported if not cached. The Q/DQ graph is calibrated on the bench's
+    photos. `resolved`: the model's exporter.loading.Resolved, worked out once by run_bench."""
     from ..exporter.bake import DECOMPOSED, FUSED
     from ..exporter.pipeline import export, export_options
 
-    out = _cache_folder(settings) / ("fused" if fused else "")
+    out = _cache_folder(settings) / ("fused" if fused else "") / (f"bias-{bias_mode}" if bias_mode else "")
     name = f"{resolution[0]}x{resolution[1]}"
     for manifest in sorted(out.glob(f"*/{name}/manifest.json")):
         if _cache_usable(manifest.parent, {precisions.REFERENCE, *wanted}):
             say(f"using the cached export {manifest.parent} (sha256 checked)")
             return manifest.parent
     options = export_options(wanted, resolutions=(resolution,), out_dir=out, images=settings.images,
-                             attention=FUSED if fused else DECOMPOSED, calibration=settings.images, replace=True)
+                             attention=FUSED if fused else DECOMPOSED, calibration=settings.images, replace=True,
+                             bias_mode=bias_mode)
     return export(settings.spec, options, resolved)[0].folder
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..core import backends as table, machine as core_machine, precisions
+from ..core.manifest import BIAS_MODES
 from ..core.machine import cpu_model, physical_cores  # noqa: F401 - importable from here as before
 from ..exporter.loading import ModelSpec
 
@@ -23,8 +24,11 @@ from ..exporter.loading import ModelSpec
 ORT_ARTIFACTS = {table.bench_name(table.ONNXRUNTIME, p.bench): p.name for p in precisions.PRECISIONS.values()
                  if p.bench is not None}
 ORT_FUSED, ORT_PLAIN = table.bench_name(table.ONNXRUNTIME, "fused"), table.bench_name(table.ONNXRUNTIME, "plain")
+# ONNX Runtime on the fp32 graph exported with each bias storage forced (onnxruntime-gathered, -materialised): the
+# price of one beside the other in one run (the export picks one by size; that row equals `onnxruntime`)
+ORT_BIAS = {table.bench_name(table.ONNXRUNTIME, mode): mode for mode in BIAS_MODES}
 TORCH_BACKENDS = table.names(opens=table.MODEL)
-BACKENDS = (*TORCH_BACKENDS, *ORT_ARTIFACTS, ORT_FUSED, ORT_PLAIN, table.TENSORRT.name)
+BACKENDS = (*TORCH_BACKENDS, *ORT_ARTIFACTS, ORT_FUSED, ORT_PLAIN, *ORT_BIAS, table.TENSORRT.name)
 BASELINE = table.EAGER.name
 # autocast rows (eager-bf16) only when asked: they need a CPU with native bf16
 DEFAULT_BACKENDS = (*(n for n in TORCH_BACKENDS if table.backend(n).autocast is None),

@@ -19,7 +19,7 @@ from ..core.errors import BeitDeployError, UsageError, describe
 from ..core.progress import say, step
 from . import report as bench_report
 from .cache import cached_engine, cached_export, engine_cache_dir, plain_export  # noqa: F401 - bench.run's API
-from .report import BACKENDS, BASELINE, E2E_OURS, E2E_TRANSFORMERS, ORT_ARTIFACTS, ORT_FUSED, ORT_PLAIN, \
+from .report import BACKENDS, BASELINE, E2E_OURS, E2E_TRANSFORMERS, ORT_ARTIFACTS, ORT_BIAS, ORT_FUSED, ORT_PLAIN, \
     TORCH_BACKENDS, BenchReport, BenchSettings, Skipped
 from .worker import E2E_RUNNER, E2E_TRANSFORMERS as E2E_TRANSFORMERS_KIND
 
@@ -161,6 +161,15 @@ def _fused_job(b: _Bench, name: str) -> dict | Skipped:
     return b.base | {"kind": table.ONNX, "path": str(fused / precisions.PRECISIONS[precisions.REFERENCE].file)}
 
 
+def _bias_job(b: _Bench, name: str) -> dict | Skipped:
+    """ONNX Runtime on the fp32 graph exported with the row's bias storage (ORT_BIAS), whatever the size chose."""
+    try:
+        folder = cached_export(b.settings, b.resolution, b.resolved, bias_mode=ORT_BIAS[name])
+    except BeitDeployError as exc:
+        return Skipped(name, f"{ORT_BIAS[name]} export failed: {exc}")
+    return b.base | {"kind": table.ONNX, "path": str(folder / precisions.PRECISIONS[precisions.REFERENCE].file)}
+
+
 def _plain_job(b: _Bench, name: str) -> dict | Skipped:
     try:
         return b.base | {"kind": table.ONNX, "path": str(plain_export(b.settings, b.resolution, b.task))}
@@ -195,7 +204,7 @@ def autocast_refusal(name: str, device: str) -> str | None:
 
 _JOBS = {**{n: _model_job if table.backend(n).autocast is None else _autocast_job for n in TORCH_BACKENDS},
          **{n: _graph_job for n in ORT_ARTIFACTS}, ORT_FUSED: _fused_job,
-         ORT_PLAIN: _plain_job, table.TENSORRT.name: _engine_job}
+         **{n: _bias_job for n in ORT_BIAS}, ORT_PLAIN: _plain_job, table.TENSORRT.name: _engine_job}
 
 
 def _measure(jobs: dict, e2e_jobs: dict, photos: int, settings: BenchSettings):

@@ -150,3 +150,19 @@ def test_a_damaged_cached_export_is_rebuilt(tiny_dir, tmp_path):
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "cannot be used" in again.output and "exporting it again" in again.output
     assert "using the cached export" in CliRunner().invoke(main, args).output  # rebuilt, then trusted again
+
+
+def test_bias_mode_rows_measure_both_storages(tiny_dir, tmp_path):
+    """onnxruntime-gathered / -materialised: the fp32 graph with each bias storage forced, in one run."""
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", str(tiny_dir("classification")), "--batch-size", "1", "--iters", "1", "--warmup",
+            "0", "--backends", "onnxruntime-gathered,onnxruntime-materialised", "--no-end-to-end", "--cache",
+            str(tmp_path / "cache"), "--report", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert {r["backend"] for r in json.loads(out.read_text())["results"]} == {
+        "eager", "onnxruntime-gathered", "onnxruntime-materialised"}
+    modes = {}
+    for manifest in (tmp_path / "cache").rglob("manifest.json"):
+        modes[manifest.parent.parent.parent.name] = json.loads(manifest.read_text())["bias_mode"]
+    assert modes == {"bias-gathered": "gathered", "bias-materialised": "materialised"}
