@@ -9,7 +9,8 @@ saved once with `save_pretrained`, and both exporters read that same folder:
 - `optimum-cli export onnx --model FOLDER --task image-classification` (with its default validation), where
   --optimum-cli names one (Optimum lives in its own virtualenv: it pins an older transformers);
 - `samples/session_memory.py` on each fp32 graph (and on our fp16 graph): a fresh process, default session options,
-  one batch-1 inference.
+  one batch-1 inference; the session is counted after malloc_trim (see that script: without it, what glibc keeps
+  of ONNX Runtime's loading garbage varies by up to 0.7 GiB from run to run).
 Every figure is the peak resident set of that command's process (the kernel's maximum RSS from wait4, what
 `/usr/bin/time -v` prints), in GiB (2^30 bytes), with the machine, its load and the versions beside the table.
 Commands run one after another; memory does not depend on the load, but the run takes minutes (large@512: ~10).
@@ -96,12 +97,13 @@ def optimum_versions(optimum_cli: str) -> str:
 
 def to_markdown(rows: list[dict], info: dict) -> str:
     def s(figures: dict | None) -> str:
-        return "-" if not figures else f"{figures['peak_gib']:.2f} ({figures['session_gib']:.2f} at creation)"
+        return "-" if not figures else f"{figures['held_gib']:.2f} / {figures['run_peak_gib']:.2f}"
 
     lines = [f"Machine: {info['cpu']}, {info['cpus']} CPUs, 1-min load average {info['load_before']:.1f} before the "
              f"run, {info['load_after']:.1f} after; beit-deploy with {info['versions']}; Optimum: {info['optimum']}",
              "",
-             "Peak resident memory in GiB; sessions: peak over one batch-1 inference (resident once created).",
+             "Peak resident memory in GiB. Sessions: held once created (after malloc_trim, as beit-deploy's backend "
+             "holds it) / peak over one batch-1 inference; raw figures in export_memory.json.",
              "",
              "| model | beit-deploy export `--fp16` | Optimum's export | session, our fp32 graph | session, Optimum's "
              "graph | session, our fp16 graph |",

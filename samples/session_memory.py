@@ -9,6 +9,11 @@ runs), zeros of the graph's own input shapes at the given batch (--shape: the fi
 graphs whose height and width are symbolic too, such as Optimum's). Figures are the kernel's (VmRSS, VmHWM), in GiB,
 beside the process's memory before ONNX Runtime was imported. Any ONNX graph works, not only beit-deploy's, so
 other exporters' graphs are measured the same way.
+
+session_gib is what the process holds right after ONNX Runtime created the session: the session plus whatever
+freed loading memory glibc kept, which varies from run to run (beit-large@512: 1.27 or 1.99 GiB for the same
+graph). held_gib is after glibc's malloc_trim, as beit-deploy's own backend does once a session is created: what
+the session itself needs, the same every run. run_peak_gib and after_run_gib follow from there.
 """
 
 import argparse
@@ -17,7 +22,8 @@ import os
 import sys
 from pathlib import Path
 
-from beit_deploy.bench.report import cpu_model
+from beit_deploy.core.heap import trim_heap
+from beit_deploy.core.machine import cpu_model
 from beit_deploy.core.progress import status_gib
 
 DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bool)": "bool", "tensor(int64)": "int64"}
@@ -50,6 +56,9 @@ def main() -> None:
     options.enable_cpu_mem_arena = not args.no_arena
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     created, creation_peak = status_gib("VmRSS"), status_gib("VmHWM")
+    trim_heap()
+    held = status_gib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM restarts from the current RSS: the run's own peak
     shapes = [[args.batch if not isinstance(d, int) else d for d in i.shape] for i in session.get_inputs()]
     if args.shape:
         shapes[0] = [int(d) for d in args.shape.split(",")]
@@ -57,9 +66,10 @@ def main() -> None:
     session.run(None, feeds)
     figures = {"graph": str(path), "batch": shapes[0][0], "arena": not args.no_arena,
                "rss_before_gib": round(start, 2), "session_gib": round(created, 2),
-               "creation_peak_gib": round(creation_peak, 2), "after_run_gib": round(status_gib("VmRSS"), 2),
-               "peak_gib": round(status_gib("VmHWM"), 2), "cpu": cpu_model(), "cpus": os.cpu_count(),
-               "load_1min_before": round(load, 1), "onnxruntime": ort.__version__}
+               "creation_peak_gib": round(creation_peak, 2), "held_gib": round(held, 2),
+               "after_run_gib": round(status_gib("VmRSS"), 2), "run_peak_gib": round(status_gib("VmHWM"), 2),
+               "peak_gib": round(max(creation_peak, status_gib("VmHWM")), 2), "cpu": cpu_model(),
+               "cpus": os.cpu_count(), "load_1min_before": round(load, 1), "onnxruntime": ort.__version__}
     json.dump(figures, sys.stdout)
     print()
 

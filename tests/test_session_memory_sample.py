@@ -19,4 +19,5 @@ def test_session_memory_of_an_export_and_of_a_bare_graph(tiny_export):
         figures = json.loads(done.stdout)
         assert figures["graph"].endswith("model.onnx") and figures["cpu"]
         assert 0 < figures["rss_before_gib"] <= figures["session_gib"] <= figures["peak_gib"]
+        assert figures["held_gib"] <= figures["run_peak_gib"] <= figures["peak_gib"]
         assert figures["arena"] == ("--no-arena" not in extra) and figures["batch"] == (2 if extra[0] == "--batch" else 1)

@@ -19,6 +19,7 @@ from typing import Iterator
 from ..core import precisions, tasks
 from ..core.errors import ParityError, UsageError, environment_error
 from ..core.files import artifact_bytes, atomic_folder, check_output_folder, safe_name
+from ..core.heap import release_memory
 from ..core.machine import versions
 from ..core.manifest import Manifest, artifact_hashes, this_run
 from ..core.progress import say, step
@@ -288,20 +289,6 @@ def _fail_on(loaded, results: dict) -> None:
         raise ParityError(f"{loaded.name}: the exported graph does not match the eager model "
                           f"({'; '.join(f.precision + ': ' + ', '.join(f.failures) for f in failed)}); "
                           "nothing was written. Please report this with the model and resolution")
-
-
-def release_memory() -> None:
-    """Collect garbage and hand freed heap back to the OS (glibc's malloc_trim), so that what an export stage no
-    longer needs (the traced graph, the fp32 proto, a validation session) does not stay in the process while the
-    next stage allocates. Without glibc it only collects."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _no_photos():

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ctypes
 import json
 import re
 import threading
@@ -26,6 +25,7 @@ import numpy as np
 
 from ..core import precisions, tasks
 from ..core.errors import BeitDeployError, UsageError, describe
+from ..core.heap import trim_heap
 from ..core.manifest import read_manifest
 from ..runtime import answers, postprocess as post, wire
 from ..runtime.backends import OnnxRuntimeBackend
@@ -219,8 +219,9 @@ class TritonPythonModel:
         except Exception as exc:  # noqa: BLE001 - a bug in a stage fails its requests, never the server
             answers = [BeitDeployError(f"{type(exc).__name__}: {describe(exc)}")] * len(requests)
         if _pixels(feeds) + _pixels(answers) > _TRIM_PIXELS:  # large photos: give their memory back once sent
-            threading.Timer(0.5, _trim).start()
+            threading.Timer(0.5, trim_heap).start()
         return [_response(pb, a) for a in answers]
+
     def finalize(self) -> None:
         getattr(self.stage, "close", lambda: None)()
 
@@ -239,12 +240,3 @@ def _pixels(items: list) -> int:
     """Pixels of the full-size images a batch handled (from IMAGE_SIZE, where it has one)."""
     sizes = [i[wire.IMAGE_SIZE] for i in items if isinstance(i, dict) and wire.IMAGE_SIZE in i]
     return int(sum(np.prod(s.astype(np.float64), axis=-1).sum() for s in sizes))
-
-
-def _trim() -> None:
-    """Hand freed heap memory back to the system (glibc keeps it otherwise: a stage that answered one 62 MP
-    label map would hold its memory for good)."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
