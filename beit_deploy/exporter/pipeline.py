@@ -19,7 +19,7 @@ from typing import Iterator
 from ..core import precisions, tasks
 from ..core.errors import ParityError, UsageError, environment_error
 from ..core.files import artifact_bytes, atomic_folder, check_output_folder, safe_name
-from ..core.heap import release_memory
+from ..core.heap import large_blocks_unmapped, release_memory
 from ..core.machine import versions
 from ..core.manifest import Manifest, artifact_hashes, this_run
 from ..core.progress import say, step
@@ -218,6 +218,7 @@ def _build(loaded: LoadedModel, resolution: tuple[int, int], mode: str, options:
     onnx_graph.check_graph(graph)
     outputs = graph_files.tensor_specs(graph.graph.output)
     del graph
+    release_memory()
     artifacts = {precisions.REFERENCE: FP32_FILE}
     if options.fp16:
         fp16.fp16_from_onnx(fp32_path, loaded.task, tmp / FP16_FILE)
@@ -260,7 +261,7 @@ class _Judge:
 
         count = sum(len(next(iter(feeds.values()))) for feeds in self.batches)
         with step(f"validating {path.name} against eager transformers", total=count, unit="img") as running:
-            with OnnxRuntimeBackend(path, providers=CPU, memory_arena=False) as backend:
+            with large_blocks_unmapped(), OnnxRuntimeBackend(path, providers=CPU, memory_arena=False) as backend:
                 gots = [_run_in_chunks(backend, feeds, running.advance) for feeds in self.batches]
             release_memory()
             result = parity.measure(precision, self.loaded.task, self.refs, gots)
