@@ -75,7 +75,7 @@ class Measurement:
     min_seconds_per_iter: float  # the best iteration: the least disturbed by other load on the machine
     ci_percent: float | None  # half-width of the 95 % confidence interval of the mean, % of the median
     images_per_second: float
-    peak_memory_mb: float | None
+    peak_memory_mb: float | None  # MiB (2**20 bytes), the JSON key kept from the first reports
     iterations: int
     speedup: float | None = None
     memory_saved_percent: float | None = None
@@ -185,8 +185,8 @@ def to_markdown(report: BenchReport) -> str:
     base = {r.batch_size: r for r in report.results if r.backend == BASELINE}
     for backend in dict.fromkeys(r.backend for r in report.results if r.backend != BASELINE):
         lines += [f"#### {backend}", "",
-                  f"| batch size | eager s/iter | {backend} s/iter | speedup | memory eager (MB) | "
-                  f"memory {backend} (MB) | memory saved |", "|---|---|---|---|---|---|---|"]
+                  f"| batch size | eager s/iter | {backend} s/iter | speedup | memory eager (MiB) | "
+                  f"memory {backend} (MiB) | memory saved |", "|---|---|---|---|---|---|---|"]
         for r in (r for r in report.results if r.backend == backend):
             ref = base.get(r.batch_size)
             lines.append(f"| {r.batch_size} | {_secs(ref)} | {_secs(r)} | {_x(r.speedup)} | {_mb(ref)} | {_mb(r)} | "

@@ -291,7 +291,7 @@ class Workers:
 
     def measure(self, batch: int, iterations: int, warmup: int, names, advance=lambda: None
                 ) -> dict[str, tuple[list[float], float | None]]:
-        """backend -> (seconds of each iteration, peak MB) at `batch` for the `names` still alive; failures go
+        """backend -> (seconds of each iteration, peak MiB) at `batch` for the `names` still alive; failures go
         to `self.failed`. `advance()` is called after each backend's warm-up and each timed run (progress)."""
         live = [n for n in names if n in self.conns]
         if warmup:

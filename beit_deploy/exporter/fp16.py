@@ -17,7 +17,7 @@ from pathlib import Path
 from ..core import tasks
 from ..core.errors import EnvironmentProblem, ExportError
 from ..core.progress import step
-from .graph_files import save_proto
+from .graph_files import load_graph, save_proto
 
 FP32_OPS = ["LayerNormalization", "Softmax", "ReduceMean"]
 LAYER_SCOPE = re.compile(r"/layers\.\d+/")
@@ -71,11 +71,10 @@ def _bias_path(add, producers) -> list[str]:
 
 def fp16_from_onnx(fp32_path: Path, task: str, path: Path) -> Path:
     """Write the mixed-precision version of the fp32 graph at `fp32_path` to `path`."""
-    import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     with step("converting to mixed precision (fp16 with fp32 islands)"):
-        keep_fp32 = fp32_nodes(onnx.load(str(fp32_path), load_external_data=False), task)
+        keep_fp32 = fp32_nodes(load_graph(fp32_path), task)
         # From the path, the converter infers types file to file (onnx's C++ infer_shapes_path, fine past 2 GB)
         # and loads the model once: a copy fewer than handing it a loaded model.
         try:

@@ -10,6 +10,7 @@ import collections
 from pathlib import Path
 
 from ..core.manifest import TensorSpec
+from ..core.onnx_wire import weightless
 
 EXTERNAL_DATA_BYTES = 1_800_000_000  # below ONNX's 2 GiB protobuf limit, with room for the graph itself
 
@@ -90,10 +91,13 @@ def _write_streamed(path: Path, shell, tensors) -> Path:
 
 
 def load_graph(path: Path, with_weights: bool = False):
-    """The ONNX ModelProto at `path`; weights in external data are left on disk unless asked for."""
+    """The ONNX ModelProto at `path`. Without `with_weights`, its initializers have their names, dims and types but
+    no data (read past on disk, inline or external: core.onnx_wire), so reading a graph's structure costs kilobytes."""
     import onnx
 
-    return onnx.load(str(path), load_external_data=with_weights)
+    if with_weights:
+        return onnx.load(str(path))
+    return onnx.ModelProto.FromString(weightless(Path(path)))
 
 
 def op_counts(model) -> dict[str, int]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from ..core.engine_manifest import ENGINE_FILE, ENGINE_SUFFIXES, TRT_PURPOSE, check_engine_compatible, current_gpu, \
     read_engine_manifest
 from ..core.errors import ArtifactError, UsageError, describe, require
+from ..core.onnx_wire import weightless
 from ..exporter.graph_files import node_precisions, qdq_summary, tensor_specs
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def inspect_onnx(path: Path) -> dict:
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx.ModelProto.FromString(weightless(path))  # the structure only, whatever the weights weigh
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception as exc:  # onnx raises several types for a broken file
         raise ArtifactError(f"{path} is not a readable ONNX graph ({describe(exc)})") from exc

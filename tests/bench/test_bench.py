@@ -65,7 +65,7 @@ def test_end_to_end_row(bench_run):
 
 def test_markdown_tables(bench_run):
     _, markdown, stdout = bench_run
-    assert "| batch size | eager s/iter | onnxruntime s/iter | speedup | memory eager (MB) |" in markdown
+    assert "| batch size | eager s/iter | onnxruntime s/iter | speedup | memory eager (MiB) |" in markdown
     assert "#### onnxruntime-fp16" in markdown and "Machine:" in markdown
     table = [line for line in markdown.splitlines() if line.startswith("| 1 |")]
     assert len(table) == 2 and all(line.count("|") == 8 for line in table)
