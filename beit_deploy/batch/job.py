@@ -104,11 +104,20 @@ def run_batch(options: BatchOptions, progress: Callable[[int, int], None] | None
     inputs = (options.inputs,) if isinstance(options.inputs, (str, os.PathLike)) else options.inputs  # one input
     paths = expand([str(i) for i in inputs], exclude=[str(out)] + ([masks] if masks else []))
     spec = _spec(options, export, manifest, masks)
-    done, next_part = output.prepare_folder(out, spec, options.resume, options.retry_errors)
-    pending = [p for p in paths if p not in done]
-    if masks:
-        Path(masks).mkdir(parents=True, exist_ok=True)
-    writer = output.PartWriter(out, options.format, answer, spec, next_part, options.rows_per_file)
+    with output.claimed(out):  # one job per folder, from its first look at OUT to its last part
+        done, next_part = output.prepare_folder(out, spec, options.resume, options.retry_errors)
+        pending = [p for p in paths if p not in done]
+        if masks:
+            Path(masks).mkdir(parents=True, exist_ok=True)
+        writer = output.PartWriter(out, options.format, answer, spec, next_part, options.rows_per_file)
+        counts = _run(options, str(export), pending, masks, writer, progress, started)
+    return BatchSummary(counts["rows"], counts["errors"], len(paths) - len(pending),
+                        time.perf_counter() - started, counts["first"], str(out), options.format, options.engine)
+
+
+def _run(options: BatchOptions, export: str, pending: list[str], masks: str | None, writer: output.PartWriter,
+         progress: Callable[[int, int], None] | None, started: float) -> dict:
+    """The engine over the inputs without a row, its rows into parts: {rows, errors, first (seconds)}."""
     counts = {"rows": 0, "errors": 0, "first": None}
 
     def on_rows(rows: list[dict], precision: str | None) -> None:
@@ -121,11 +130,10 @@ def run_batch(options: BatchOptions, progress: Callable[[int, int], None] | None
 
     try:
         if pending:
-            _engine(options.engine)(options, str(export), pending, masks, on_rows)
+            _engine(options.engine)(options, export, pending, masks, on_rows)
     finally:
         writer.close()
-    return BatchSummary(counts["rows"], counts["errors"], len(paths) - len(pending),
-                        time.perf_counter() - started, counts["first"], str(out), options.format, options.engine)
+    return counts
 
 
 def _engine(name: str):

@@ -6,12 +6,14 @@
 
 `pyarrow.dataset.dataset(OUT)`, `pandas.read_parquet(OUT)` and Spark read the folder as one table (names starting
 with `_` or `.` are skipped). A job that stops loses at most the rows not yet in a part; `resume` reads the
-paths that have a row and runs only the others, so no input ever gets two rows. One job per folder at a time.
+paths that have a row and runs only the others, so no input ever gets two rows. One job per folder at a time: a
+job holds an advisory lock on OUT from start to end, and a second one is refused at once.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import json
 import os
@@ -19,6 +21,7 @@ import re
 from pathlib import Path
 
 from ..core.errors import UsageError, require
+from ..core.files import locked
 from . import rows as row_table
 
 SPEC = "_batch.json"
@@ -33,11 +36,20 @@ def parts(folder: Path, fmt: str) -> list[Path]:
     return sorted(found, key=lambda p: int(_PART.match(p.name).group(1)))
 
 
-def prepare_folder(folder: Path, spec: dict, resume: bool, retry_errors: bool) -> tuple[dict[str, bool], int]:
-    """Make or check OUT: ({path: answered?} of rows already there, index of the next part). Without resume, OUT
-    must be new or empty; with it, OUT's spec must match this job's. With retry_errors, error rows are dropped
-    from their parts first (each part rewritten whole), so those inputs run again and get one row."""
+@contextlib.contextmanager
+def claimed(folder: Path):
+    """Make OUT and hold it for one job: a second job on it (two --resume runs would write the same part
+    numbers; a new run would delete a running job's part being written) is refused at once, not interleaved."""
     folder.mkdir(parents=True, exist_ok=True)
+    with locked(folder, busy=f"'{folder}' is in use by another batch job: wait for it to end, or choose another "
+                             "folder"):
+        yield
+
+
+def prepare_folder(folder: Path, spec: dict, resume: bool, retry_errors: bool) -> tuple[dict[str, bool], int]:
+    """Check OUT, held with `claimed`: ({path: answered?} of rows already there, index of the next part). Without
+    resume, OUT must be new or empty; with it, OUT's spec must match this job's. With retry_errors, error rows are
+    dropped from their parts first (each part rewritten whole), so those inputs run again and get one row."""
     for leftover in folder.glob(".part-*.tmp*"):  # a part being written when an earlier job was killed
         leftover.unlink()
     spec_file = folder / SPEC

@@ -1,0 +1,39 @@
+"""The output folder of a batch job: one job at a time, what a resume must match, damaged files, and a first
+run that failed before its first row."""
+
+from __future__ import annotations
+
+from photos import photo_tree  # noqa: F401 - the fixture
+import pytest
+
+from beit_deploy.batch import BatchOptions, run_batch
+from beit_deploy.batch.output import read_rows
+from beit_deploy.core.errors import UsageError
+
+
+def job(export, inputs, out, progress=None, **kwargs):
+    return run_batch(BatchOptions(str(export), tuple(map(str, inputs)), str(out), **kwargs), progress)
+
+
+def test_a_second_job_on_a_busy_folder_is_refused_and_touches_nothing(tiny_export, photo_tree, tmp_path):
+    """While a job runs, another on its folder (new or --resume) is refused at once: it neither deletes the part
+    the first is writing nor writes parts of the same numbers."""
+    export, out, refused = tiny_export("classification"), tmp_path / "out", []
+
+    def second_job(done, total):
+        if refused:
+            return
+        writing = out / ".part-00009.parquet.0123456789abcdef.tmp"  # as the first job's part being written
+        writing.write_bytes(b"half a part")
+        for resume in (False, True):
+            with pytest.raises(UsageError, match="in use by another batch job"):
+                job(export, [photo_tree / "city"], out, resume=resume)
+            refused.append(resume)
+        assert writing.exists()
+        writing.unlink()
+
+    summary = job(export, [photo_tree / "city"], out, second_job, batch_size=2, rows_per_file=2)
+    assert refused == [False, True]
+    rows = read_rows(out, "parquet")
+    assert len(rows) == len({r["path"] for r in rows}) == summary.rows
+    assert job(export, [photo_tree / "city"], out, resume=True).rows == 0  # the lock went with the job
