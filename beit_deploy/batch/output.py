@@ -15,13 +15,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import io
 import json
-import os
 import re
 from pathlib import Path
 
 from ..core.errors import UsageError, require
-from ..core.files import locked
+from ..core.files import locked, write_atomic
 from . import rows as row_table
 
 SPEC = "_batch.json"
@@ -50,13 +50,14 @@ def prepare_folder(folder: Path, spec: dict, resume: bool, retry_errors: bool) -
     """Check OUT, held with `claimed`: ({path: answered?} of rows already there, index of the next part). Without
     resume, OUT must be new or empty; with it, OUT's spec must match this job's. With retry_errors, error rows are
     dropped from their parts first (each part rewritten whole), so those inputs run again and get one row."""
-    for leftover in folder.glob(".part-*.tmp*"):  # a part being written when an earlier job was killed
-        leftover.unlink()
+    for pattern in (".part-*.tmp*", f".{SPEC}.*.tmp"):  # written when an earlier job was killed (write_atomic's
+        for leftover in folder.glob(pattern):              # .<name>.<random>.tmp)
+            leftover.unlink()
     spec_file = folder / SPEC
     if not spec_file.is_file():
         if any(p for p in folder.iterdir() if not p.name.startswith(".")):
             raise UsageError(f"'{folder}' is not empty and holds no batch results ({SPEC}): choose a new folder")
-        _write_text(spec_file, json.dumps(spec, indent=1))
+        write_atomic(spec_file, lambda f: f.write(json.dumps(spec, indent=1).encode()))
         return {}, 0
     if not resume:
         raise UsageError(f"'{folder}' already holds batch results: add --resume to go on with them, or choose "
@@ -105,31 +106,24 @@ class PartWriter:
 
     def _write(self, rows: list[dict]) -> None:
         path = self.folder / f"part-{self.index:05d}.{self.fmt}"
-        tmp = self.folder / f".{path.name}.tmp-{os.getpid()}"
-        try:
-            WRITERS[self.fmt](self, rows, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(path, lambda f: WRITERS[self.fmt](self, rows, f))
         self.index += 1
         self.files.append(path)
 
-    def _parquet(self, rows: list[dict], path: Path) -> None:
+    def _parquet(self, rows: list[dict], f) -> None:
         pa = require("pyarrow", "batch", "writing Parquet results")
         pq = require("pyarrow.parquet", "batch", "writing Parquet results")
         meta = {**self.metadata, "precision": ",".join(sorted(self.precisions)) or None}
         schema = row_table.schema(self.answer, {"beit_deploy": json.dumps(meta)})
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), f)
 
-    def _jsonl(self, rows: list[dict], path: Path) -> None:
-        _write_text(path, "".join(json.dumps(_plain(r)) + "\n" for r in rows), replace=False)
+    def _jsonl(self, rows: list[dict], f) -> None:
+        f.write("".join(json.dumps(_plain(r)) + "\n" for r in rows).encode())
 
-    def _csv(self, rows: list[dict], path: Path) -> None:
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, [name for name, _ in row_table.columns(self.answer)])
-            writer.writeheader()
-            writer.writerows({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in _plain(r).items()}
-                             for r in rows)
+    def _csv(self, rows: list[dict], f) -> None:
+        f.write(_csv_text([name for name, _ in row_table.columns(self.answer)],
+                          ({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in _plain(r).items()}
+                           for r in rows)))
 
 
 WRITERS = {"parquet": PartWriter._parquet, "jsonl": PartWriter._jsonl, "csv": PartWriter._csv}
@@ -161,42 +155,32 @@ def _read_paths(part: Path, fmt: str) -> dict[str, bool]:
 
 def _text_rows(part: Path, fmt: str) -> list[dict]:
     if fmt == "jsonl":
-        return [json.loads(line) for line in part.read_text().splitlines()]
+        return [json.loads(line) for line in part.read_text(encoding="utf-8").splitlines()]
     with open(part, newline="", encoding="utf-8") as f:
         return [{k: (v or None) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def _drop_errors(part: Path, fmt: str) -> None:
     """Rewrite a part without its error rows (the whole part under a hidden name, then renamed)."""
-    tmp = part.with_name(f".{part.name}.tmp-{os.getpid()}")
-    try:
-        if fmt == "parquet":
-            pq = require("pyarrow.parquet", "batch", "resuming Parquet results")
-            table = pq.read_table(part)
-            pq.write_table(table.filter(table.column("error").is_null()), tmp)
-        elif fmt == "jsonl":
-            lines = [line for line in part.read_text().splitlines() if json.loads(line)["error"] is None]
-            tmp.write_text("".join(line + "\n" for line in lines))
-        else:
-            with open(part, newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                kept, names = [r for r in reader if not r["error"]], reader.fieldnames
-            with open(tmp, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, names)
-                writer.writeheader()
-                writer.writerows(kept)
-        os.replace(tmp, part)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if fmt == "parquet":
+        pq = require("pyarrow.parquet", "batch", "resuming Parquet results")
+        table = pq.read_table(part)
+        kept = table.filter(table.column("error").is_null())
+        write_atomic(part, lambda f: pq.write_table(kept, f))
+    elif fmt == "jsonl":
+        lines = [line for line in part.read_text(encoding="utf-8").splitlines() if json.loads(line)["error"] is None]
+        write_atomic(part, lambda f: f.write("".join(line + "\n" for line in lines).encode()))
+    else:
+        with open(part, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            kept, names = [r for r in reader if not r["error"]], reader.fieldnames
+        write_atomic(part, lambda f: f.write(_csv_text(names, kept)))
 
 
-def _write_text(path: Path, text: str, replace: bool = True) -> None:
-    if not replace:
-        path.write_text(text, encoding="utf-8")
-        return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _csv_text(names, rows) -> bytes:
+    """A CSV file's bytes: a header of `names`, then `rows` (dicts)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, names)
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode("utf-8")

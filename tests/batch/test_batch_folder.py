@@ -3,11 +3,14 @@ run that failed before its first row."""
 
 from __future__ import annotations
 
-from photos import photo_tree  # noqa: F401 - the fixture
+import os
+
 import pytest
+from photos import photo_tree  # noqa: F401 - the fixture
 
 from beit_deploy.batch import BatchOptions, run_batch
 from beit_deploy.batch.output import read_rows
+from beit_deploy.batch.rows import mask_name
 from beit_deploy.core.errors import UsageError
 
 
@@ -37,3 +40,27 @@ def test_a_second_job_on_a_busy_folder_is_refused_and_touches_nothing(tiny_expor
     rows = read_rows(out, "parquet")
     assert len(rows) == len({r["path"] for r in rows}) == summary.rows
     assert job(export, [photo_tree / "city"], out, resume=True).rows == 0  # the lock went with the job
+
+
+def test_parts_and_masks_are_never_written_through_a_planted_link(tiny_export, photo_tree, tmp_path):
+    """Parts and mask files are written under unpredictable hidden names: a link planted at the name a writer
+    might use (here: the old `.<name>.tmp-<pid>`) is never followed."""
+    victim, out, masks = tmp_path / "victim.txt", tmp_path / "out", tmp_path / "masks"
+    victim.write_text("keep me")
+    masks.mkdir()
+    photos = sorted(str(p) for p in (photo_tree / "city").rglob("*") if p.is_file())
+    for photo in photos:
+        (masks / f".{mask_name(photo)}.tmp-{os.getpid()}").symlink_to(victim)
+
+    def plant(done, total):  # the next part's old temporary name, planted while the job runs
+        link = out / f".part-{done // 2:05d}.parquet.tmp-{os.getpid()}"
+        if not link.is_symlink():
+            link.symlink_to(victim)
+
+    job(tiny_export("segmentation"), photos, out, plant, batch_size=2, rows_per_file=2, masks_dir=str(masks))
+    assert victim.read_text() == "keep me"
+    rows = read_rows(out, "parquet")
+    assert len(rows) == len(photos) and all(r["error"] is None for r in rows)
+    for row in rows:
+        mask = masks / mask_name(row["path"])
+        assert not mask.is_symlink() and mask.read_bytes().startswith(b"\x89PNG")
