@@ -20,7 +20,7 @@ import json
 import re
 from pathlib import Path
 
-from ..core.errors import UsageError, require
+from ..core.errors import BeitDeployError, UsageError, describe, environment_error, require
 from ..core.files import locked, write_atomic
 from . import rows as row_table
 
@@ -48,32 +48,58 @@ def claimed(folder: Path):
 
 def prepare_folder(folder: Path, spec: dict, resume: bool, retry_errors: bool) -> tuple[dict[str, bool], int]:
     """Check OUT, held with `claimed`: ({path: answered?} of rows already there, index of the next part). Without
-    resume, OUT must be new or empty; with it, OUT's spec must match this job's. With retry_errors, error rows are
-    dropped from their parts first (each part rewritten whole), so those inputs run again and get one row."""
+    resume, OUT must be new or empty; with it, OUT's spec must match this job's. A folder with a spec but no part
+    is new: an earlier job stopped before its first rows (Ray unreachable, an export it could not open). With
+    retry_errors, error rows are dropped from their parts first (each part rewritten whole), so those inputs run
+    again and get one row."""
     for pattern in (".part-*.tmp*", f".{SPEC}.*.tmp"):  # written when an earlier job was killed (write_atomic's
         for leftover in folder.glob(pattern):              # .<name>.<random>.tmp)
             leftover.unlink()
     spec_file = folder / SPEC
-    if not spec_file.is_file():
-        if any(p for p in folder.iterdir() if not p.name.startswith(".")):
+    old = _read_spec(spec_file) if spec_file.exists() or spec_file.is_symlink() else None
+    names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+    if not any(_PART.match(name) for name in names):
+        if names - {SPEC}:
             raise UsageError(f"'{folder}' is not empty and holds no batch results ({SPEC}): choose a new folder")
         write_atomic(spec_file, lambda f: f.write(json.dumps(spec, indent=1).encode()))
         return {}, 0
+    if old is None:
+        raise UsageError(f"'{folder}' holds part files but no {SPEC} saying what made them: choose a new folder")
     if not resume:
         raise UsageError(f"'{folder}' already holds batch results: add --resume to go on with them, or choose "
                          "another folder")
-    old = json.loads(spec_file.read_text())
     changed = [k for k in SPEC_KEYS if old.get(k) != spec.get(k)]
     if changed:
         raise UsageError(f"'{folder}' holds results of another job ({', '.join(changed)} differ: "
                          f"{', '.join(f'{k}={old.get(k)!r}' for k in changed)}): resume with the same export and "
                          "options, or choose another folder")
-    found = parts(folder, spec["format"])
+    return _answered(folder, spec["format"], retry_errors)
+
+
+def _read_spec(spec_file: Path) -> dict:
+    """OUT's `_batch.json`; UsageError when it is damaged or not ours (nothing then says what made the rows)."""
+    try:
+        old = json.loads(spec_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # a folder, unreadable, not UTF-8 or not JSON
+        problem = environment_error(exc, f"reading '{spec_file}'")
+        if problem is not None:
+            raise problem from exc
+        old = None
+    if not isinstance(old, dict) or "format_version" not in old:
+        raise UsageError(f"'{spec_file}' is damaged or not a beit-deploy batch spec, so nothing says which export "
+                         "and options made the rows here: choose a new folder")
+    return old
+
+
+def _answered(folder: Path, fmt: str, retry_errors: bool) -> tuple[dict[str, bool], int]:
+    """({path: answered?} of the rows in OUT's parts, index of the next part); with retry_errors, error rows are
+    dropped from their parts first."""
+    found = parts(folder, fmt)
     done: dict[str, bool] = {}
     for part in found:
-        seen = _read_paths(part, spec["format"])
+        seen = _read_paths(part, fmt)
         if retry_errors and not all(seen.values()):
-            _drop_errors(part, spec["format"])
+            _drop_errors(part, fmt)
             seen = {p: ok for p, ok in seen.items() if ok}
         done.update(seen)
     next_index = int(_PART.match(found[-1].name).group(1)) + 1 if found else 0
@@ -138,19 +164,36 @@ def read_rows(folder: Path, fmt: str) -> list[dict]:
     """Every row of a folder's parts, in order (text formats: mask PNGs stay base64, CSV lists stay JSON)."""
     out: list[dict] = []
     for part in parts(folder, fmt):
-        if fmt == "parquet":
-            out += require("pyarrow.parquet", "batch", "reading Parquet results").read_table(part).to_pylist()
-        else:
-            out += _text_rows(part, fmt)
+        with _reading(part):
+            if fmt == "parquet":
+                out += require("pyarrow.parquet", "batch", "reading Parquet results").read_table(part).to_pylist()
+            else:
+                out += _text_rows(part, fmt)
     return out
 
 
 def _read_paths(part: Path, fmt: str) -> dict[str, bool]:
-    if fmt == "parquet":
-        pq = require("pyarrow.parquet", "batch", "resuming Parquet results")
-        table = pq.read_table(part, columns=["path", "error"]).to_pydict()
-        return {p: e is None for p, e in zip(table["path"], table["error"])}
-    return {r["path"]: r["error"] is None for r in _text_rows(part, fmt)}
+    with _reading(part):
+        if fmt == "parquet":
+            pq = require("pyarrow.parquet", "batch", "resuming Parquet results")
+            table = pq.read_table(part, columns=["path", "error"]).to_pydict()
+            return {p: e is None for p, e in zip(table["path"], table["error"])}
+        return {r["path"]: r["error"] is None for r in _text_rows(part, fmt)}
+
+
+@contextlib.contextmanager
+def _reading(part: Path):
+    """A part that cannot be read as rows (truncated, edited, not ours) as one UsageError naming it."""
+    try:
+        yield
+    except BeitDeployError:
+        raise
+    except Exception as exc:  # pyarrow's, json's, csv's errors; a row without path or error
+        problem = environment_error(exc, f"reading '{part}'")
+        if problem is not None:
+            raise problem from exc
+        raise UsageError(f"part '{part}' is damaged ({type(exc).__name__}: {describe(exc)}): delete it (--resume "
+                         "then runs its inputs again) or choose a new folder") from exc
 
 
 def _text_rows(part: Path, fmt: str) -> list[dict]:
@@ -162,6 +205,11 @@ def _text_rows(part: Path, fmt: str) -> list[dict]:
 
 def _drop_errors(part: Path, fmt: str) -> None:
     """Rewrite a part without its error rows (the whole part under a hidden name, then renamed)."""
+    with _reading(part):
+        _rewrite_without_errors(part, fmt)
+
+
+def _rewrite_without_errors(part: Path, fmt: str) -> None:
     if fmt == "parquet":
         pq = require("pyarrow.parquet", "batch", "resuming Parquet results")
         table = pq.read_table(part)

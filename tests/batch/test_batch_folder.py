@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 
 import pytest
+from click.testing import CliRunner
 from photos import photo_tree  # noqa: F401 - the fixture
 
 from beit_deploy.batch import BatchOptions, run_batch
 from beit_deploy.batch.output import read_rows
 from beit_deploy.batch.rows import mask_name
+from beit_deploy.cli import main
 from beit_deploy.core.errors import UsageError
 
 
@@ -64,3 +66,36 @@ def test_parts_and_masks_are_never_written_through_a_planted_link(tiny_export, p
     for row in rows:
         mask = masks / mask_name(row["path"])
         assert not mask.is_symlink() and mask.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_first_run_that_failed_to_start_leaves_a_new_folder(tiny_export, photo_tree, tmp_path):
+    """A job that stops before its first row (here: no fp16 graph to open) leaves only its spec: the next run
+    starts there as in a new folder, with or without --resume, whatever the first one asked."""
+    export, out = tiny_export("classification"), tmp_path / "out"
+    with pytest.raises(UsageError, match="no fp16 graph"):
+        job(export, [photo_tree / "city"], out, precision="fp16")
+    assert job(export, [photo_tree / "city"], out).rows == len(read_rows(out, "parquet")) > 0
+
+
+@pytest.mark.parametrize("damage", ["spec-not-json", "spec-not-an-object", "parquet-truncated", "jsonl-not-rows",
+                                    "csv-without-path"])
+def test_a_damaged_spec_or_part_is_one_clear_error(tiny_export, photo_tree, tmp_path, damage):
+    fmt = {"jsonl-not-rows": "jsonl", "csv-without-path": "csv"}.get(damage, "parquet")
+    export, out = tiny_export("classification"), tmp_path / "out"
+    job(export, [photo_tree / "city"], out, format=fmt)
+    part = out / f"part-00000.{fmt}"
+    if damage == "spec-not-json":
+        (out / "_batch.json").write_text('{"format_version": 1, "top_k"')
+    elif damage == "spec-not-an-object":
+        (out / "_batch.json").write_text("[1, 2]")
+    elif damage == "parquet-truncated":
+        part.write_bytes(part.read_bytes()[:100])
+    elif damage == "jsonl-not-rows":
+        part.write_text("[1, 2]\n")
+    else:
+        part.write_text("a,b\n1,2\n")
+    failed = CliRunner().invoke(main, ["batch", str(export), str(photo_tree / "city"), "--out", str(out), "--format",
+                                       fmt, "--resume"])
+    assert failed.exit_code == 2 and failed.stderr.startswith("error: "), failed.stderr
+    assert str(out / ("_batch.json" if damage.startswith("spec") else part.name)) in failed.stderr
+    assert ("choose a new folder" if damage.startswith("spec") else "delete it") in failed.stderr
