@@ -105,11 +105,11 @@ def run_batch(options: BatchOptions, progress: Callable[[int, int], None] | None
     paths = expand([str(i) for i in inputs], exclude=[str(out)] + ([masks] if masks else []))
     spec = _spec(options, export, manifest, masks)
     with output.claimed(out):  # one job per folder, from its first look at OUT to its last part
-        done, next_part = output.prepare_folder(out, spec, options.resume, options.retry_errors)
+        done, next_part, ran = output.prepare_folder(out, spec, options.resume, options.retry_errors)
         pending = [p for p in paths if p not in done]
         if masks:
             Path(masks).mkdir(parents=True, exist_ok=True)
-        writer = output.PartWriter(out, options.format, answer, spec, next_part, options.rows_per_file)
+        writer = output.PartWriter(out, options.format, answer, spec, next_part, options.rows_per_file, ran)
         counts = _run(options, str(export), pending, masks, writer, progress, started)
     return BatchSummary(counts["rows"], counts["errors"], len(paths) - len(pending),
                         time.perf_counter() - started, counts["first"], str(out), options.format, options.engine)
@@ -180,9 +180,10 @@ def resolve_export(path: str) -> Path:
 
 
 def _spec(o: BatchOptions, export: Path, manifest, masks: str | None) -> dict:
-    """The export's id and the options that shape rows: `_batch.json` and every Parquet file's metadata."""
+    """The export's id and the options that shape rows: `_batch.json` and every Parquet file's metadata (the
+    precision, known once the runner is open, is added to each)."""
     folder = export if export.is_dir() else export.parent
     return {"format_version": 1, "model": manifest.model, "task": manifest.task,
             "resolution": list(manifest.resolution), "grid": list(manifest.grid), "export": str(export),
             "manifest_sha256": file_sha256(folder / FILENAME), "format": o.format, "top_k": o.top_k,
-            "masks": masks or "table"}
+            "masks": masks or "table", "max_pixels": o.max_pixels or None}

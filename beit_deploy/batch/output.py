@@ -1,6 +1,7 @@
 """The output folder of a batch job: numbered part files of rows, and `_batch.json` saying what made them.
 
-    OUT/_batch.json            the export's id and the options that shape rows (format, top-k, masks)
+    OUT/_batch.json            the export's id, the options that shape rows (format, top-k, masks, pixel limit)
+                               and the precisions its rows ran at
     OUT/part-00000.parquet     rows, written whole under a hidden name then renamed: a part is complete or absent
     OUT/part-00001.parquet ...
 
@@ -26,7 +27,9 @@ from . import rows as row_table
 
 SPEC = "_batch.json"
 FORMATS = ("parquet", "jsonl", "csv")
-SPEC_KEYS = ("manifest_sha256", "format", "top_k", "masks")  # what must match for rows to belong together
+# what must match for rows to belong together; the precision a job runs at is known only once its runner is open
+# (per Ray worker), so it is checked as its first rows arrive (PartWriter.add)
+SPEC_KEYS = ("manifest_sha256", "format", "top_k", "masks", "max_pixels")
 _PART = re.compile(r"^part-(\d{5,})\.(parquet|jsonl|csv)$")
 
 
@@ -46,9 +49,10 @@ def claimed(folder: Path):
         yield
 
 
-def prepare_folder(folder: Path, spec: dict, resume: bool, retry_errors: bool) -> tuple[dict[str, bool], int]:
-    """Check OUT, held with `claimed`: ({path: answered?} of rows already there, index of the next part). Without
-    resume, OUT must be new or empty; with it, OUT's spec must match this job's. A folder with a spec but no part
+def prepare_folder(folder: Path, spec: dict, resume: bool, retry_errors: bool
+                   ) -> tuple[dict[str, bool], int, set[str]]:
+    """Check OUT, held with `claimed`: ({path: answered?} of rows already there, index of the next part, the
+    precisions those rows ran at: PartWriter's `resumed`). Without resume, OUT must be new or empty; with it, OUT's spec must match this job's. A folder with a spec but no part
     is new: an earlier job stopped before its first rows (Ray unreachable, an export it could not open). With
     retry_errors, error rows are dropped from their parts first (each part rewritten whole), so those inputs run
     again and get one row."""
@@ -61,8 +65,8 @@ def prepare_folder(folder: Path, spec: dict, resume: bool, retry_errors: bool) -
     if not any(_PART.match(name) for name in names):
         if names - {SPEC}:
             raise UsageError(f"'{folder}' is not empty and holds no batch results ({SPEC}): choose a new folder")
-        write_atomic(spec_file, lambda f: f.write(json.dumps(spec, indent=1).encode()))
-        return {}, 0
+        write_spec(folder, spec, set())
+        return {}, 0, set()
     if old is None:
         raise UsageError(f"'{folder}' holds part files but no {SPEC} saying what made them: choose a new folder")
     if not resume:
@@ -73,7 +77,15 @@ def prepare_folder(folder: Path, spec: dict, resume: bool, retry_errors: bool) -
         raise UsageError(f"'{folder}' holds results of another job ({', '.join(changed)} differ: "
                          f"{', '.join(f'{k}={old.get(k)!r}' for k in changed)}): resume with the same export and "
                          "options, or choose another folder")
-    return _answered(folder, spec["format"], retry_errors)
+    ran = old.get("precisions")
+    return (*_answered(folder, spec["format"], retry_errors),
+            {str(p) for p in ran} if isinstance(ran, list) else set())
+
+
+def write_spec(folder: Path, spec: dict, precisions: set[str]) -> None:
+    """OUT/_batch.json: the job's spec and the precisions of the rows in OUT."""
+    text = json.dumps({**spec, "precisions": sorted(precisions)}, indent=1)
+    write_atomic(folder / SPEC, lambda f: f.write(text.encode()))
 
 
 def _read_spec(spec_file: Path) -> dict:
@@ -107,19 +119,26 @@ def _answered(folder: Path, fmt: str, retry_errors: bool) -> tuple[dict[str, boo
 
 
 class PartWriter:
-    """Rows in, part files out: one part per `rows_per_file` rows (and one for the rest at `close`)."""
+    """Rows in, part files out: one part per `rows_per_file` rows (and one for the rest at `close`). Each part's
+    metadata names the precisions of its own rows; `_batch.json` those of the whole folder, updated before a
+    part with a new one is written. `resumed`: the precisions of the rows OUT already holds; rows of any other
+    are refused (a resume with another --precision, or on a machine whose default is another one)."""
 
-    def __init__(self, folder: Path, fmt: str, answer: str, metadata: dict, next_index: int, rows_per_file: int):
+    def __init__(self, folder: Path, fmt: str, answer: str, metadata: dict, next_index: int, rows_per_file: int,
+                 resumed: set[str] | None = None):
         self.folder, self.fmt, self.answer, self.metadata = folder, fmt, answer, metadata
         self.index, self.rows_per_file = next_index, rows_per_file
-        self.pending: list[dict] = []
-        self.precisions: set[str] = set()
+        self.resumed, self.precisions = set(resumed or ()), set(resumed or ())
+        self.pending: list[tuple[dict, str | None]] = []
         self.files: list[Path] = []
 
     def add(self, rows: list[dict], precision: str | None = None) -> None:
-        self.pending += rows
-        if precision:
-            self.precisions.add(precision)
+        if self.resumed and precision and precision not in self.resumed:
+            ran = ", ".join(sorted(self.resumed))
+            raise UsageError(f"'{self.folder}' holds rows of the {ran} graph, but this job runs the {precision} one "
+                             f"(--precision, or this machine's default): resume with --precision "
+                             f"{sorted(self.resumed)[0]} (on a machine that has it), or choose another folder")
+        self.pending += [(row, precision) for row in rows]
         while len(self.pending) >= self.rows_per_file:
             self._write(self.pending[:self.rows_per_file])
             self.pending = self.pending[self.rows_per_file:]
@@ -130,23 +149,27 @@ class PartWriter:
             self._write(self.pending)
             self.pending = []
 
-    def _write(self, rows: list[dict]) -> None:
+    def _write(self, pending: list[tuple[dict, str | None]]) -> None:
+        rows, precisions = [row for row, _ in pending], {p for _, p in pending if p}
+        if not precisions <= self.precisions:  # the spec first: a part is never of a precision it does not name
+            self.precisions |= precisions
+            write_spec(self.folder, self.metadata, self.precisions)
         path = self.folder / f"part-{self.index:05d}.{self.fmt}"
-        write_atomic(path, lambda f: WRITERS[self.fmt](self, rows, f))
+        meta = {**self.metadata, "precision": ",".join(sorted(precisions)) or None}
+        write_atomic(path, lambda f: WRITERS[self.fmt](self, rows, meta, f))
         self.index += 1
         self.files.append(path)
 
-    def _parquet(self, rows: list[dict], f) -> None:
+    def _parquet(self, rows: list[dict], meta: dict, f) -> None:
         pa = require("pyarrow", "batch", "writing Parquet results")
         pq = require("pyarrow.parquet", "batch", "writing Parquet results")
-        meta = {**self.metadata, "precision": ",".join(sorted(self.precisions)) or None}
         schema = row_table.schema(self.answer, {"beit_deploy": json.dumps(meta)})
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), f)
 
-    def _jsonl(self, rows: list[dict], f) -> None:
+    def _jsonl(self, rows: list[dict], meta: dict, f) -> None:
         f.write("".join(json.dumps(_plain(r)) + "\n" for r in rows).encode())
 
-    def _csv(self, rows: list[dict], f) -> None:
+    def _csv(self, rows: list[dict], meta: dict, f) -> None:
         f.write(_csv_text([name for name, _ in row_table.columns(self.answer)],
                           ({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in _plain(r).items()}
                            for r in rows)))

@@ -3,15 +3,17 @@ run that failed before its first row."""
 
 from __future__ import annotations
 
+import json
 import os
 
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from photos import photo_tree  # noqa: F401 - the fixture
 
 from beit_deploy.batch import BatchOptions, run_batch
-from beit_deploy.batch.output import read_rows
-from beit_deploy.batch.rows import mask_name
+from beit_deploy.batch.output import PartWriter, read_rows
+from beit_deploy.batch.rows import error_row, mask_name
 from beit_deploy.cli import main
 from beit_deploy.core.errors import UsageError
 
@@ -99,3 +101,37 @@ def test_a_damaged_spec_or_part_is_one_clear_error(tiny_export, photo_tree, tmp_
     assert failed.exit_code == 2 and failed.stderr.startswith("error: "), failed.stderr
     assert str(out / ("_batch.json" if damage.startswith("spec") else part.name)) in failed.stderr
     assert ("choose a new folder" if damage.startswith("spec") else "delete it") in failed.stderr
+
+
+def test_resume_refuses_another_precision_or_pixel_limit(tiny_export, photo_tree, tmp_path):
+    """The precision a job ran at and its pixel limit shape rows as much as top-k: a resume with another one is
+    refused (the precision as soon as the runner says which graph it runs, before any of its rows is written)."""
+    export, out = tiny_export("classification", fp16=True), tmp_path / "out"
+
+    def stop(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        job(export, [photo_tree / "city"], out, stop, batch_size=2, rows_per_file=2, precision="fp32")
+    before = read_rows(out, "parquet")
+    with pytest.raises(UsageError, match="max_pixels"):
+        job(export, [photo_tree / "city"], out, resume=True, max_pixels=1000)
+    with pytest.raises(UsageError, match="holds rows of the fp32 graph, but this job runs the fp16 one"):
+        job(export, [photo_tree / "city"], out, resume=True, precision="fp16")
+    assert read_rows(out, "parquet") == before
+    job(export, [photo_tree / "city"], out, resume=True, precision="fp32")
+    assert json.loads((out / "_batch.json").read_text())["precisions"] == ["fp32"]
+    assert {json.loads(pq.read_schema(p).metadata[b"beit_deploy"])["precision"] for p in out.glob("part-*")} \
+        == {"fp32"}
+
+
+def test_each_part_names_the_precisions_of_its_own_rows(tmp_path):
+    """Ray workers on different GPUs may run different graphs: each part says which its rows came from, and
+    _batch.json all of them."""
+    writer = PartWriter(tmp_path, "parquet", "top_k", {"format_version": 1}, 0, 2)
+    for precision in ("fp16", "fp16", "fp32", "fp32"):
+        writer.add([error_row("top_k", f"/{precision}.jpg", "x")], precision)
+    writer.close()
+    metas = [json.loads(pq.read_schema(p).metadata[b"beit_deploy"]) for p in writer.files]
+    assert [m["precision"] for m in metas] == ["fp16", "fp32"]
+    assert json.loads((tmp_path / "_batch.json").read_text())["precisions"] == ["fp16", "fp32"]
