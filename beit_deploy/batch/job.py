@@ -32,13 +32,15 @@ ENGINES = ("local", "ray")
 @dataclass(frozen=True)
 class BatchOptions:
     """A batch job. export: a resolution folder, export/<model> with one resolution, an ONNX file, an engine
-    folder or engine file. inputs: files, folders, globs, lists, URIs (inputs.py). out: a local folder.
+    folder or engine file. inputs: files, folders, globs, lists, URIs (inputs.py). out: a local folder (the
+    driver writes it).
 
     engine "local" runs in this process; "ray" on Ray Data (`address`: a cluster, default RAY_ADDRESS or a new
     local one) with `workers` actors of `cpus_per_worker` CPUs (default: a share that leaves room for Ray's own
     tasks) and `gpus_per_worker` GPUs, each running ONNX Runtime on `threads` threads (default: its whole CPUs,
     at least one). resume: run only inputs without a row in `out`; retry_errors: also those with an error row.
-    masks_dir: segmentation masks as PNG files there instead of in the table. rows_per_file: rows per part.
+    masks_dir: segmentation masks as PNG files there instead of in the table, written where rows are made (on
+    Ray: by the workers, so a folder every node shares at the same path). rows_per_file: rows per part.
     quiet: no progress; verbose: Ray workers' own output shown too (their warnings and tracebacks).
     """
 
@@ -154,7 +156,9 @@ def _check(o: BatchOptions) -> None:
     if not o.inputs:
         raise UsageError("give at least one input: a file, folder, glob, list of paths, or URI")
     if is_uri(o.out) or (o.masks_dir and is_uri(o.masks_dir)):
-        raise UsageError(f"--out and --masks are local folders (the driver writes them), got '{o.out}'")
+        raise UsageError(f"--out and --masks are folders, not URIs (the driver writes --out; the workers write "
+                         "--masks, so on a Ray cluster it must be a folder every node shares), got "
+                         f"'{o.out if is_uri(o.out) else o.masks_dir}'")
     for name, value, low in (("batch size", o.batch_size, 1), ("workers", o.workers, 1), ("top-k", o.top_k, 1),
                              ("rows per file", o.rows_per_file, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -71,7 +71,8 @@ def describe_error(error: BaseException) -> str:
 
 
 def row_of(answer: str, path: str, prediction: Prediction, masks_dir: str | None = None) -> dict:
-    """A Prediction of the input `path` as its row; masks go to `masks_dir` (absolute) when given."""
+    """A Prediction of the input `path` as its row; masks go to `masks_dir` (absolute) when given, written here,
+    where the row is made (on Ray: a worker)."""
     if prediction.error is not None:
         return error_row(answer, path, prediction.error)
     return {"path": path, "error": None, **VALUES[answer](path, prediction.result, masks_dir)}

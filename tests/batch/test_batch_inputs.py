@@ -25,7 +25,8 @@ def test_a_list_behind_a_uri_names_files_beside_it(tiny_export, tmp_path):
     """A list read through pyarrow's filesystems (file:// here, s3:// alike): its relative entries are URIs
     beside the list, on the same filesystem, not local paths from '/'."""
     lists, other = tmp_path / "lists", tmp_path / "other"
-    lists.mkdir(), other.mkdir()
+    lists.mkdir()
+    other.mkdir()
     shutil.copy(SAMPLES[0], lists / SAMPLES[0].name)
     shutil.copy(SAMPLES[1], other / SAMPLES[1].name)
     (lists / "x.txt").write_text(f"{SAMPLES[0].name}\n../other/{SAMPLES[1].name}\n")

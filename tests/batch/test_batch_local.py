@@ -194,7 +194,7 @@ def test_cli_summary_and_errors(tiny_export, photo_tree, tmp_path):
     for args, needle in [((photo_tree, "--out", tmp_path / "out"), "--resume"),
                          ((tmp_path / "nothing", "--out", tmp_path / "o2"), "does not exist"),
                          ((photo_tree, "--out", tmp_path / "o3", "--workers", "2"), "--engine ray"),
-                         ((photo_tree, "--out", "s3://bucket/out"), "local folders")]:
+                         ((photo_tree, "--out", "s3://bucket/out"), "not URIs")]:
         failed = batch_cli(export, *args)
         assert failed.exit_code == 2 and needle in failed.stderr and failed.stderr.startswith("error: ")
 
