@@ -52,10 +52,10 @@ def claimed(folder: Path):
 def prepare_folder(folder: Path, spec: dict, resume: bool, retry_errors: bool
                    ) -> tuple[dict[str, bool], int, set[str]]:
     """Check OUT, held with `claimed`: ({path: answered?} of rows already there, index of the next part, the
-    precisions those rows ran at: PartWriter's `resumed`). Without resume, OUT must be new or empty; with it, OUT's spec must match this job's. A folder with a spec but no part
-    is new: an earlier job stopped before its first rows (Ray unreachable, an export it could not open). With
-    retry_errors, error rows are dropped from their parts first (each part rewritten whole), so those inputs run
-    again and get one row."""
+    precisions those rows ran at: PartWriter's `resumed`). Without resume, OUT must be new or empty; with it,
+    OUT's spec must match this job's. A folder with a spec but no part is new: an earlier job stopped before its
+    first rows (Ray unreachable, an export it could not open). With retry_errors, error rows are dropped from
+    their parts first (each part rewritten whole), so those inputs run again and get one row."""
     for pattern in (".part-*.tmp*", f".{SPEC}.*.tmp"):  # written when an earlier job was killed (write_atomic's
         for leftover in folder.glob(pattern):              # .<name>.<random>.tmp)
             leftover.unlink()
