@@ -137,7 +137,7 @@ class PartWriter:
             ran = ", ".join(sorted(self.resumed))
             raise UsageError(f"'{self.folder}' holds rows of the {ran} graph, but this job runs the {precision} one "
                              f"(--precision, or this machine's default): resume with --precision "
-                             f"{sorted(self.resumed)[0]} (on a machine that has it), or choose another folder")
+                             f"{sorted(self.resumed)[0]}, or choose another folder")
         self.pending += [(row, precision) for row in rows]
         while len(self.pending) >= self.rows_per_file:
             self._write(self.pending[:self.rows_per_file])
