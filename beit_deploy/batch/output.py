@@ -18,6 +18,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from ..core.files import locked, write_atomic
 from . import rows as row_table
 
 SPEC = "_batch.json"
+JOB = ".batch-job"  # the running job's process id (hidden: readers of OUT skip it)
 FORMATS = ("parquet", "jsonl", "csv")
 # what must match for rows to belong together; the precision a job runs at is known only once its runner is open
 # (per Ray worker), so it is checked as its first rows arrive (PartWriter.add)
@@ -42,11 +44,30 @@ def parts(folder: Path, fmt: str) -> list[Path]:
 @contextlib.contextmanager
 def claimed(folder: Path):
     """Make OUT and hold it for one job: a second job on it (two --resume runs would write the same part
-    numbers; a new run would delete a running job's part being written) is refused at once, not interleaved."""
+    numbers; a new run would delete a running job's part being written) is refused at once, not interleaved.
+    The holder's process id is in OUT/.batch-job while it runs, for that refusal to name."""
     folder.mkdir(parents=True, exist_ok=True)
-    with locked(folder, busy=f"'{folder}' is in use by another batch job: wait for it to end, or choose another "
-                             "folder"):
-        yield
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(locked(folder, busy="busy"))
+    except UsageError:
+        holder = _holder(folder)
+        raise UsageError(f"'{folder}' is in use by another batch job{f' (process {holder})' if holder else ''}: "
+                         "wait for it to end, or choose another folder") from None
+    with held:
+        write_atomic(folder / JOB, lambda f: f.write(f"{os.getpid()}\n".encode()))
+        try:
+            yield
+        finally:
+            (folder / JOB).unlink(missing_ok=True)
+
+
+def _holder(folder: Path) -> str | None:
+    """The process id in OUT/.batch-job (a number, or None)."""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        text = (folder / JOB).read_text(encoding="ascii").strip()
+        return text if text.isdigit() and len(text) < 12 else None
+    return None
 
 
 def prepare_folder(folder: Path, spec: dict, resume: bool, retry_errors: bool

@@ -33,7 +33,7 @@ def test_a_second_job_on_a_busy_folder_is_refused_and_touches_nothing(tiny_expor
         writing = out / ".part-00009.parquet.0123456789abcdef.tmp"  # as the first job's part being written
         writing.write_bytes(b"half a part")
         for resume in (False, True):
-            with pytest.raises(UsageError, match="in use by another batch job"):
+            with pytest.raises(UsageError, match=f"in use by another batch job \\(process {os.getpid()}\\)"):
                 job(export, [photo_tree / "city"], out, resume=resume)
             refused.append(resume)
         assert writing.exists()
@@ -44,6 +44,7 @@ def test_a_second_job_on_a_busy_folder_is_refused_and_touches_nothing(tiny_expor
     rows = read_rows(out, "parquet")
     assert len(rows) == len({r["path"] for r in rows}) == summary.rows
     assert job(export, [photo_tree / "city"], out, resume=True).rows == 0  # the lock went with the job
+    assert not (out / ".batch-job").exists()
 
 
 def test_parts_and_masks_are_never_written_through_a_planted_link(tiny_export, photo_tree, tmp_path):
