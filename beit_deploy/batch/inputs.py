@@ -4,13 +4,15 @@ An INPUT is a file, a folder (every file named like an image below it, recursive
 (`photos/**/*.jpg`), a list of paths or URIs (a `.txt` file, one a line, `#` comments; or a `.parquet` file with
 a `path` column), or a URI (`s3://bucket/photos/`, `gs://...`, anything pyarrow's filesystems read: a file, a
 folder, or a list). Local paths become absolute, since Ray workers do not run in the driver's folder; a relative
-entry of a list is relative to the list's folder. The same input twice gives one row.
+entry of a list is relative to the list's folder (for a list behind a URI, a URI beside it). The same input twice
+gives one row. An INPUT that names no image (an empty list, a glob matching only folders) is a UsageError.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import posixpath
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -28,8 +30,9 @@ def is_uri(text: str) -> bool:
 
 
 def expand(inputs: Sequence[str], exclude: Iterable[str] = ()) -> list[str]:
-    """Every input, in the order given, folders sorted, duplicates dropped. `exclude`: folders never walked (the
-    job's own output and masks). UsageError for an INPUT that does not exist or a folder without images."""
+    """Every input, in the order given, folders sorted, duplicates dropped. `exclude`: folders never walked nor
+    matched by a glob (the job's own output and masks). UsageError for an INPUT that does not exist or names no
+    image (a folder without images, an empty list, a glob matching only folders)."""
     skip = {os.path.abspath(e) for e in exclude}
     found: dict[str, None] = {}
     for item in inputs:
@@ -42,10 +45,12 @@ def _expand_local(item: str, skip: set[str]) -> list[str]:
     path = Path(item)
     if not path.exists() and not path.is_symlink():
         if glob.has_magic(item):
-            matched = sorted(glob.glob(item, recursive=True))
+            matched = [os.path.abspath(m) for m in sorted(glob.glob(item, recursive=True)) if not Path(m).is_dir()]
+            matched = [m for m in matched if not any(m.startswith(s + os.sep) for s in skip)]
             if not matched:
-                raise UsageError(f"'{item}' matches no file: check the pattern (quote it so the shell leaves it)")
-            return [os.path.abspath(m) for m in matched if not Path(m).is_dir()]
+                raise UsageError(f"'{item}' matches no file (folders, and the job's own --out and --masks, do not "
+                                 "count): check the pattern (quote it so the shell leaves it)")
+            return matched
         raise UsageError(f"'{item}' does not exist: check the input path")
     if path.is_dir():
         return [os.path.abspath(p) for p in images_below(path, skip)]
@@ -78,7 +83,17 @@ def _is_image_name(name: str) -> bool:
 
 
 def _listed(entries: list[str], base: str) -> list[str]:
-    return [e if is_uri(e) else os.path.abspath(os.path.join(base, e)) for e in entries]
+    """A list's entries as inputs: URIs as they are, others relative to `base` (the list's folder: a local path,
+    or a URI for a list behind one)."""
+    return [e if is_uri(e) else joined(base, e) if is_uri(base) else os.path.abspath(os.path.join(base, e))
+            for e in entries]
+
+
+def joined(base: str, entry: str) -> str:
+    """`entry` (a relative or absolute path) from the folder URI `base`, on the same filesystem and host:
+    ('s3://b/lists', 'a.jpg') -> 's3://b/lists/a.jpg'; '../x.jpg' -> 's3://b/x.jpg'; '/x.jpg' -> 's3://b/x.jpg'."""
+    root = "/".join(base.split("/", 3)[:3])  # scheme://host
+    return root + posixpath.normpath(posixpath.join(base[len(root):] or "/", entry))
 
 
 def _read_list(data: bytes, suffix: str, name: str) -> list[str]:
@@ -88,7 +103,10 @@ def _read_list(data: bytes, suffix: str, name: str) -> list[str]:
             lines = data.decode("utf-8").splitlines()
         except UnicodeDecodeError:
             raise UsageError(f"list '{name}' is not UTF-8 text: one path or URI a line") from None
-        return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        entries = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not entries:
+            raise UsageError(f"list '{name}' names no image: one path or URI a line (# for comments)")
+        return entries
     import io
 
     pq = require("pyarrow.parquet", "batch", f"reading the Parquet list '{name}'")
@@ -99,7 +117,10 @@ def _read_list(data: bytes, suffix: str, name: str) -> list[str]:
     column = "path" if "path" in table.column_names else (table.column_names[0] if table.num_columns == 1 else None)
     if column is None:
         raise UsageError(f"list '{name}' has no 'path' column (it has {', '.join(table.column_names)})")
-    return [str(v) for v in table.column(column).to_pylist() if v]
+    entries = [str(v) for v in table.column(column).to_pylist() if v]
+    if not entries:
+        raise UsageError(f"list '{name}' names no image: its '{column}' column is empty")
+    return entries
 
 
 def _expand_uri(uri: str) -> list[str]:
@@ -120,7 +141,7 @@ def _expand_uri(uri: str) -> list[str]:
             return found
         suffix = os.path.splitext(root)[1].lower()
         if suffix in LIST_SUFFIXES:
-            return _listed(_read_list(read_uri(uri), suffix, uri), "/")
+            return _listed(_read_list(read_uri(uri), suffix, uri), uri.rsplit("/", 1)[0])
     except OSError as exc:
         raise UsageError(f"cannot read '{uri}' ({describe(exc)}): check the URI and your credentials") from exc
     return [uri]

@@ -32,13 +32,15 @@ ENGINES = ("local", "ray")
 @dataclass(frozen=True)
 class BatchOptions:
     """A batch job. export: a resolution folder, export/<model> with one resolution, an ONNX file, an engine
-    folder or engine file. inputs: files, folders, globs, lists, URIs (inputs.py). out: a local folder.
+    folder or engine file. inputs: files, folders, globs, lists, URIs (inputs.py). out: a local folder (the
+    driver writes it).
 
     engine "local" runs in this process; "ray" on Ray Data (`address`: a cluster, default RAY_ADDRESS or a new
     local one) with `workers` actors of `cpus_per_worker` CPUs (default: a share that leaves room for Ray's own
     tasks) and `gpus_per_worker` GPUs, each running ONNX Runtime on `threads` threads (default: its whole CPUs,
     at least one). resume: run only inputs without a row in `out`; retry_errors: also those with an error row.
-    masks_dir: segmentation masks as PNG files there instead of in the table. rows_per_file: rows per part.
+    masks_dir: segmentation masks as PNG files there instead of in the table, written where rows are made (on
+    Ray: by the workers, so a folder every node shares at the same path). rows_per_file: rows per part.
     quiet: no progress; verbose: Ray workers' own output shown too (their warnings and tracebacks).
     """
 
@@ -104,11 +106,20 @@ def run_batch(options: BatchOptions, progress: Callable[[int, int], None] | None
     inputs = (options.inputs,) if isinstance(options.inputs, (str, os.PathLike)) else options.inputs  # one input
     paths = expand([str(i) for i in inputs], exclude=[str(out)] + ([masks] if masks else []))
     spec = _spec(options, export, manifest, masks)
-    done, next_part = output.prepare_folder(out, spec, options.resume, options.retry_errors)
-    pending = [p for p in paths if p not in done]
-    if masks:
-        Path(masks).mkdir(parents=True, exist_ok=True)
-    writer = output.PartWriter(out, options.format, answer, spec, next_part, options.rows_per_file)
+    with output.claimed(out):  # one job per folder, from its first look at OUT to its last part
+        done, next_part, ran = output.prepare_folder(out, spec, options.resume, options.retry_errors)
+        pending = [p for p in paths if p not in done]
+        if masks:
+            Path(masks).mkdir(parents=True, exist_ok=True)
+        writer = output.PartWriter(out, options.format, answer, spec, next_part, options.rows_per_file, ran)
+        counts = _run(options, str(export), pending, masks, writer, progress, started)
+    return BatchSummary(counts["rows"], counts["errors"], len(paths) - len(pending),
+                        time.perf_counter() - started, counts["first"], str(out), options.format, options.engine)
+
+
+def _run(options: BatchOptions, export: str, pending: list[str], masks: str | None, writer: output.PartWriter,
+         progress: Callable[[int, int], None] | None, started: float) -> dict:
+    """The engine over the inputs without a row, its rows into parts: {rows, errors, first (seconds)}."""
     counts = {"rows": 0, "errors": 0, "first": None}
 
     def on_rows(rows: list[dict], precision: str | None) -> None:
@@ -121,11 +132,10 @@ def run_batch(options: BatchOptions, progress: Callable[[int, int], None] | None
 
     try:
         if pending:
-            _engine(options.engine)(options, str(export), pending, masks, on_rows)
+            _engine(options.engine)(options, export, pending, masks, on_rows)
     finally:
         writer.close()
-    return BatchSummary(counts["rows"], counts["errors"], len(paths) - len(pending),
-                        time.perf_counter() - started, counts["first"], str(out), options.format, options.engine)
+    return counts
 
 
 def _engine(name: str):
@@ -146,7 +156,9 @@ def _check(o: BatchOptions) -> None:
     if not o.inputs:
         raise UsageError("give at least one input: a file, folder, glob, list of paths, or URI")
     if is_uri(o.out) or (o.masks_dir and is_uri(o.masks_dir)):
-        raise UsageError(f"--out and --masks are local folders (the driver writes them), got '{o.out}'")
+        raise UsageError(f"--out and --masks are folders, not URIs (the driver writes --out; the workers write "
+                         "--masks, so on a Ray cluster it must be a folder every node shares), got "
+                         f"'{o.out if is_uri(o.out) else o.masks_dir}'")
     for name, value, low in (("batch size", o.batch_size, 1), ("workers", o.workers, 1), ("top-k", o.top_k, 1),
                              ("rows per file", o.rows_per_file, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -172,9 +184,10 @@ def resolve_export(path: str) -> Path:
 
 
 def _spec(o: BatchOptions, export: Path, manifest, masks: str | None) -> dict:
-    """The export's id and the options that shape rows: `_batch.json` and every Parquet file's metadata."""
+    """The export's id and the options that shape rows: `_batch.json` and every Parquet file's metadata (the
+    precision, known once the runner is open, is added to each)."""
     folder = export if export.is_dir() else export.parent
     return {"format_version": 1, "model": manifest.model, "task": manifest.task,
             "resolution": list(manifest.resolution), "grid": list(manifest.grid), "export": str(export),
             "manifest_sha256": file_sha256(folder / FILENAME), "format": o.format, "top_k": o.top_k,
-            "masks": masks or "table"}
+            "masks": masks or "table", "max_pixels": o.max_pixels or None}

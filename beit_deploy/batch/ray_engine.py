@@ -44,6 +44,10 @@ class BatchWorker:
         if not os.path.exists(export):
             raise UsageError(f"the export '{export}' is not on Ray node {socket.gethostname()}: every node must "
                              "read it at the same path (a shared file system, or copy it to each node)")
+        if masks_dir and not os.path.isdir(masks_dir):  # workers write the mask files; the driver made the folder
+            raise UsageError(f"the masks folder '{masks_dir}' is not on Ray node {socket.gethostname()}: workers "
+                             "write the mask files, so --masks must be a folder every node sees at the same path "
+                             "(a shared file system)")
         self.runner = open_runner(export, options, threads)
         self.options, self.masks_dir, self.filesystems = options, masks_dir, {}
 
@@ -83,7 +87,7 @@ def run_ray(options, export: str, paths: list[str], masks_dir: str | None, on_ro
 def worker_share(options, resources: dict) -> tuple[float, int]:
     """(CPUs per actor, ONNX Runtime threads per actor). Default CPUs: at most one, and never so much that the
     actors take every CPU of the cluster (Ray's read and scheduling tasks need some); threads: the whole CPUs
-    an actor has, at least one. UsageError when the cluster has fewer GPUs than one worker asks for."""
+    an actor has, at least one. UsageError when the cluster has fewer GPUs than the workers ask for together."""
     total_cpus = resources.get("CPU", 0)
     gpus = options.gpus_per_worker
     if gpus and resources.get("GPU", 0) < gpus * options.workers:

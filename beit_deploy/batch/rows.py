@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from PIL import Image
 
 from ..core import tasks
 from ..core.errors import describe
+from ..core.files import write_atomic
 from ..runtime.predictor import Prediction
 
 # answer kind -> [(column, pyarrow type name)]; "list<x>" is a list of x
@@ -71,7 +71,8 @@ def describe_error(error: BaseException) -> str:
 
 
 def row_of(answer: str, path: str, prediction: Prediction, masks_dir: str | None = None) -> dict:
-    """A Prediction of the input `path` as its row; masks go to `masks_dir` (absolute) when given."""
+    """A Prediction of the input `path` as its row; masks go to `masks_dir` (absolute) when given, written here,
+    where the row is made (on Ray: a worker)."""
     if prediction.error is not None:
         return error_row(answer, path, prediction.error)
     return {"path": path, "error": None, **VALUES[answer](path, prediction.result, masks_dir)}
@@ -87,7 +88,7 @@ def _segmentation(path: str, result, masks_dir: str | None) -> dict:
     mask_file = None
     if masks_dir:
         mask_file = str(Path(masks_dir) / mask_name(path))
-        _write_bytes(Path(mask_file), png)
+        write_atomic(Path(mask_file), lambda f: f.write(png))  # complete or absent, never through a planted link
         png = None
     height, width = result.label_map.shape
     return {"height": int(height), "width": int(width), "mask_png": png, "mask_file": mask_file,
@@ -122,12 +123,3 @@ def mask_name(path: str) -> str:
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in stem)[:100]
     return f"{safe}-{hashlib.sha256(path.encode()).hexdigest()[:8]}.png"
 
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write under a temporary name, then rename: a mask file is complete or absent."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -133,10 +133,13 @@ def _unlock(fd) -> None:
 
 
 @contextlib.contextmanager
-def locked(folder: Path):
-    """Hold the lock of `folder` (a model folder: one swap or clean-up at a time). Yields False when locks are
-    not available here, True otherwise."""
-    fd = _lock(folder, blocking=True)
+def locked(folder: Path, busy: str | None = None):
+    """Hold the lock of `folder` (a model folder: one swap or clean-up at a time; a batch job's output folder).
+    Yields False when locks are not available here, True otherwise. With `busy`, never wait: UsageError(busy)
+    at once when another process (or another descriptor of this one) holds the lock."""
+    fd = _lock(folder, blocking=busy is None)
+    if fd is False:
+        raise UsageError(busy)
     try:
         yield fd is not None
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import shutil
@@ -163,6 +164,27 @@ def test_an_unexpected_decoder_error_costs_one_row(tiny_export, photo_tree, tmp_
     assert sum(r["error"] is None for r in rows) == len(SAMPLES) + 1  # every other photo answered
 
 
+@pytest.mark.parametrize("failure", ["memory", "disk", "session"])
+def test_a_failing_machine_ends_the_job_instead_of_error_rows(tiny_export, photo_tree, tmp_path, monkeypatch,
+                                                              failure):
+    """Out of memory, a full disk or a broken ONNX Runtime session is no input's fault: the job stops with one
+    error line and a non-zero exit, instead of writing every input as an error row and exiting 0."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    problem = {"memory": MemoryError(), "disk": OSError(errno.ENOSPC, "No space left on device", str(tmp_path)),
+               "session": Fail("[ONNXRuntimeError] : 1 : FAIL : CUDA failure 700: an illegal memory access")}[failure]
+
+    def broken(self, *args, **kwargs):
+        raise problem
+
+    monkeypatch.setattr(BeitRunner, "run", broken)
+    failed = batch_cli(tiny_export("classification"), photo_tree / "city", "--out", tmp_path / "out", "-q")
+    assert failed.exit_code == 1 and failed.stderr.startswith("error: "), failed.stderr
+    assert {"memory": "out of memory", "disk": "free some disk space", "session": "ONNX Runtime failed"}[failure] \
+        in failed.stderr
+    assert read_rows(tmp_path / "out", "parquet") == []
+
+
 def test_cli_summary_and_errors(tiny_export, photo_tree, tmp_path):
     export = tiny_export("classification")
     done = batch_cli(export, photo_tree, "--out", tmp_path / "out", "-v")
@@ -172,7 +194,7 @@ def test_cli_summary_and_errors(tiny_export, photo_tree, tmp_path):
     for args, needle in [((photo_tree, "--out", tmp_path / "out"), "--resume"),
                          ((tmp_path / "nothing", "--out", tmp_path / "o2"), "does not exist"),
                          ((photo_tree, "--out", tmp_path / "o3", "--workers", "2"), "--engine ray"),
-                         ((photo_tree, "--out", "s3://bucket/out"), "local folders")]:
+                         ((photo_tree, "--out", "s3://bucket/out"), "not URIs")]:
         failed = batch_cli(export, *args)
         assert failed.exit_code == 2 and needle in failed.stderr and failed.stderr.startswith("error: ")
 

@@ -110,3 +110,14 @@ def test_a_worker_that_cannot_open_the_export_says_why(cluster, tiny_export, pho
     with pytest.raises(UsageError, match="on a Ray worker: .* has no fp16 graph"):
         job(tiny_export("classification"), [photo_tree / "city"], tmp_path / "out", engine="ray", precision="fp16",
             quiet=True)
+
+
+def test_a_worker_without_the_masks_folder_says_so(tiny_export, tmp_path):
+    """Workers write the mask files: on a node that does not see --masks (not shared), the worker refuses at
+    start with the node's name, instead of failing each row or writing to that node's own disk."""
+    from beit_deploy.batch.ray_engine import BatchWorker
+
+    options = BatchOptions(str(tiny_export("segmentation")), ("x.png",), str(tmp_path / "out"), engine="ray")
+    with pytest.raises(UsageError, match="masks folder .* is not on Ray node"):
+        BatchWorker(options.export, options, str(tmp_path / "not-on-this-node"), 1)
+    BatchWorker(options.export, options, str(tmp_path), 1).runner.close()  # a folder it sees: fine
