@@ -188,17 +188,20 @@ def test_tensorrt_failures_are_errors_not_skips(monkeypatch, tmp_path):
     assert result["skipped"]["tensorrt decomposed fp32"].startswith("its export failed")
 
 
-def test_parity_leaves_tf32_as_it_found_it(tmp_path, monkeypatch):
+def test_parity_leaves_tf32_as_it_found_it(tmp_path):
     """Parity turns TF32 off for itself only: the tables after it time fp32 with torch's own settings."""
     import torch
 
     from beit_deploy.exporter.loading import load_model
 
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    model = load_model(gpu_parts.model_spec(seed_tables.DRY_RUN, tmp_path)).model.eval()
-    assert gpu_parts.parity_on(model, seed_tables.DRY_RUN)["passed"]
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32  # (torch's own properties:
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True  # monkeypatch cannot undo)
+    try:
+        model = load_model(gpu_parts.model_spec(seed_tables.DRY_RUN, tmp_path)).model.eval()
+        assert gpu_parts.parity_on(model, seed_tables.DRY_RUN)["passed"]
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def test_a_bad_budget_is_one_error_line(tmp_path, monkeypatch, capsys):
