@@ -177,12 +177,17 @@ def check_python_model(folder: Path, model_py: str = MODEL_PY) -> None:
 
 
 def check_repository(repository: Path, backends: Path | None, binary: Path) -> None:
-    """UsageError for a repository `serve` will not start: a config Triton would not read (read_config), a
-    model that may run Python code and is not one `beit-deploy triton` generated (is_python_model,
-    check_python_model), or a model needing a backend this server lacks (the serve extra's Triton has the
-    Python backend only)."""
-    for path in sorted(Path(repository).glob("*/config.pbtxt")):
-        folder, config = path.parent, read_config(path.parent)
+    """UsageError for a repository `serve` will not start: a folder without config.pbtxt (Triton loads every
+    folder, hidden ones too, guessing the backend of one without a config: a model.py in it runs), a config
+    Triton would not read (read_config), a model that may run Python code and is not one `beit-deploy triton`
+    generated (is_python_model, check_python_model), or a model needing a backend this server lacks (the serve
+    extra's Triton has the Python backend only)."""
+    for folder in sorted(p for p in Path(repository).iterdir() if p.is_dir()):
+        if not os.path.lexists(folder / "config.pbtxt"):
+            raise UsageError(f"'{folder}' has no config.pbtxt, and Triton would load it anyway, guessing its backend "
+                             "(a model.py there would run): give it a config, or move it out of the repository (a "
+                             "leftover of an interrupted `beit-deploy triton` goes when that runs again)")
+        config = read_config(folder)
         if is_python_model(folder, config):
             check_python_model(folder)
         needed = _backend_of(config)

@@ -80,6 +80,19 @@ def test_python_models_are_found_however_the_config_spells_it(tmp_path, config):
 
 
 @needs_tritonclient
+@pytest.mark.parametrize("name", ["theirs", ".hidden"])
+def test_a_folder_without_a_config_is_refused(tmp_path, name):
+    """Triton 2.51 loads every folder of a repository, hidden ones too, and runs the model.py of one without a
+    config.pbtxt as a Python model (tried: its code ran)."""
+    generated_model(tmp_path)
+    (tmp_path / name / "1").mkdir(parents=True)
+    (tmp_path / name / "1" / "model.py").write_text("import os\n")
+    (tmp_path / "README.md").write_text("a file: not a model\n")
+    with pytest.raises(UsageError, match=f"{name}' has no config.pbtxt, and Triton would load it anyway"):
+        marks.check_repository(tmp_path, None, SERVER)
+
+
+@needs_tritonclient
 def test_known_other_backends_and_generated_python_models_pass(tmp_path):
     generated_model(tmp_path)
     for name, config in (("onnx", "platform: 'onnxruntime_onnx'\n"), ("engine", 'backend: "tensorrt"\n'),
