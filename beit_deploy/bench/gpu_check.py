@@ -15,11 +15,14 @@ With CUDA: microsoft/beit-base-patch16-224's architecture with random weights (n
 settings. Without CUDA (or without torch): a dry run on CPU through the same code paths with a tiny model and a
 few iterations (`seed_tables.DRY_RUN`), the CUDA and TensorRT parts skipped with their reason; `make test` runs
 it. Nothing here needs polygraphy, and nothing but the running parts is imported. A part that would start past
-BUDGET_S is skipped, saying so; the TensorRT part checks before each export, build and batch size.
+the time budget (BUDGET_S, or $GPU_CHECK_BUDGET_S) is skipped, saying so; the TensorRT part checks before each
+export, build and batch size.
 
 Always writes gpu-check.log, gpu-check.json (plan, environment, parity, training, inference, tests, tensorrt:
-each with its rows or the reason it was skipped) and, where tests ran, pytest-gpu.xml to $GPU_CHECK_OUT
-(default gpu-check-out/). Exit 1 if a test or a parity check failed, or a part failed unexpectedly.
+each with its rows or the reason it was skipped; the TensorRT part's real failures under "errors") and, where
+tests ran, pytest-gpu.xml to $GPU_CHECK_OUT (default gpu-check-out/). Exit 1 if a test or a parity check
+failed, or a part failed unexpectedly (a TensorRT export, build or timing included); exit 2 for a
+GPU_CHECK_BUDGET_S that is not a number of seconds.
 """
 
 from __future__ import annotations
@@ -34,10 +37,15 @@ import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
+from ..core.errors import UsageError
+from ..core.files import write_atomic
+
 TEST_FILE = Path("tests") / "trt" / "test_gpu.py"
-# A part (and in the TensorRT part, an export, build or batch size) that would start later is skipped, so that one
-# call ends within a 10-minute device slot: GPU_CHECK_BUDGET_S changes it.
-TEST_TIMEOUT_S, BUDGET_S = 300, int(os.environ.get("GPU_CHECK_BUDGET_S", 420))
+# A part (and in the TensorRT part, an export, build or batch size) that would start after BUDGET_S seconds is
+# skipped ($GPU_CHECK_BUDGET_S changes it), so that a call on the docs' settings is meant to fit a 10-minute
+# device slot. Not a guarantee: only the tests are cut off (at TEST_TIMEOUT_S); a part started just inside the
+# budget runs to its end.
+TEST_TIMEOUT_S, BUDGET_S = 300, 420
 PARTS = {"parity": "parity on the device (baked vs eager, fp32 and fp16)",
          "inference": "the docs' inference table (eager, SDPA, baked; fp16 and fp32)",
          "training": "the docs' training table (eager, SDPA, baked; fp16 and fp32)",
@@ -45,25 +53,47 @@ PARTS = {"parity": "parity on the device (baked vs eager, fp32 and fp16)",
          "tensorrt": "TensorRT rows (engines of the same model, each attention form, fp16 and fp32)"}
 
 
-class Log:
-    """Prints lines to stdout and appends them to the log file; knows how long the check has run."""
+def budget_s() -> int:
+    """The time budget in seconds: $GPU_CHECK_BUDGET_S, else BUDGET_S; UsageError for a value that is not a
+    whole number of seconds above 0."""
+    text = os.environ.get("GPU_CHECK_BUDGET_S", str(BUDGET_S))
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise UsageError(f"GPU_CHECK_BUDGET_S='{text}' is not a whole number of seconds above 0: unset it (the "
+                         f"default is {BUDGET_S}) or set e.g. GPU_CHECK_BUDGET_S={BUDGET_S}")
+    return value
 
-    def __init__(self, path: Path):
+
+class Log:
+    """Prints lines to stdout and appends them to the log file; knows how long the check has run and whether
+    its time budget is spent."""
+
+    def __init__(self, path: Path, budget: int = BUDGET_S):
         self.file = path.open("w")
         self.start = time.perf_counter()
+        self.budget = budget
 
     def __call__(self, text: str = "") -> None:
         print(text, flush=True)
         self.file.write(text + "\n")
         self.file.flush()
 
+    def __enter__(self) -> "Log":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
     def budget_spent(self) -> str | None:
-        """The reason to skip what would start now, or None while within BUDGET_S."""
+        """The reason to skip what would start now, or None while within the budget."""
         spent = self.elapsed()
-        return f"time budget ({BUDGET_S} s) spent: {spent:.0f} s in" if spent > BUDGET_S else None
+        return f"time budget ({self.budget} s) spent: {spent:.0f} s in" if spent > self.budget else None
 
 
 def has_module(name: str) -> bool:
@@ -134,8 +164,10 @@ def find_checkout() -> Path | None:
 
 
 def run_tests(log: Log, out: Path, checkout: Path) -> dict:
-    """The GPU-marked tests in a subprocess; counts from the JUnit XML, the output into the log (as text)."""
+    """The GPU-marked tests in a subprocess; counts from the JUnit XML (an earlier run's is removed first), the
+    output into the log (as text)."""
     junit = out / "pytest-gpu.xml"
+    junit.unlink(missing_ok=True)  # else a run that dies before writing it would report the earlier counts
     command = [sys.executable, "-m", "pytest", "-m", "gpu or tensorrt", "-v", "-rsP", "-p", "no:cacheprovider",
                f"--junitxml={junit.resolve()}", str(TEST_FILE)]
     log("$ " + " ".join(command))
@@ -147,13 +179,19 @@ def run_tests(log: Log, out: Path, checkout: Path) -> dict:
         output, code = timed_out_output(exc), -1
     for line in output.splitlines():
         log(line)
-    result: dict = {"exit_code": code, "seconds": round(time.perf_counter() - start, 1)}
-    if junit.is_file():
-        suite = ElementTree.parse(junit).getroot()
-        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-        result.update({k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")})
-        result["skip_reasons"] = sorted({s.get("message", "") for s in suite.iter("skipped")})
-    return result
+    return {"exit_code": code, "seconds": round(time.perf_counter() - start, 1), **junit_counts(junit)}
+
+
+def junit_counts(junit: Path) -> dict:
+    """Test counts and skip reasons from pytest's JUnit XML; {"junit": why not} where there is none to read (a
+    missing, half-written or empty report)."""
+    try:
+        root = ElementTree.parse(junit).getroot()
+        suite = root if root.tag == "testsuite" else root.find("testsuite")
+        counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    except (OSError, ElementTree.ParseError, AttributeError, ValueError):  # AttributeError: no testsuite
+        return {"junit": "no JUnit report: pytest did not finish"}
+    return {**counts, "skip_reasons": sorted({s.get("message", "") for s in suite.iter("skipped")})}
 
 
 def timed_out_output(exc: subprocess.TimeoutExpired) -> str:
@@ -164,25 +202,32 @@ def timed_out_output(exc: subprocess.TimeoutExpired) -> str:
 
 
 def main() -> int:
+    try:
+        budget = budget_s()
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out = Path(os.environ.get("GPU_CHECK_OUT", "gpu-check-out"))
     out.mkdir(parents=True, exist_ok=True)
-    log = Log(out / "gpu-check.log")
-    report: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    try:
-        failed = run(log, out, report)
-    except Exception as exc:  # noqa: BLE001 - the report is written whatever happens
-        report["error"] = f"{type(exc).__name__}: {exc}"
-        log(f"gpu-check failed: {report['error']}")
-        failed = True
-    finally:
-        report["seconds"] = round(log.elapsed(), 1)
-        (out / "gpu-check.json").write_text(json.dumps(report, indent=2) + "\n")
-    log(f"gpu-check: {'FAILED' if failed else 'passed'} in {log.elapsed():.0f} s; log and JSON report in {out}/")
+    with Log(out / "gpu-check.log", budget) as log:
+        report: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        try:
+            failed = run(log, out, report)
+        except Exception as exc:  # noqa: BLE001 - the report is written whatever happens
+            report["error"] = f"{type(exc).__name__}: {exc}"
+            log(f"gpu-check failed: {report['error']}")
+            failed = True
+        finally:
+            report["seconds"] = round(log.elapsed(), 1)
+            text = json.dumps(report, indent=2) + "\n"
+            write_atomic(out / "gpu-check.json", lambda file: file.write(text.encode()))
+        log(f"gpu-check: {'FAILED' if failed else 'passed'} in {log.elapsed():.0f} s; log and JSON report in {out}/")
     return 1 if failed else 0
 
 
 def run(log: Log, out: Path, report: dict) -> bool:
-    """Every part into `report` (rows, or the reason it was skipped); True if a test or a parity check failed."""
+    """Every part into `report` (rows, or the reason it was skipped); True if a test or a parity check failed,
+    or a part failed unexpectedly."""
     from . import gpu_parts
 
     env, checkout = environment(), find_checkout()
@@ -201,11 +246,12 @@ def run(log: Log, out: Path, report: dict) -> bool:
         report["tests"] = {"skipped": steps["tests"] or log.budget_spent()}
         if report["tests"]["skipped"] is None:
             report["tests"] = tests = run_tests(log, out, checkout)
-            log(f"tests: {tests.get('tests')} run, {tests.get('failures')} failed, {tests.get('errors')} errors, "
-                f"{tests.get('skipped')} skipped")
+            log(f"tests: {tests['junit']}" if "junit" in tests else f"tests: {tests['tests']} run, "
+                f"{tests['failures']} failed, {tests['errors']} errors, {tests['skipped']} skipped")
             failed |= bool(tests.get("exit_code") or tests.get("failures") or tests.get("errors"))
         report["tensorrt"] = gpu_parts.part(log, "tensorrt", steps["tensorrt"],
                                             lambda: gpu_parts.tensorrt_rows(log, settings, Path(work)))
+        failed |= "error" in report["tensorrt"] or bool(report["tensorrt"].get("errors"))
     gpu_parts.log_tables(log, report, settings)
     return failed
 

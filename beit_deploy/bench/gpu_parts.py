@@ -3,6 +3,7 @@ TensorRT rows, and the tables in the log. Each part returns its rows, or says wh
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -90,12 +91,11 @@ def parity_on(model, settings: TableSettings) -> dict:
     from ..exporter.parity import THRESHOLDS
 
     device, resolution = settings.device, settings.resolution
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, False
     baked = bake(copy.deepcopy(model), resolution).to(device)  # a copy: .to() would move the shared weights
     eager = copy.deepcopy(model).to(device)
     eager.set_attn_implementation(EAGER)
     x = torch.randn(8, 3, *resolution, generator=torch.Generator().manual_seed(0)).to(device)
-    with torch.no_grad():
+    with torch.no_grad(), tf32_off():
         ref = eager(pixel_values=x).logits.double()
         got32 = baked(pixel_values=x).logits.double()
         got16 = copy.deepcopy(baked).half()(pixel_values=x.half()).logits.double()
@@ -106,42 +106,63 @@ def parity_on(model, settings: TableSettings) -> dict:
     return result
 
 
+@contextlib.contextmanager
+def tf32_off():
+    """TF32 off for torch's CUDA matmuls and convolutions inside the block, as they were after it (the tables
+    that follow time fp32 with torch's settings, not parity's)."""
+    import torch
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def tensorrt_rows(log, settings: TableSettings, work: Path) -> dict:
     """Engines of the same model per dtype and attention form this TensorRT parses (profile TRT_PROFILE, one
     timing cache for all), timed like the torch rows. Most useful first: fp16 (the docs') decomposed, fp16 fused,
-    then fp32; the time budget is checked before each export, build and batch size."""
+    then fp32; the time budget is checked before each export, build and batch size. What could not run here (the
+    budget, an attention form this TensorRT cannot parse) goes under "skipped"; an export, build or timing that
+    failed goes under "errors" (which fail the check)."""
     import tensorrt
 
     from ..core.manifest import ATTENTION_MIN_TENSORRT, DECOMPOSED, FUSED
 
     version = tuple(int(p) for p in tensorrt.__version__.split(".")[:2])
     forms = [DECOMPOSED] + ([FUSED] if version >= ATTENTION_MIN_TENSORRT[FUSED] else [])
-    result: dict = {"tensorrt": tensorrt.__version__, "rows": [], "skipped": {}}
+    result: dict = {"tensorrt": tensorrt.__version__, "rows": [], "skipped": {}, "errors": {}}
     if FUSED not in forms:
-        result["skipped"][FUSED] = f"TensorRT {tensorrt.__version__} < 10.14 does not parse the ONNX Attention op"
-    exports: dict[str, Path | str] = {}
+        need = ".".join(map(str, ATTENTION_MIN_TENSORRT[FUSED]))
+        result["skipped"][FUSED] = f"TensorRT {tensorrt.__version__} < {need} does not parse the ONNX Attention op"
+    exports: dict[str, Path | None] = {}
     for dtype in settings.dtypes:
         for form in forms:
             name = f"tensorrt {form} {dtype}"
             if form not in exports:
-                exports[form] = log.budget_spent() or _try(lambda: _export(settings, work, form), "export failed")
-            if isinstance(exports[form], str):
-                result["skipped"][name] = exports[form]
+                spent = log.budget_spent()
+                if spent:
+                    result["skipped"][name] = spent
+                    continue
+                exports[form] = _attempt(log, result["errors"], f"tensorrt {form} export",
+                                         lambda: _export(settings, work, form))
+            if exports[form] is None:
+                result["skipped"][name] = f"its export failed (errors: tensorrt {form} export)"
                 continue
-            try:
-                result["rows"] += _engine_rows(log, settings, exports[form], form, dtype, work, result["skipped"])
-            except Exception as exc:  # noqa: BLE001 - recorded; the other engines may still run
-                log(f"{name} failed: {type(exc).__name__}: {exc}")
-                result["skipped"][name] = f"{type(exc).__name__}: {exc}"
+            result["rows"] += _attempt(log, result["errors"], name, lambda: _engine_rows(
+                log, settings, exports[form], form, dtype, work, result["skipped"])) or []
     return result
 
 
-def _try(make, what: str):
-    """make(), or "<what>: <error>" (a reason to skip what needed it)."""
+def _attempt(log, errors: dict, name: str, make):
+    """make(), or None with its failure logged and recorded as errors[name] (the other engines still run)."""
     try:
         return make()
-    except Exception as exc:  # noqa: BLE001
-        return f"{what}: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - recorded; the other engines may still run
+        errors[name] = f"{type(exc).__name__}: {exc}"
+        log(f"{name} failed: {errors[name]}")
+        return None
 
 
 def _export(settings: TableSettings, work: Path, form: str) -> Path:
@@ -204,3 +225,5 @@ def log_tables(log, report: dict, settings: TableSettings) -> None:
     for what, why in report.get("tensorrt", {}).get("skipped", {}).items() if isinstance(
             report.get("tensorrt", {}).get("skipped"), dict) else ():
         log(f"{what}: skipped ({why})")
+    for what, why in report.get("tensorrt", {}).get("errors", {}).items():
+        log(f"{what}: FAILED ({why})")

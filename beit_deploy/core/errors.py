@@ -34,6 +34,10 @@ class ArtifactError(BeitDeployError):
     """An artifact on disk is missing, truncated, or does not match its manifest."""
 
 
+class ServerError(BeitDeployError):
+    """The Triton server could not be found, started, or did not become ready."""
+
+
 class EnvironmentProblem(BeitDeployError):
     """The machine, not the input, stopped a step: a read-only or full disk, no permission, too little memory."""
 

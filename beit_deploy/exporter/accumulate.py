@@ -97,9 +97,7 @@ def check_earlier(folder: Path, new: GraphForm, replace: bool) -> None:
     if replace:
         say(f"  replacing the earlier export in {folder} (--replace): {', '.join(old.artifacts.values())}")
         return
-    problems = GraphForm.of(old).differences(new)
-    if problems:
-        raise UsageError(refusal(folder, old, problems))
+    refuse_other_form(folder, new, replace)
     say(f"  adding to the earlier export in {folder} (it has {', '.join(old.artifacts.values())})")
 
 

@@ -13,15 +13,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import BeitDeployError
+from ..core.errors import ServerError  # raised here; also importable from here (its first home)
 
 SERVER_HINT = "pip install 'beit-deploy[serve]' (the tritonserver of nvidia-pytriton), or put Triton's tritonserver " \
               "on PATH"
-
-
-class ServerError(BeitDeployError):
-    """The Triton server could not be found, started, or did not become ready."""
-
 
 @dataclass(frozen=True)
 class Installation:
@@ -46,12 +41,17 @@ def find_server() -> Installation:
 
 def check_python_environment() -> None:
     """The Python-backend models run in this environment: numpy < 2 (Triton 2.51's stub exchanges tensors
-    wrongly with numpy 2) and Pillow + ONNX Runtime (beit-deploy's own dependencies)."""
+    wrongly with numpy 2) and Pillow + ONNX Runtime (beit-deploy's own dependencies; found, not imported)."""
     import numpy
 
     if int(numpy.__version__.split(".")[0]) >= 2:
         raise ServerError(f"this Python environment has numpy {numpy.__version__}; Triton 2.51's Python backend "
                           "needs numpy < 2 for its models (which run here): pip install 'numpy<2'")
+    missing = [package for module, package in (("PIL", "pillow"), ("onnxruntime", "onnxruntime"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ServerError(f"this Python environment lacks {' and '.join(missing)}, which beit-deploy's Python models "
+                          f"need (they run here): pip install {' '.join(missing)}")
 
 
 def backend_folder(installation: Installation, scratch: Path) -> Path:

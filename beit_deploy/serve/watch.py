@@ -94,8 +94,9 @@ def clean_leftovers() -> list[str]:
     done = []
     for region in SHM.glob(f"{SHM_PREFIX}*") if SHM.is_dir() else ():
         pid = region.name[len(SHM_PREFIX):].split("_", 1)[0]
-        if pid.isdigit() and not alive(int(pid)) and region.stat().st_uid == os.getuid():
-            done += remove_shm(f"{SHM_PREFIX}{pid}_")
+        with contextlib.suppress(OSError):  # a region removed meanwhile (by its server, or another start)
+            if pid.isdigit() and not alive(int(pid)) and region.stat().st_uid == os.getuid():
+                done += remove_shm(f"{SHM_PREFIX}{pid}_")
     for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
         with contextlib.suppress(OSError):
             if folder.is_symlink() or not (folder / SCRATCH_MARK).is_file() or folder.stat().st_uid != os.getuid():
@@ -113,8 +114,13 @@ def clean_leftovers() -> list[str]:
 
 
 def hold(folder: Path) -> int:
-    """Lock `folder` for as long as this process lives (the descriptor is kept): marks a scratch folder in use."""
-    (folder / SCRATCH_MARK).touch()
+    """Lock `folder` for as long as this process lives (the descriptor is kept), then mark it as a scratch folder
+    of ours: in that order, so that another start's clean_leftovers never sees the mark on an unlocked folder."""
     fd = os.open(folder, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        (folder / SCRATCH_MARK).touch()
+    except BaseException:
+        os.close(fd)
+        raise
     return fd

@@ -166,9 +166,11 @@ def test_taken_ports_and_nonsense_options_are_refused_before_starting(tiny_expor
 @needs_server
 def test_python_models_not_generated_here_are_refused(tiny_export, tmp_path):
     """serve runs only the Python models `triton` wrote, by hash: an edited model.py, an extra file in a
-    version folder, someone else's Python model; and a stage the bundled server has no backend for."""
+    version folder, someone else's Python model (also one whose config spells its backend in single quotes, with
+    code in a file not ending in .py, or a hidden folder without a config, which Triton loads too); a config
+    Triton would not read; and a stage the bundled server has no backend for."""
     export = tiny_export("classification")
-    for case in ("edited", "extra", "foreign", "onnxruntime"):
+    for case in ("edited", "extra", "foreign", "quoted", "no config", "unparsable", "onnxruntime"):
         repo = tmp_path / case
         served, = write_repository([export], TritonOptions(out=repo, name="m", backend="onnxruntime"
                                                            if case == "onnxruntime" else None))
@@ -181,10 +183,22 @@ def test_python_models_not_generated_here_are_refused(tiny_export, tmp_path):
             (repo / "theirs" / "1").mkdir(parents=True)
             (repo / "theirs" / "config.pbtxt").write_text('backend: "python"\n')
             (repo / "theirs" / "1" / "model.py").write_text("class TritonPythonModel: pass\n")
+        elif case == "quoted":
+            (repo / "theirs" / "1").mkdir(parents=True)
+            (repo / "theirs" / "config.pbtxt").write_text("backend: 'python'\ndefault_model_filename: 'code.txt'\n")
+            (repo / "theirs" / "1" / "code.txt").write_text("class TritonPythonModel: pass\n")
+        elif case == "no config":
+            (repo / ".theirs" / "1").mkdir(parents=True)
+            (repo / ".theirs" / "1" / "model.py").write_text("class TritonPythonModel: pass\n")
+        elif case == "unparsable":
+            (repo / "theirs").mkdir()
+            (repo / "theirs" / "config.pbtxt").write_text('backend: "python\n')
         result = CliRunner().invoke(main, ["serve", str(repo), "--http-port", "0", "--grpc-port", "0",
                                            "--metrics-port", "0"])
         expected = {"edited": "is not the file `beit-deploy triton` wrote", "extra": "holds '1/helper.py'",
-                    "foreign": "is a Python model that beit-deploy did not write", "onnxruntime": "onnxruntime backend"}
+                    "foreign": "is a Python model that beit-deploy did not write", "onnxruntime": "onnxruntime backend",
+                    "quoted": "is a Python model that beit-deploy did not write",
+                    "no config": "has no config.pbtxt", "unparsable": "is not a model config Triton would read"}
         one_line(result, 2, expected[case])
 
 
