@@ -137,6 +137,15 @@ def json_option(help: str, report: bool = False):  # noqa: A002 - click's own ar
     return decorate
 
 
+def write_report(path: str, text: str) -> None:
+    """A --report or --markdown file, written whole or not at all (a reader never sees half a report)."""
+    from pathlib import Path
+
+    from ..core.files import write_atomic
+
+    write_atomic(Path(path), lambda f: f.write(text.encode()))
+
+
 def verbosity_options(command, for_group: bool = False):
     """-q/--quiet (no progress, only results, warnings and errors) and -v/--verbose (third-party libraries' own
     logs too) on a command: given, they set core.progress's verbosity for the command's run, then restore it.

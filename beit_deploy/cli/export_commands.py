@@ -12,7 +12,7 @@ from ..core.errors import UsageError
 from ..core.jsontext import dumps as _json
 from ..core.manifest import ATTENTION_FORMS, BIAS_MODES, DECOMPOSED
 from .common import friendly, images_option, json_option, library_choice, option, precision_choice, \
-    precision_flags
+    precision_flags, write_report
 
 
 @click.command()
@@ -179,9 +179,9 @@ def bench(export_folder, model, random_weights, seed, resolution, backends, batc
     report = run_bench(settings)
     markdown = to_markdown(report)
     if report_file:
-        Path(report_file).write_text(_json(report.to_dict(), indent=2) + "\n")
+        write_report(report_file, _json(report.to_dict(), indent=2) + "\n")
     if markdown_file:
-        Path(markdown_file).write_text(markdown)
+        write_report(markdown_file, markdown)
     click.echo(_json(report.to_dict(), indent=2) if as_json else markdown)
 
 

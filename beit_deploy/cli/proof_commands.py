@@ -8,7 +8,7 @@ import click
 
 from ..core.jsontext import dumps as _json
 from ..core.backends import compare_runners
-from .common import friendly, images_option, json_option, option
+from .common import friendly, images_option, json_option, option, write_report
 
 
 def _verify_images(images):
@@ -41,7 +41,7 @@ def verify(path, images, random_inputs, reference, allow_download, engine, as_js
     report = parity_report(Path(path), images=_verify_images(images), random=random_inputs, reference=reference,
                            engine=Path(engine) if engine else None, allow_download=allow_download)
     if report_file:
-        Path(report_file).write_text(_json(report.to_dict(), indent=2) + "\n")
+        write_report(report_file, _json(report.to_dict(), indent=2) + "\n")
     click.echo(_json(report.to_dict(), indent=2) if as_json else report.table())
     if not report.passed:
         raise ParityError("parity failed: " + "; ".join(str(f) for f in report.failures))
