@@ -38,6 +38,11 @@ class ServerError(BeitDeployError):
     """The Triton server could not be found, started, or did not become ready."""
 
 
+class TritonServerError(BeitDeployError):
+    """A running Triton server cannot be reached, does not serve the model, or answered a request with an error
+    (the client's side; ServerError is `serve`'s)."""
+
+
 class EnvironmentProblem(BeitDeployError):
     """The machine, not the input, stopped a step: a read-only or full disk, no permission, too little memory."""
 

@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..core.errors import BeitDeployError, UsageError, describe, require
+from ..core.errors import BeitDeployError, TritonServerError, UsageError, describe, require
 from . import wire
 from .predictor import Prediction, Predictor
 from .preprocess import ImageError, ImageLike, load_image
@@ -30,10 +30,6 @@ DEFAULT_PORTS = {"http": 8000, "grpc": 8001}  # Triton's own defaults, and `beit
 _SPELLED = {"http": "HTTP", "grpc": "gRPC"}
 _PURPOSE = "talking to a Triton server"
 _REFUSED = ("400", "StatusCode.INVALID_ARGUMENT")  # HTTP and gRPC statuses of a request the server refused
-
-
-class TritonServerError(BeitDeployError):
-    """The server cannot be reached, does not serve the model, or answered a request with an error."""
 
 
 class BeitTritonClient(Predictor):
