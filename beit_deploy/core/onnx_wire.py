@@ -54,8 +54,8 @@ def _filtered(f, end: int, rule: dict) -> bytes:
 
 
 def _fields(f, end: int):
-    """(number, wire type, start, payload start, end) of each field from f's position to `end`; f is left at the
-    field's end after each step, whatever the caller read meanwhile."""
+    """(number, wire type, start, payload start, end) of each field from f's position to `end`. Each step seeks to
+    the next field itself, so the caller may read or seek anywhere in between."""
     position = f.tell()
     while position < end:
         f.seek(position)
