@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import click
@@ -73,9 +75,10 @@ def verify(path, images, random_inputs, reference, allow_download, engine, as_js
 @click.option("--engine", type=click.Path(exists=True), default=None,
               help="TensorRT engine (file or folder) for the trt runner. Default: the one `build` made from this "
                    "export under engines/<model>/<H>x<W>, else one Polygraphy builds from the ONNX.")
+@json_option("Print the verdict as JSON (pairs, skipped runners) instead of text.")
 @friendly
 def compare(path, runners, images, random_inputs, atol, rtol, cosine, reference, allow_download, save_inputs,
-            save_outputs, engine):
+            save_outputs, engine, as_json):
     """Compare runners on an export with Polygraphy's Comparator; its PASSED/FAILED report, its exit status."""
     from ..core.errors import ParityError
     from ..proof.compare import CompareOptions, compare as run_compare
@@ -85,10 +88,14 @@ def compare(path, runners, images, random_inputs, atol, rtol, cosine, reference,
         random=random_inputs, atol=atol, rtol=rtol, cosine=cosine, reference=reference,
         allow_download=allow_download, save_inputs=Path(save_inputs) if save_inputs else None,
         save_outputs=Path(save_outputs) if save_outputs else None, engine=Path(engine) if engine else None)
-    outcome = run_compare(Path(path), options)
-    for name, reason in outcome.skipped.items():
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        outcome = run_compare(Path(path), options)  # Polygraphy prints its FAILED lines: stdout stays JSON
+    if as_json:
+        click.echo(_json(outcome.to_dict(), indent=2))
+    for name, reason in ({} if as_json else outcome.skipped).items():
         click.echo(f"skipped {name}: {reason}")
     if not outcome.passed:
         raise ParityError("comparison FAILED: " + ", ".join(outcome.failed())
                           + " (-v shows Polygraphy's figures for every output and iteration)")
-    click.echo("comparison PASSED: " + ", ".join(f"{a} vs {b}" for a, b, _ in outcome.pairs))
+    if not as_json:
+        click.echo("comparison PASSED: " + ", ".join(f"{a} vs {b}" for a, b, _ in outcome.pairs))

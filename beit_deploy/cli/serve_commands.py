@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import click
 
 from ..core import precisions
-from .common import backend_choice, friendly, library_choice, option, precision_choice
+from ..core.jsontext import dumps as _json
+from .common import backend_choice, friendly, json_option, library_choice, option, precision_choice
 
 
 @click.command()
@@ -34,9 +36,10 @@ from .common import backend_choice, friendly, library_choice, option, precision_
 @click.option("--ort-tensorrt", is_flag=True, help="onnxruntime stage: TensorRT execution accelerator on GPUs.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="Classes per image when a request does not say.")
+@json_option("Print what was written as JSON (the repository, each ensemble and its stages) instead of text.")
 @friendly
 def triton(paths, out_dir, name, backend, precision, max_batch, instances, instance_kind, max_queue_delay_us,
-           preferred_batch, ort_tensorrt, top_k):
+           preferred_batch, ort_tensorrt, top_k, as_json):
     """Write a Triton model repository for exports or engine folders (PATHS): an ensemble of preprocess, model
     and postprocess per resolution."""
     from ..serve.repository import TritonOptions, write_repository
@@ -45,7 +48,11 @@ def triton(paths, out_dir, name, backend, precision, max_batch, instances, insta
                             max_batch=max_batch, instances=instances, instance_kind=instance_kind,
                             max_queue_delay_us=max_queue_delay_us, preferred_batch=tuple(preferred_batch),
                             ort_tensorrt=ort_tensorrt, top_k=top_k)
-    for model in write_repository([Path(p) for p in paths], options):
+    models = write_repository([Path(p) for p in paths], options)
+    if as_json:
+        click.echo(_json({"repository": str(out_dir), "models": [dataclasses.asdict(m) for m in models]}, indent=2))
+        return
+    for model in models:
         click.echo(f"{Path(out_dir) / model.name}: {model.task} ({model.backend} model stage)")
     click.echo(f"serve it: beit-deploy serve {out_dir}")
 

@@ -99,6 +99,10 @@ class CompareOutcome:
     def failed(self) -> list[str]:
         return [f"{a} vs {b}" for a, b, ok in self.pairs if not ok]
 
+    def to_dict(self) -> dict:
+        pairs = [{"runner": a, "reference": b, "passed": ok} for a, b, ok in self.pairs]
+        return {"passed": self.passed, "pairs": pairs, "skipped": dict(self.skipped)}
+
 
 def compare(path, options: CompareOptions = CompareOptions()) -> CompareOutcome:
     """Run the chosen runners on the feeds with Comparator.run, then Comparator.compare_accuracy per pair."""

@@ -128,3 +128,20 @@ def test_a_hub_source_is_read_from_the_cache_only(tiny_export, tmp_path, monkeyp
     with pytest.raises(ModelLoadError, match="--allow-download"):
         compare(copy, CompareOptions(runners=("onnxrt-fp32", "torch"), images=[], random=1))
     assert asked == [{"local_files_only": True}]
+
+
+def test_cli_compare_json(classification, tmp_path):
+    """--json: the verdict as JSON on stdout (pairs and skipped runners), the same exit status."""
+    import json
+
+    from click.testing import CliRunner
+
+    from beit_deploy.cli import main
+
+    bad = planted_copy(classification, tmp_path / "bad", zero_bias=True)
+    result = CliRunner().invoke(main, ["compare", str(bad), "--runners", "onnxrt-fp32,torch,trt", "--random", "1",
+                                       "--json"])
+    assert result.exit_code == 1
+    verdict = json.loads(result.stdout)
+    assert verdict["passed"] is False and "trt" in verdict["skipped"]
+    assert {"runner": "onnxrt-fp32", "reference": "torch", "passed": False} in verdict["pairs"]

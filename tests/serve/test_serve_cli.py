@@ -246,3 +246,14 @@ def test_a_dead_stage_stops_serve_and_nothing_is_left(tiny_export, tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_triton_json_says_what_was_written(tiny_export, tmp_path):
+    out = tmp_path / "repo"
+    result = CliRunner().invoke(main, ["triton", str(tiny_export("classification")), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    written = json.loads(result.stdout)
+    assert written["repository"] == str(out)
+    (model,) = written["models"]
+    assert model["task"] == "classification" and model["backend"] == "python"
+    assert all((out / stage).is_dir() for stage in model["stages"].values()) and (out / model["name"]).is_dir()
