@@ -22,7 +22,7 @@ import stat
 from pathlib import Path
 
 from ..core.errors import ArtifactError, BeitDeployError, UsageError, describe, require
-from ..core.files import MARKS, file_sha256
+from ..core.files import MARKS, file_sha256, stream_sha256
 
 MODEL_PY = '''"""A Triton Python-backend model written by `beit-deploy triton`; the same file serves every stage.
 
@@ -73,11 +73,8 @@ def read_plain(path: Path, limit: int, fix: str, error: type[BeitDeployError] = 
 
 
 def _sha256_plain(path: Path, fix: str, error: type[BeitDeployError]) -> str:
-    digest = hashlib.sha256()
     with os.fdopen(open_plain(path, fix, error), "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+        return stream_sha256([file])
 
 
 def copy_checked(source: Path, target: Path, expected: str | None = None) -> str:
