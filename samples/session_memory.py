@@ -24,7 +24,7 @@ from pathlib import Path
 
 from beit_deploy.core.heap import trim_heap
 from beit_deploy.core.machine import cpu_model
-from beit_deploy.core.progress import status_gib
+from beit_deploy.core.progress import reset_peak, status_gib
 
 DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bool)": "bool", "tensor(int64)": "int64"}
 
@@ -58,7 +58,7 @@ def main() -> None:
     created, creation_peak = status_gib("VmRSS"), status_gib("VmHWM")
     trim_heap()
     held = status_gib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM restarts from the current RSS: the run's own peak
+    reset_peak()  # the run's own peak from here
     shapes = [[args.batch if not isinstance(d, int) else d for d in i.shape] for i in session.get_inputs()]
     if args.shape:
         shapes[0] = [int(d) for d in args.shape.split(",")]

@@ -124,7 +124,7 @@ def step(what: str, total: int | None = None, unit: str = "it"):
     say(f"{what}...")
     measure = bool(os.environ.get("BEIT_DEPLOY_MEMORY"))
     if measure:
-        _reset_peak()
+        reset_peak()
         before = status_gib("VmRSS")
     start = time.perf_counter()
     with _bar(what, total, unit) as bar:
@@ -188,7 +188,9 @@ def status_gib(key: str) -> float | None:
     return None
 
 
-def _reset_peak() -> None:
+def reset_peak() -> None:
+    """Restart the process's peak resident memory (VmHWM) from its current RSS, so the next peak read is of what
+    follows (Linux; nothing elsewhere)."""
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
     except OSError:
