@@ -153,21 +153,23 @@ def _graph_job(b: _Bench, name: str) -> dict | Skipped:
     return b.base | {"kind": table.ONNX, "path": str(path)}
 
 
-def _fused_job(b: _Bench, name: str) -> dict | Skipped:
+def _variant_job(b: _Bench, name: str, what: str, **form) -> dict | Skipped:
+    """ONNX Runtime on the fp32 graph of another export of the same model (`form`: cached_export's fused or
+    bias_mode); skipped, saying so, when that export fails."""
     try:
-        fused = cached_export(b.settings, b.resolution, b.resolved, fused=True)
+        folder = cached_export(b.settings, b.resolution, b.resolved, **form)
     except BeitDeployError as exc:
-        return Skipped(name, f"fused export failed: {exc}")
-    return b.base | {"kind": table.ONNX, "path": str(fused / precisions.PRECISIONS[precisions.REFERENCE].file)}
+        return Skipped(name, f"{what} export failed: {exc}")
+    return b.base | {"kind": table.ONNX, "path": str(folder / precisions.PRECISIONS[precisions.REFERENCE].file)}
+
+
+def _fused_job(b: _Bench, name: str) -> dict | Skipped:
+    return _variant_job(b, name, "fused", fused=True)
 
 
 def _bias_job(b: _Bench, name: str) -> dict | Skipped:
-    """ONNX Runtime on the fp32 graph exported with the row's bias storage (ORT_BIAS), whatever the size chose."""
-    try:
-        folder = cached_export(b.settings, b.resolution, b.resolved, bias_mode=ORT_BIAS[name])
-    except BeitDeployError as exc:
-        return Skipped(name, f"{ORT_BIAS[name]} export failed: {exc}")
-    return b.base | {"kind": table.ONNX, "path": str(folder / precisions.PRECISIONS[precisions.REFERENCE].file)}
+    """The fp32 graph exported with the row's bias storage (ORT_BIAS), whatever the size chose."""
+    return _variant_job(b, name, ORT_BIAS[name], bias_mode=ORT_BIAS[name])
 
 
 def _plain_job(b: _Bench, name: str) -> dict | Skipped:
